@@ -1,0 +1,55 @@
+"""Model registry: torchvision's constructors by name, plus a configurable small ResNet."""
+
+import functools
+
+import jax.numpy as jnp
+
+from fixres_jax.models.resnet import BasicBlock, Bottleneck, ResNet
+
+_ARCHS = {
+    'resnet18': dict(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
+    'resnet34': dict(stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
+    'resnet50': dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck),
+    'resnet101': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck),
+    'resnet152': dict(stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck),
+    'resnext50_32x4d': dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck,
+                            groups=32, width_per_group=4),
+    'resnext101_32x8d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                             groups=32, width_per_group=8),
+    'resnext101_32x16d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                              groups=32, width_per_group=16),
+    'resnext101_32x32d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                              groups=32, width_per_group=32),
+    'resnext101_32x48d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                              groups=32, width_per_group=48),
+    'wide_resnet50_2': dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128),
+    'wide_resnet101_2': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                             width_per_group=128),
+}
+ARCH_NAMES = tuple(_ARCHS) + ('resnet',)
+BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+def create_model(name: str, num_classes: int, dtype: str = 'float32',
+                 zero_init_residual: bool = False, stage_sizes=None, block: str = 'basic',
+                 num_filters: int = 64) -> ResNet:
+  """Builds a model by name.
+
+  Args:
+    name: one of ARCH_NAMES. 'resnet' is a custom ResNet built from stage_sizes, block and
+      num_filters (the demo's small network); the other names ignore those three.
+    num_classes: classifier size.
+    dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
+    zero_init_residual: zero-initialise the last BN scale of each residual block.
+
+  Returns:
+    an unbound flax ResNet module.
+  """
+  if name == 'resnet':
+    arch = dict(stage_sizes=tuple(stage_sizes), block_cls=BLOCKS[block], num_filters=num_filters)
+  elif name in _ARCHS:
+    arch = _ARCHS[name]
+  else:
+    raise ValueError(f'Unknown model {name!r}: config.model.name must be one of {ARCH_NAMES}.')
+  return ResNet(num_classes=num_classes, dtype=jnp.dtype(dtype),
+                zero_init_residual=zero_init_residual, **arch)

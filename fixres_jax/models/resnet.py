@@ -1,0 +1,158 @@
+"""ResNet and ResNeXt in Flax linen, with torchvision's layout and names.
+
+Parameter names map one-to-one onto torchvision's state_dict: `layer3.1.conv2.weight`
+is params['layer3_1']['conv2']['kernel'], `layer1.0.downsample.1.running_mean` is
+batch_stats['layer1_0']['downsample_bn']['mean'], `fc.weight` is params['fc']['kernel'].
+Bottlenecks are v1.5 (stride on the 3x3 conv), BatchNorm uses eps 1e-5 and PyTorch's
+momentum 0.1 (Flax momentum 0.9).
+
+BatchNorm modes, chosen per call:
+  train=True      every BN normalises with batch statistics and updates its running ones.
+  finetune=True   FixRes: every BN uses its running statistics, except the LAST BN before
+                  global pooling (`last_bn_path`), which uses batch statistics and updates
+                  its running mean and variance.
+  neither         inference.
+"""
+
+import functools
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+BN_MOMENTUM = 0.9  # == PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+# torchvision initialises convolutions with kaiming_normal(fan_out, relu).
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (resnet18/34)."""
+  planes: int
+  stride: int = 1
+  groups: int = 1
+  base_width: int = 64
+  downsample: bool = False
+  norm: Any = None  # a function (name, use_running_average) -> BatchNorm module
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, bn_modes):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    residual = x
+    y = conv(self.planes, (3, 3), (self.stride, self.stride), padding=1, name='conv1')(x)
+    y = nn.relu(self.norm('bn1', bn_modes['bn1'])(y))
+    y = conv(self.planes, (3, 3), padding=1, name='conv2')(y)
+    y = self.norm('bn2', bn_modes['bn2'], last_in_block=True)(y)
+    if self.downsample:
+      residual = conv(self.planes, (1, 1), (self.stride, self.stride), name='downsample_conv')(x)
+      residual = self.norm('downsample_bn', bn_modes['downsample_bn'])(residual)
+    return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (stride, groups) -> 1x1 x4 (resnet50+, ResNeXt, wide ResNet)."""
+  planes: int
+  stride: int = 1
+  groups: int = 1
+  base_width: int = 64
+  downsample: bool = False
+  norm: Any = None
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, bn_modes):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+    width = int(self.planes * (self.base_width / 64.0)) * self.groups
+    residual = x
+    y = conv(width, (1, 1), name='conv1')(x)
+    y = nn.relu(self.norm('bn1', bn_modes['bn1'])(y))
+    y = conv(width, (3, 3), (self.stride, self.stride), padding=1,
+             feature_group_count=self.groups, name='conv2')(y)
+    y = nn.relu(self.norm('bn2', bn_modes['bn2'])(y))
+    y = conv(self.planes * 4, (1, 1), name='conv3')(y)
+    y = self.norm('bn3', bn_modes['bn3'], last_in_block=True)(y)
+    if self.downsample:
+      residual = conv(self.planes * 4, (1, 1), (self.stride, self.stride), name='downsample_conv')(x)
+      residual = self.norm('downsample_bn', bn_modes['downsample_bn'])(residual)
+    return nn.relu(y + residual)
+
+
+BLOCK_BN_NAMES = ('bn1', 'bn2', 'bn3', 'downsample_bn')
+
+
+class ResNet(nn.Module):
+  """torchvision-layout ResNet.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for resnet50.
+    block_cls: BasicBlock or Bottleneck.
+    num_classes: size of the classifier `fc`.
+    num_filters: planes of the first stage (64 in torchvision); stage i has num_filters * 2**i.
+    groups, width_per_group: ResNeXt cardinality and group width (torchvision's arguments).
+    zero_init_residual: initialise the last BN scale of every block to zero.
+    dtype: computation dtype (e.g. bfloat16); parameters and BN statistics stay float32.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: Any
+  num_classes: int = 1000
+  num_filters: int = 64
+  groups: int = 1
+  width_per_group: int = 64
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def last_bn_path(self) -> Tuple[str, str]:
+    """Path of the last BatchNorm before global pooling, e.g. ('layer4_2', 'bn3')."""
+    last_block = f'layer{len(self.stage_sizes)}_{self.stage_sizes[-1] - 1}'
+    return (last_block, 'bn3' if self.block_cls is Bottleneck else 'bn2')
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, finetune: bool = False,
+               return_features: bool = False):
+    """Args:
+      x: images, [batch, height, width, 3], normalised.
+      train: batch statistics in every BN (training).
+      finetune: batch statistics in the last BN only (FixRes fine-tuning).
+      return_features: also return the pooled features (after the final ReLU and global
+        average pooling), for the feature statistics and parametric adaptation.
+
+    Returns:
+      logits [batch, num_classes] in float32, or (logits, features).
+    """
+    def norm(name, use_running_average, last_in_block=False):
+      zero = self.zero_init_residual and last_in_block
+      return nn.BatchNorm(use_running_average=use_running_average, momentum=BN_MOMENTUM,
+                          epsilon=BN_EPSILON, dtype=self.dtype, name=name,
+                          scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
+
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
+                kernel_init=conv_init, name='conv1')(x)
+    x = nn.relu(norm('bn1', not train)(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    in_planes = self.num_filters
+    last_block, last_bn = self.last_bn_path
+    for i, num_blocks in enumerate(self.stage_sizes):
+      planes = self.num_filters * 2**i
+      for j in range(num_blocks):
+        stride = 2 if i > 0 and j == 0 else 1
+        out_planes = planes * self.block_cls.expansion
+        name = f'layer{i + 1}_{j}'
+        bn_modes = {bn: not (train or (finetune and (name, bn) == (last_block, last_bn)))
+                    for bn in BLOCK_BN_NAMES}
+        x = self.block_cls(planes, stride=stride, groups=self.groups,
+                           base_width=self.width_per_group,
+                           downsample=stride != 1 or in_planes != out_planes,
+                           norm=norm, dtype=self.dtype, name=name)(x, bn_modes)
+        in_planes = out_planes
+    features = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(features)
+    logits = logits.astype(jnp.float32)
+    if return_features:
+      return logits, features.astype(jnp.float32)
+    return logits
