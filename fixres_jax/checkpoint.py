@@ -1,0 +1,81 @@
+"""Checkpoints: orbax CheckpointManager for resumable stages, plain variables for imports.
+
+Two kinds of directories:
+  * a stage directory (e.g. WORKDIR/checkpoints/train) managed by orbax's CheckpointManager:
+    numbered steps holding the whole train state (params, batch_stats, opt_state, step). Orbax
+    writes each step to a temporary directory and renames it when complete, so a kill during
+    a write never leaves a checkpoint that is picked up half-written.
+  * a variables directory ({'params', 'batch_stats'} only), written by the PyTorch converter.
+
+`load_variables` reads either, so any stage can start from any of them (config.init_from).
+Every process calls save and restore: orbax coordinates multi-host writes itself.
+"""
+
+from typing import Any, Optional
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+VARIABLES_ITEM = 'variables'
+
+
+def create_manager(directory, max_to_keep: int = 3, async_save: bool = True
+                   ) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager over `directory` (local path or gs:// URL)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                         enable_async_checkpointing=async_save,
+                                         create=True)
+  return ocp.CheckpointManager(epath.Path(directory), options=options)
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any,
+               force: bool = False) -> bool:
+  """Saves the train state at `step` (asynchronously unless the manager is synchronous)."""
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state: Any,
+                  step: Optional[int] = None) -> Any:
+  """Restores the latest (or given) step into the structure and shardings of abstract_state."""
+  step = manager.latest_step() if step is None else step
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def save_variables(directory, variables: dict) -> epath.Path:
+  """Writes {'params', 'batch_stats'} as a standalone checkpoint (e.g. converted weights)."""
+  path = epath.Path(directory) / VARIABLES_ITEM
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, dict(variables), force=True)
+  return path
+
+
+def load_variables(directory) -> dict:
+  """Reads model variables from a converted directory or from a stage directory.
+
+  Args:
+    directory: a directory written by save_variables (e.g. by fixres_jax.convert) or an
+      orbax CheckpointManager directory (the latest step is used).
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} as host (NumPy) arrays.
+  """
+  path = epath.Path(directory)
+  if (path / VARIABLES_ITEM).exists():
+    with ocp.StandardCheckpointer() as checkpointer:
+      tree = checkpointer.restore(path / VARIABLES_ITEM)
+  else:
+    with ocp.CheckpointManager(path) as manager:
+      step = manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(
+            f'No checkpoint in {path}: config.init_from must be a directory written by '
+            '`python -m fixres_jax.convert` or a checkpoint directory of a finished stage '
+            '(e.g. WORKDIR/checkpoints/train).')
+      tree = manager.restore(step, args=ocp.args.StandardRestore())
+  return {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches a (possibly sharded) pytree to host memory."""
+  return jax.tree.map(jax.device_get, tree)

@@ -1,0 +1,97 @@
+"""The base configuration every file in configs/ starts from, and its validation."""
+
+import ml_collections
+
+STAGES = ('train', 'finetune', 'sweep')
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Defaults: the paper's ResNet-50 recipe at K_train=224 on imagenet2012."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.stages = STAGES
+  config.deterministic = True
+  config.init_from = ''  # an orbax checkpoint or a `fixres_jax.convert` output directory
+  config.init_head = True  # False: a new classifier (transfer to another number of classes)
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = 'imagenet2012'
+  data.data_dir = ''  # '' = TFDS_DATA_DIR or ~/tensorflow_datasets
+  data.train_split = 'train'
+  data.eval_split = 'validation'
+  data.image_key = 'image'
+  data.label_key = 'label'
+  data.crop = 'torchvision'  # train crop sampler: 'torchvision' (FixRes) or 'inception'
+  data.crop_pct = 0.875  # test transform: resize to K_test / crop_pct, central K_test crop
+  data.shuffle_buffer = 16_384
+  data.dtype = 'float32'  # images as they leave tf.data
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'resnet50'
+  model.dtype = 'float32'  # computation dtype; 'bfloat16' keeps float32 parameters
+  model.zero_init_residual = False
+  # Only for name='resnet' (custom depth and width):
+  model.stage_sizes = (2, 2, 2, 2)
+  model.block = 'basic'
+  model.num_filters = 64
+
+  config.train = train = ml_collections.ConfigDict()
+  train.image_size = 224  # K_train
+  train.batch_size = 512  # global
+  train.num_epochs = 120
+  train.base_lr = 0.1  # per 256 images (linear scaling rule)
+  train.schedule = 'step'
+  train.lr_decay_epochs = (30, 60, 90)
+  train.lr_decay_factor = 0.1
+  train.warmup_epochs = 0
+  train.momentum = 0.9
+  train.nesterov = False
+  train.weight_decay = 1e-4
+  train.no_decay = ()  # regexes over 'module/param' names excluded from weight decay
+  train.label_smoothing = 0.0
+  train.log_every_steps = 100
+  train.eval_every_epochs = 0  # 0: evaluate at the end only
+
+  config.finetune = finetune = ml_collections.ConfigDict()
+  finetune.test_res = 288  # K_test
+  finetune.batch_size = 512
+  finetune.num_epochs = 31  # the official v2 recipe for ResNet-50
+  finetune.base_lr = 1e-3  # per 512 images
+  finetune.lr_decay_epochs = 30
+  finetune.momentum = 0.9
+  finetune.weight_decay = 1e-4
+  finetune.augment = 'flip'
+  finetune.train_bn_affine = False
+
+  config.sweep = sweep = ml_collections.ConfigDict()
+  sweep.resolutions = (128, 160, 224, 288, 320, 384, 448)
+  sweep.batch_size = 512
+
+  config.checkpoint = ckpt = ml_collections.ConfigDict()
+  ckpt.every_steps = 1000
+  ckpt.max_to_keep = 2
+  return config
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
+  """Raises ValueError naming the field and the fix, before anything is compiled."""
+  problems = []
+  unknown = set(config.stages) - set(STAGES)
+  if unknown:
+    problems.append(f'config.stages has {sorted(unknown)}: stages are {STAGES}.')
+  sizes = {'train.image_size': config.train.image_size,
+           'finetune.test_res': config.finetune.test_res}
+  sizes.update({f'sweep.resolutions[{i}]': r for i, r in enumerate(config.sweep.resolutions)})
+  problems += [f'config.{k}={v}: resolutions must be positive integers.'
+               for k, v in sizes.items() if not isinstance(v, int) or v <= 0]
+  if not 0 < config.data.crop_pct <= 1:
+    problems.append(f'config.data.crop_pct={config.data.crop_pct}: it must be in (0, 1] '
+                    '(0.875 resizes to K_test/0.875 then takes the central K_test crop).')
+  for name in ('train.batch_size', 'finetune.batch_size', 'sweep.batch_size'):
+    section, field = name.split('.')
+    value = config[section][field]
+    if value <= 0 or value % device_count:
+      problems.append(f'config.{name}={value} is not a positive multiple of the '
+                      f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
+  if problems:
+    raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))

@@ -1,0 +1,81 @@
+"""Runs the FixRes recipe: train at K_train, fine-tune at K_test, sweep test resolutions.
+
+  python -m fixres_jax.main --config=configs/demo.py --workdir=/tmp/fixres_demo
+
+This file only wires flags to the library: the logic lives in importable modules
+(train.py, finetune.py, analysis.py). Re-running the same command skips finished stages and
+resumes an interrupted one from its last checkpoint.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+from ml_collections import config_flags
+
+from fixres_jax import analysis
+from fixres_jax import checkpoint
+from fixres_jax import config as config_lib
+from fixres_jax import finetune
+from fixres_jax import parallel
+from fixres_jax import train
+from fixres_jax.data import pipeline
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def run(config, workdir: str) -> dict:
+  """Runs config.stages in order; returns {'trained': variables, 'finetuned': ...}."""
+  config_lib.validate(config, jax.device_count())
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  mesh = parallel.create_mesh()
+  dataset = pipeline.load_dataset(config)
+  pipeline.log_dataset(dataset)
+
+  models = {}
+  if 'train' in config.stages:
+    models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
+  else:
+    models['trained'] = load_trained(config, workdir)
+  if 'finetune' in config.stages:
+    models['finetuned'] = finetune.finetune(config, workdir, dataset, mesh, models['trained'])
+  elif (workdir / 'checkpoints' / 'finetune').exists():
+    models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
+  if 'sweep' in config.stages:
+    apply_fn = train.create_model(config, dataset.num_classes).apply
+    records = analysis.sweep(config, dataset, mesh, models, apply_fn)
+    analysis.write_sweep(workdir, records)
+    print(analysis.format_table(records), flush=True)
+  return models
+
+
+def load_trained(config, workdir: epath.Path) -> dict:
+  """The train stage's result, or config.init_from when there is none."""
+  trained = workdir / 'checkpoints' / 'train'
+  if trained.exists():
+    return checkpoint.load_variables(trained)
+  if config.init_from:
+    return checkpoint.load_variables(config.init_from)
+  raise ValueError(
+      f"config.stages={tuple(config.stages)} has no 'train' stage and {trained} holds no "
+      'checkpoint: add the train stage or set config.init_from to a checkpoint.')
+
+
+def main(argv):
+  del argv
+  logging.info('JAX process %d/%d, %d local / %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,59 @@
+"""Metric logging: WORKDIR/metrics.jsonl, TensorBoard event files and a progress line.
+
+Only process 0 writes; every process may call these.
+"""
+
+import json
+import time
+
+from absl import logging
+from etils import epath
+import jax
+
+
+class MetricWriter:
+  """Appends {'stage', 'step', ...metrics} records to metrics.jsonl and TensorBoard."""
+
+  def __init__(self, workdir, stage: str):
+    self.stage = stage
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.path = epath.Path(workdir) / 'metrics.jsonl'
+      self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard' / stage))
+
+  def write(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {'stage': self.stage, 'step': int(step), **values}
+    with self.path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    for name, value in values.items():
+      if isinstance(value, (int, float)):
+        self.tensorboard.add_scalar(f'{self.stage}/{name}', value, step)
+    self.tensorboard.flush()
+    logging.info('[%s] step %d: %s', self.stage, step,
+                 ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                           for k, v in values.items()))
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tensorboard.close()
+
+
+class Progress:
+  """Throughput and ETA between successive calls."""
+
+  def __init__(self, total_steps: int, global_batch: int, start_step: int = 0):
+    self.total_steps = total_steps
+    self.global_batch = global_batch
+    self.last_step = start_step
+    self.last_time = time.perf_counter()
+
+  def update(self, step: int) -> dict:
+    now = time.perf_counter()
+    seconds_per_step = (now - self.last_time) / max(step - self.last_step, 1)
+    self.last_step, self.last_time = step, now
+    return {'images_per_s': self.global_batch / seconds_per_step,
+            'step_time_s': seconds_per_step,
+            'eta_s': seconds_per_step * (self.total_steps - step)}

@@ -1,0 +1,232 @@
+"""Training at K_train: train state, train_step, eval_step and the training loop."""
+
+import functools
+import re
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+from etils import epath
+from flax import traverse_util
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fixres_jax import checkpoint
+from fixres_jax import metrics as metrics_lib
+from fixres_jax import models
+from fixres_jax import parallel
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+def create_model(config, num_classes: int):
+  m = config.model
+  return models.create_model(m.name, num_classes, dtype=m.dtype,
+                             zero_init_residual=m.zero_init_residual,
+                             stage_sizes=m.stage_sizes, block=m.block,
+                             num_filters=m.num_filters)
+
+
+def init_variables(model, image_size: int, seed: int) -> dict:
+  """Random variables for `model` (on the host)."""
+  init = jax.jit(functools.partial(model.init, train=False))
+  return dict(init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3))))
+
+
+def create_learning_rate_fn(cfg, steps_per_epoch: int, global_batch: int) -> optax.Schedule:
+  """Linear scaling rule (base_lr per 256 images), linear warmup, then cosine or step decay."""
+  peak = cfg.base_lr * global_batch / 256
+  warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+  total_steps = int(cfg.num_epochs * steps_per_epoch)
+  if cfg.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, max(total_steps - warmup_steps, 1))
+  elif cfg.schedule == 'step':
+    boundaries = {int(e * steps_per_epoch) - warmup_steps: cfg.lr_decay_factor
+                  for e in cfg.lr_decay_epochs}
+    decay = optax.piecewise_constant_schedule(peak, boundaries)
+  else:
+    raise ValueError(f"config.train.schedule={cfg.schedule!r}: use 'cosine' or 'step'.")
+  warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def weight_decay_mask(params: Any, exclude: tuple) -> Any:
+  """True for parameters that get weight decay: those whose path matches no `exclude` regex."""
+  patterns = [re.compile(p) for p in exclude]
+  flat = traverse_util.flatten_dict(params, sep='/')
+  return traverse_util.unflatten_dict(
+      {k: not any(p.search(k) for p in patterns) for k in flat}, sep='/')
+
+
+def create_optimizer(cfg, learning_rate: optax.Schedule, params: Any
+                     ) -> optax.GradientTransformation:
+  """SGD with momentum and masked (decoupled from the loss) L2 weight decay."""
+  return optax.chain(
+      optax.add_decayed_weights(cfg.weight_decay,
+                                mask=weight_decay_mask(params, tuple(cfg.no_decay))),
+      optax.sgd(learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+                  ) -> jax.Array:
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  targets = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch: dict, label_smoothing: float = 0.0):
+  """One SGD step on a (sharded) global batch; every BN uses and updates batch statistics."""
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        mutable=['batch_stats'])
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    return loss, (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  top1 = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  return state, {'loss': loss, 'top1': top1}
+
+
+def eval_step(apply_fn: Callable, variables: dict, batch: dict) -> dict:
+  """Masked metric sums over a global batch, in inference mode.
+
+  Returns sums (not means) so that padded examples (mask 0) count for nothing and partial
+  results add up exactly: correct top-1/top-5, loss, number of images, and the fraction of
+  exactly-zero pooled features (after the final ReLU and global average pooling).
+  """
+  logits, features = apply_fn(variables, batch['image'], train=False, return_features=True)
+  mask, labels = batch['mask'], batch['label']
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  correct5 = jnp.any(top5 == labels[:, None], axis=-1)
+  return {
+      'correct1': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'correct5': jnp.sum(correct5 * mask),
+      'loss': jnp.sum(cross_entropy(logits, labels) * mask),
+      'zero_fraction': jnp.sum(jnp.mean(features == 0, axis=-1) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
+def evaluate(apply_fn: Callable, variables: dict, batches, mesh, eval_fn=None) -> dict:
+  """Runs eval_step over every batch and returns top1, top5, loss, zero_fraction, num_images."""
+  eval_fn = eval_fn or jax.jit(functools.partial(eval_step, apply_fn))
+  totals = None
+  for batch in parallel.prefetch_to_devices(batches, mesh):
+    sums = eval_fn(variables, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+  count = totals['count']
+  return {'top1': totals['correct1'] / count, 'top5': totals['correct5'] / count,
+          'loss': totals['loss'] / count, 'zero_fraction': totals['zero_fraction'] / count,
+          'num_images': int(round(count))}
+
+
+def load_initial_variables(config, model, image_size: int, num_classes: int) -> dict:
+  """Random variables, or config.init_from's (with a fresh head if config.init_head is off)."""
+  variables = init_variables(model, image_size, config.seed)
+  if not config.init_from:
+    return variables
+  loaded = checkpoint.load_variables(config.init_from)
+  if not config.init_head:
+    loaded['params'] = dict(loaded['params'], fc=variables['params']['fc'])
+  check_same_shapes(variables, loaded, config.init_from)
+  return loaded
+
+
+def check_same_shapes(expected: dict, loaded: dict, source: str) -> None:
+  """Raises a clear error when loaded variables do not fit the configured model."""
+  want = traverse_util.flatten_dict(expected, sep='/')
+  got = traverse_util.flatten_dict(loaded, sep='/')
+  problems = [f'{k}: missing' for k in want if k not in got]
+  problems += [f'{k}: unexpected' for k in got if k not in want]
+  problems += [f'{k}: checkpoint {np.shape(got[k])} vs model {np.shape(want[k])}'
+               for k in want if k in got and np.shape(got[k]) != np.shape(want[k])]
+  if problems:
+    hint = ''
+    if any(k.startswith('params/fc/') for k in problems):
+      hint = ('\nThe classifier differs (another number of classes?): set '
+              'config.init_head=False to start with a new head.')
+    raise ValueError(f'{source} does not fit config.model:\n  ' + '\n  '.join(problems[:20])
+                     + hint)
+
+
+def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
+  """The 'train' stage: trains at config.train.image_size, resuming from the last checkpoint.
+
+  Returns:
+    the final variables {'params', 'batch_stats'} (replicated on the mesh).
+  """
+  from fixres_jax.data import pipeline  # only the loop, not the steps, needs TensorFlow
+  cfg = config.train
+  model = create_model(config, dataset.num_classes)
+  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size)
+  total_steps = int(cfg.num_epochs * steps_per_epoch)
+  learning_rate = create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
+  variables = load_initial_variables(config, model, cfg.image_size, dataset.num_classes)
+  tx = create_optimizer(cfg, learning_rate, variables['params'])
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
+                            batch_stats=variables['batch_stats'], tx=tx)
+  state = parallel.replicate(state, mesh)
+
+  manager = checkpoint.create_manager(epath.Path(workdir) / 'checkpoints' / 'train',
+                                      max_to_keep=config.checkpoint.max_to_keep)
+  if manager.latest_step() is not None:
+    state = checkpoint.restore_state(manager, state)
+    logging.info('Resumed the train stage at step %d.', int(state.step))
+  start_step = int(state.step)
+
+  p_train_step = jax.jit(functools.partial(train_step, label_smoothing=cfg.label_smoothing),
+                         donate_argnums=0)
+  writer = metrics_lib.MetricWriter(workdir, 'train')
+  batches = parallel.prefetch_to_devices(pipeline.train_batches(
+      dataset, config.data.train_split, cfg.image_size, cfg.batch_size, config.seed,
+      start_step=start_step, crop=config.data.crop, shuffle_buffer=config.data.shuffle_buffer,
+      deterministic=config.deterministic, dtype=config.data.dtype), mesh)
+  eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0
+  progress = metrics_lib.Progress(total_steps, cfg.batch_size, start_step)
+  logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
+               total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
+  for step in range(start_step + 1, total_steps + 1):
+    state, step_metrics = p_train_step(state, next(batches))
+    if step % cfg.log_every_steps == 0 or step == total_steps:
+      summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      check_finite(summary['loss'], step, workdir)
+      summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
+      writer.write(step, summary)
+    if eval_every and step % eval_every == 0 and step != total_steps:
+      writer.write(step, evaluate_state(config, state, dataset, mesh))
+    if step % config.checkpoint.every_steps == 0 or step == total_steps:
+      checkpoint.save_state(manager, step, state)
+  if start_step < total_steps:
+    writer.write(total_steps, evaluate_state(config, state, dataset, mesh))
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def evaluate_state(config, state: TrainState, dataset, mesh) -> dict:
+  """Validation metrics at the training resolution, prefixed 'val_'."""
+  from fixres_jax.data import pipeline
+  batches = pipeline.eval_batches(dataset, config.data.eval_split, config.train.image_size,
+                                  config.sweep.batch_size, config.data.crop_pct,
+                                  dtype=config.data.dtype)
+  result = evaluate(state.apply_fn, {'params': state.params, 'batch_stats': state.batch_stats},
+                    batches, mesh)
+  return {f'val_{k}': v for k, v in result.items()}
+
+
+def check_finite(loss: float, step: int, workdir: str) -> None:
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f'The training loss is {loss} at step {step}. The last good checkpoint in '
+        f'{workdir}/checkpoints/train is kept; lower config.train.base_lr or check the data.')
