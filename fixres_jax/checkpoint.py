@@ -13,6 +13,7 @@ Every process calls save and restore: orbax coordinates multi-host writes itself
 
 from typing import Any, Optional
 
+from absl import logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
@@ -40,6 +41,15 @@ def restore_state(manager: ocp.CheckpointManager, abstract_state: Any,
   """Restores the latest (or given) step into the structure and shardings of abstract_state."""
   step = manager.latest_step() if step is None else step
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
+  """Resumes from the manager's latest step, or returns `state` when there is none."""
+  if manager.latest_step() is None:
+    return state
+  state = restore_state(manager, state)
+  logging.info('Resumed from %s at step %d.', manager.directory, manager.latest_step())
+  return state
 
 
 def save_variables(directory, variables: dict) -> epath.Path:

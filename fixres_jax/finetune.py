@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import optax
 
 from fixres_jax import checkpoint
-from fixres_jax import metrics as metrics_lib
 from fixres_jax import parallel
 from fixres_jax import train
 
@@ -110,31 +109,18 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
 
   manager = checkpoint.create_manager(epath.Path(workdir) / 'checkpoints' / 'finetune',
                                       max_to_keep=config.checkpoint.max_to_keep)
-  if manager.latest_step() is not None:
-    state = checkpoint.restore_state(manager, state)
-    logging.info('Resumed the finetune stage at step %d.', int(state.step))
+  state = checkpoint.restore_latest(manager, state)
   start_step = int(state.step)
 
   step_fn = jax.jit(functools.partial(finetune_step, trainable=names,
                                       last_bn_path=model.last_bn_path), donate_argnums=0)
-  writer = metrics_lib.MetricWriter(workdir, 'finetune')
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.test_res, cfg.batch_size, config.seed + 1,
       start_step=start_step, transform='finetune', crop_pct=config.data.crop_pct,
       augment=cfg.augment, shuffle_buffer=config.data.shuffle_buffer,
       deterministic=config.deterministic, dtype=config.data.dtype), mesh)
-  progress = metrics_lib.Progress(total_steps, cfg.batch_size, start_step)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)
-  for step in range(start_step + 1, total_steps + 1):
-    state, step_metrics = step_fn(state, next(batches))
-    if step % config.train.log_every_steps == 0 or step == total_steps:
-      summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      train.check_finite(summary['loss'], step, workdir)
-      summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
-      writer.write(step, summary)
-    if step % config.checkpoint.every_steps == 0 or step == total_steps:
-      checkpoint.save_state(manager, step, state)
-  manager.wait_until_finished()
+  state = train.run_steps('finetune', config, workdir, state, step_fn, batches, total_steps,
+                          cfg.batch_size, learning_rate, manager)
   manager.close()
-  writer.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}

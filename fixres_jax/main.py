@@ -7,7 +7,8 @@ This file only wires flags to the library: the logic lives in importable modules
 resumes an interrupted one from its last checkpoint.
 """
 
-import json
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -21,12 +22,19 @@ from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import finetune
 from fixres_jax import parallel
+from fixres_jax import preemption
 from fixres_jax import train
 from fixres_jax.data import pipeline
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for multi-process runs outside Cloud TPU and '
+                    'SLURM (which are detected automatically). Env: JAX_COORDINATOR_ADDRESS.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (env: JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 '
+                     '(env: JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -70,11 +78,30 @@ def load_trained(config, workdir: epath.Path) -> dict:
       'checkpoint: add the train stage or set config.init_from to a checkpoint.')
 
 
+def initialize_distributed() -> None:
+  """Joins a multi-process run when one is configured; a single process needs nothing."""
+  address = FLAGS.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if address:
+    num_processes = FLAGS.num_processes or int(os.environ['JAX_NUM_PROCESSES'])
+    process_id = (FLAGS.process_id if FLAGS.process_id is not None
+                  else int(os.environ['JAX_PROCESS_ID']))
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(address, num_processes, process_id)
+  elif (int(os.environ.get('SLURM_NTASKS', '1')) > 1
+        or 'TPU_WORKER_HOSTNAMES' in os.environ or 'CLOUD_TPU_TASK_ID' in os.environ):
+    jax.distributed.initialize()  # reads SLURM's or the TPU VM's environment
+
+
 def main(argv):
   del argv
+  initialize_distributed()
   logging.info('JAX process %d/%d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  run(FLAGS.config, FLAGS.workdir)
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ from fixres_jax import checkpoint
 from fixres_jax import metrics as metrics_lib
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import preemption
 
 
 class TrainState(train_state.TrainState):
@@ -179,38 +180,23 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
 
   manager = checkpoint.create_manager(epath.Path(workdir) / 'checkpoints' / 'train',
                                       max_to_keep=config.checkpoint.max_to_keep)
-  if manager.latest_step() is not None:
-    state = checkpoint.restore_state(manager, state)
-    logging.info('Resumed the train stage at step %d.', int(state.step))
+  state = checkpoint.restore_latest(manager, state)
   start_step = int(state.step)
 
   p_train_step = jax.jit(functools.partial(train_step, label_smoothing=cfg.label_smoothing),
                          donate_argnums=0)
-  writer = metrics_lib.MetricWriter(workdir, 'train')
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.image_size, cfg.batch_size, config.seed,
       start_step=start_step, crop=config.data.crop, shuffle_buffer=config.data.shuffle_buffer,
       deterministic=config.deterministic, dtype=config.data.dtype), mesh)
-  eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0
-  progress = metrics_lib.Progress(total_steps, cfg.batch_size, start_step)
   logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
                total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
-  for step in range(start_step + 1, total_steps + 1):
-    state, step_metrics = p_train_step(state, next(batches))
-    if step % cfg.log_every_steps == 0 or step == total_steps:
-      summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      check_finite(summary['loss'], step, workdir)
-      summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
-      writer.write(step, summary)
-    if eval_every and step % eval_every == 0 and step != total_steps:
-      writer.write(step, evaluate_state(config, state, dataset, mesh))
-    if step % config.checkpoint.every_steps == 0 or step == total_steps:
-      checkpoint.save_state(manager, step, state)
-  if start_step < total_steps:
-    writer.write(total_steps, evaluate_state(config, state, dataset, mesh))
-  manager.wait_until_finished()
+  eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0
+  state = run_steps(
+      'train', config, workdir, state, p_train_step, batches, total_steps, cfg.batch_size,
+      learning_rate, manager, eval_every=eval_every,
+      evaluate_fn=lambda state: evaluate_state(config, state, dataset, mesh))
   manager.close()
-  writer.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -225,8 +211,49 @@ def evaluate_state(config, state: TrainState, dataset, mesh) -> dict:
   return {f'val_{k}': v for k, v in result.items()}
 
 
-def check_finite(loss: float, step: int, workdir: str) -> None:
+def check_finite(loss: float, step: int, checkpoint_dir) -> None:
   if not np.isfinite(loss):
     raise FloatingPointError(
         f'The training loss is {loss} at step {step}. The last good checkpoint in '
-        f'{workdir}/checkpoints/train is kept; lower config.train.base_lr or check the data.')
+        f'{checkpoint_dir} is kept; lower the learning rate or check the data.')
+
+
+def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, total_steps: int,
+              global_batch: int, learning_rate: optax.Schedule, manager,
+              eval_every: int = 0, evaluate_fn: Optional[Callable] = None):
+  """The loop shared by the train and finetune stages.
+
+  Runs step_fn from state.step to total_steps; logs every config.train.log_every_steps;
+  checkpoints every config.checkpoint.every_steps, at the end, and on SIGTERM (then raises
+  preemption.Preempted); evaluates with evaluate_fn every eval_every steps and at the end.
+
+  Returns:
+    the final state.
+  """
+  start_step = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir, stage)
+  progress = metrics_lib.Progress(total_steps, global_batch, start_step)
+  guard = preemption.PreemptionGuard()
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, step_metrics = step_fn(state, next(batches))
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        check_finite(summary['loss'], step, manager.directory)
+        summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
+        writer.write(step, summary)
+      if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
+        writer.write(step, evaluate_fn(state))
+      if step % config.checkpoint.every_steps == 0 or step == total_steps:
+        checkpoint.save_state(manager, step, state)
+      if guard.should_stop(step):
+        checkpoint.save_state(manager, step, state, force=True)
+        manager.wait_until_finished()
+        raise preemption.Preempted(stage, step)
+    if evaluate_fn and start_step < total_steps:
+      writer.write(total_steps, evaluate_fn(state))
+  finally:
+    manager.wait_until_finished()
+    writer.close()
+    guard.close()
+  return state
