@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # CONFIG, WORKDIR, EXTRA are read by the launchers
+# Shared by the launchers: argument parsing and --dry-run. Source it; do not run it.
+# Sets CONFIG, WORKDIR, DRY_RUN and EXTRA (the remaining arguments, passed on to main).
+
+usage() {
+  sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+  exit "${1:-0}"
+}
+
+parse_args() {
+  DRY_RUN=0
+  EXTRA=()
+  POSITIONAL=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dry-run) DRY_RUN=1 ;;
+      -h|--help) usage 0 ;;
+      --*) EXTRA+=("$1") ;;
+      *) POSITIONAL+=("$1") ;;
+    esac
+    shift
+  done
+  if [ "${#POSITIONAL[@]}" -lt 2 ]; then
+    echo "error: expected CONFIG and WORKDIR" >&2
+    usage 2
+  fi
+  CONFIG="${POSITIONAL[0]}"
+  WORKDIR="${POSITIONAL[1]}"
+}
+
+# Prints the command; runs it unless --dry-run.
+run() {
+  printf '+'
+  printf ' %q' "$@"
+  printf '\n'
+  if [ "$DRY_RUN" -eq 0 ]; then
+    "$@"
+  fi
+}
