@@ -24,6 +24,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.crop = 'torchvision'  # train crop sampler: 'torchvision' (FixRes) or 'inception'
   data.crop_pct = 0.875  # test transform: resize to K_test / crop_pct, central K_test crop
   data.shuffle_buffer = 16_384
+  # Training order is defined per data shard (0: one per process). Fix it to keep the same
+  # batches when the number of processes changes (e.g. resuming on another slice).
+  data.num_shards = 0
   data.dtype = 'float32'  # images as they leave tf.data
 
   config.model = model = ml_collections.ConfigDict()

@@ -101,7 +101,8 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   cfg = config.finetune
   model = train.create_model(config, dataset.num_classes)
   names = trainable_names(model.last_bn_path, cfg.train_bn_affine)
-  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size)
+  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
+                                             config.data.num_shards)
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
   state = create_finetune_state(model, checkpoint.to_host(variables), cfg, learning_rate, names)
@@ -118,7 +119,8 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
       dataset, config.data.train_split, cfg.test_res, cfg.batch_size, config.seed + 1,
       start_step=start_step, transform='finetune', crop_pct=config.data.crop_pct,
       augment=cfg.augment, shuffle_buffer=config.data.shuffle_buffer,
-      deterministic=config.deterministic, dtype=config.data.dtype), mesh)
+      num_shards=config.data.num_shards, deterministic=config.deterministic,
+      dtype=config.data.dtype), mesh)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)
   state = train.run_steps('finetune', config, workdir, state, step_fn, batches, total_steps,
                           cfg.batch_size, learning_rate, manager)

@@ -169,7 +169,8 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   from fixres_jax.data import pipeline  # only the loop, not the steps, needs TensorFlow
   cfg = config.train
   model = create_model(config, dataset.num_classes)
-  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size)
+  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
+                                             config.data.num_shards)
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
   variables = load_initial_variables(config, model, cfg.image_size, dataset.num_classes)
@@ -188,7 +189,8 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.image_size, cfg.batch_size, config.seed,
       start_step=start_step, crop=config.data.crop, shuffle_buffer=config.data.shuffle_buffer,
-      deterministic=config.deterministic, dtype=config.data.dtype), mesh)
+      num_shards=config.data.num_shards, deterministic=config.deterministic,
+      dtype=config.data.dtype), mesh)
   logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
                total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
   eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0

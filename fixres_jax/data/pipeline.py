@@ -66,18 +66,20 @@ def load_dataset(config) -> Dataset:
     raise FileNotFoundError(
         f'Dataset {config.data.name!r} is not prepared in {builder.data_dir_root}. Prepare it '
         f"with `tfds build {config.data.name} --data_dir=DIR` and set config.data.data_dir=DIR.")
-  return Dataset(builder, config.data.image_key, config.data.label_key)
+  dataset = Dataset(builder, config.data.image_key, config.data.label_key)
+  for split in (config.data.train_split, config.data.eval_split):
+    if dataset.num_examples(split) == 0:
+      raise ValueError(f'Split {split!r} of {config.data.name} is empty: check '
+                       'config.data.train_split / eval_split.')
+  return dataset
 
 
-def _read_split(dataset: Dataset, split: str, shuffle_seed: Optional[int] = None,
-                drop_remainder: bool = True) -> tf.data.Dataset:
-  """This process's shard of a split, as {'image': jpeg bytes, 'label', 'index'}."""
-  if dataset.num_examples(split) == 0:
-    raise ValueError(f'Split {split!r} of {dataset.builder.name} is empty.')
-  process_split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
+def _read(dataset: Dataset, split: str, shuffle_seed: Optional[int] = None
+          ) -> tf.data.Dataset:
+  """A (sub-)split as {'image': encoded bytes, 'label', 'index': position in the split}."""
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, add_tfds_id=False)
   ds = dataset.builder.as_dataset(
-      split=process_split, shuffle_files=shuffle_seed is not None, read_config=read_config,
+      split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
       decoders={dataset.image_key: tfds.decode.SkipDecoding()})
   return ds.enumerate().map(lambda i, ex: {
       'image': ex[dataset.image_key], 'label': ex[dataset.label_key], 'index': i})
@@ -86,58 +88,84 @@ def _read_split(dataset: Dataset, split: str, shuffle_seed: Optional[int] = None
 def _options(deterministic: bool) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = deterministic
-  options.threading.private_threadpool_size = 0  # share tf's default pool
   return options
 
 
-def steps_per_epoch(dataset: Dataset, split: str, global_batch: int) -> int:
-  return dataset.num_examples(split) // global_batch
+def data_shards(num_shards: int = 0) -> range:
+  """The data shards this process reads (num_shards=0: one per process).
+
+  The training order is defined per shard, and a global batch is the concatenation of an
+  equal slice of every shard. With a fixed num_shards the global batches are therefore the
+  same whatever the number of processes: 1 process reading 2 shards sees exactly what 2
+  processes reading 1 shard each see.
+  """
+  num_shards = num_shards or jax.process_count()
+  if num_shards % jax.process_count():
+    raise ValueError(f'config.data.num_shards={num_shards} must be a multiple of the '
+                     f'{jax.process_count()} processes.')
+  per_process = num_shards // jax.process_count()
+  return range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+
+
+def steps_per_epoch(dataset: Dataset, split: str, global_batch: int, num_shards: int = 0
+                    ) -> int:
+  num_shards = num_shards or jax.process_count()
+  return (dataset.num_examples(split) // num_shards) // (global_batch // num_shards)
 
 
 def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
-                  seed: int, start_step: int = 0, transform: str = 'train', crop: str =
-                  'torchvision', crop_pct: float = 0.875, augment: str = 'flip',
-                  shuffle_buffer: int = 10_000, deterministic: bool = True,
-                  dtype: str = 'float32') -> Iterator[dict]:
+                  seed: int, start_step: int = 0, transform: str = 'train',
+                  crop: str = 'torchvision', crop_pct: float = 0.875, augment: str = 'flip',
+                  shuffle_buffer: int = 10_000, num_shards: int = 0,
+                  deterministic: bool = True, dtype: str = 'float32') -> Iterator[dict]:
   """Endless per-process training batches, resumable at any step.
 
   Args:
     transform: 'train' (RandomResizedCrop at image_size + flip) or 'finetune' (the test
       transform at image_size + light augmentation), the FixRes fine-tuning input.
-    start_step: global step to resume from; epochs before it are skipped without reading.
+    start_step: global step to resume from; earlier examples are skipped before decoding.
+    num_shards: see data_shards.
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
   """
-  local_batch = global_batch // jax.process_count()
-  steps = steps_per_epoch(dataset, split, global_batch)
+  shards = data_shards(num_shards)
+  num_shards = num_shards or jax.process_count()
+  if global_batch % num_shards:
+    raise ValueError(f'The global batch {global_batch} must split evenly into the '
+                     f'{num_shards} data shards.')
+  shard_batch = global_batch // num_shards
+  steps = steps_per_epoch(dataset, split, global_batch, num_shards)
   if steps == 0:
     raise ValueError(f'Split {split!r} has {dataset.num_examples(split)} examples, fewer than '
                      f'one global batch of {global_batch}: lower the batch size.')
+  subsplits = tfds.even_splits(split, num_shards, drop_remainder=True)
   tf_dtype = tf.dtypes.as_dtype(dtype)
   epoch, skip = divmod(start_step, steps)
   while True:
-    epoch_seed = seed * 100_003 + epoch
-    ds = _read_split(dataset, split, shuffle_seed=epoch_seed).shuffle(
-        shuffle_buffer, seed=epoch_seed)
+    streams = []
+    for shard in shards:
+      # Seeds depend only on (run seed, epoch, shard, position): resumable and reproducible.
+      shard_seed = (seed * 100_003 + epoch) * 1_009 + shard
+      ds = _read(dataset, subsplits[shard], shuffle_seed=shard_seed)
+      ds = ds.shuffle(shuffle_buffer, seed=shard_seed)
+      ds = ds.take(steps * shard_batch).skip(skip * shard_batch)
 
-    def transform_fn(ex, epoch_seed=epoch_seed):
-      # One stateless seed per (run seed, epoch, example position in this process's order).
-      example_seed = tf.stack([tf.constant(epoch_seed, tf.int64),
-                               ex['index'] * jax.process_count() + jax.process_index()])
-      if transform == 'train':
-        image = preprocess.preprocess_train(ex['image'], example_seed, image_size, crop=crop,
-                                            dtype=tf_dtype)
-      else:
-        image = preprocess.preprocess_finetune(ex['image'], example_seed, image_size,
-                                               crop_pct=crop_pct, augment=augment,
-                                               dtype=tf_dtype)
-      return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
+      def transform_fn(ex, shard_seed=shard_seed):
+        example_seed = tf.stack([tf.constant(shard_seed, tf.int64), ex['index']])
+        if transform == 'train':
+          image = preprocess.preprocess_train(ex['image'], example_seed, image_size, crop=crop,
+                                              dtype=tf_dtype)
+        else:
+          image = preprocess.preprocess_finetune(ex['image'], example_seed, image_size,
+                                                 crop_pct=crop_pct, augment=augment,
+                                                 dtype=tf_dtype)
+        return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
-    # Skip already-trained examples before decoding them.
-    ds = ds.take(steps * local_batch).skip(skip * local_batch)
-    ds = ds.map(transform_fn, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
+      ds = ds.map(transform_fn, num_parallel_calls=tf.data.AUTOTUNE)
+      streams.append(ds.batch(shard_batch, drop_remainder=True))
+    ds = tf.data.Dataset.zip(tuple(streams)).map(
+        lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]})
     ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
     yield from tfds.as_numpy(ds)
     epoch, skip = epoch + 1, 0
@@ -164,7 +192,7 @@ def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: in
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
-  ds = _read_split(dataset, split, drop_remainder=False)
+  ds = _read(dataset, tfds.split_for_jax_process(split, drop_remainder=False))
   ds = ds.map(transform_fn, num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((image_size, image_size, 3), tf_dtype),

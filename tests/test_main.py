@@ -1,0 +1,29 @@
+"""The real main on a tiny config: train, finetune, sweep, resume."""
+
+import json
+
+from fixres_jax import main
+
+
+def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
+  workdir = tmp_path / 'run'
+  main.run(tiny_config, str(workdir))
+  records = json.loads((workdir / 'sweep.json').read_text())
+  num_images = 100
+  assert {(r['model'], r['test_res']) for r in records} == {
+      (m, r) for m in ('trained', 'finetuned') for r in tiny_config.sweep.resolutions}
+  for r in records:
+    assert set(r) >= {'model', 'test_res', 'top1', 'top5', 'num_images'}
+    assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
+    assert r['num_images'] == num_images
+  assert json.loads((workdir / 'config.json').read_text())['train']['image_size'] == 32
+  assert (workdir / 'checkpoints' / 'train').exists()
+  metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert {m['stage'] for m in metrics} >= {'train', 'finetune'}
+
+  # Re-running resumes: every stage is finished, so nothing is retrained.
+  lines_before = len(metrics)
+  main.run(tiny_config, str(workdir))
+  metrics_after = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert len(metrics_after) == lines_before
+  assert json.loads((workdir / 'sweep.json').read_text()) == records
