@@ -1,7 +1,5 @@
 """Model registry: torchvision's constructors by name, plus a configurable small ResNet."""
 
-import functools
-
 import jax.numpy as jnp
 
 from fixres_jax.models.resnet import BasicBlock, Bottleneck, ResNet

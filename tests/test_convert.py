@@ -1,0 +1,174 @@
+"""PyTorch -> Flax conversion, checked against torchvision's own models."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fixres_jax import checkpoint
+from fixres_jax import convert
+from fixres_jax import models
+
+try:
+  import torch
+  import torchvision
+except ImportError as e:  # Not a skip: CI installs torch, and parity must be checked there.
+  raise ImportError('tests/test_convert.py needs torch and torchvision: '
+                    'pip install -r requirements-torch.txt') from e
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 10
+IMAGE_SIZE = 72  # Odd sizes below the stem (9 -> 5 -> 3) exercise stride-2 padding.
+
+
+def create_torch_model(arch: str, num_classes: int = NUM_CLASSES, seed: int = 0):
+  """torchvision's model with random BN affine parameters and data-driven running stats."""
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, arch)(num_classes=num_classes)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.momentum = 1.0  # Running stats := one batch's stats, far from the 0/1 defaults.
+    model.train()
+    model(torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE))
+  return model.eval()
+
+
+def torch_state_dict(model):
+  return {name: value.numpy() for name, value in model.state_dict().items()}
+
+
+def compare_logits(torch_model, variables, arch, num_classes=NUM_CLASSES):
+  """Max |logit difference| between torchvision (eval) and Flax (train=False)."""
+  images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = torch_model(images).numpy()
+  flax_model = models.create_model(arch, num_classes)
+  logits = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))(
+      variables, images.numpy().transpose(0, 2, 3, 1))
+  return float(np.max(np.abs(np.asarray(logits) - expected))), float(np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50', 'resnext50_32x4d'])
+def test_logits_match_torchvision(arch, tmp_path):
+  torch_model = create_torch_model(arch)
+  path = str(tmp_path / f'{arch}.pth')
+  torch.save(torch_model.state_dict(), path)
+  convert.convert_file(arch, path, str(tmp_path / 'converted'))
+  variables = checkpoint.load_variables(tmp_path / 'converted')
+  max_diff, max_logit = compare_logits(torch_model, variables, arch)
+  print(f'{arch}: max |logit diff| {max_diff:.2e} (max |logit| {max_logit:.2f})')
+  assert max_logit > 0.1  # Not a degenerate all-zero comparison.
+  assert max_diff < 1e-4
+
+
+def test_command_line_converts_a_fixres_release(tmp_path):
+  """The official FixRes format ('model' entry, 'module.' keys) through the CLI."""
+  torch_model = create_torch_model('resnet18', num_classes=7)
+  release = {'model': {f'module.{name}': value
+                       for name, value in torch_model.state_dict().items()},
+             'epoch': 3}
+  path = str(tmp_path / 'ResNet18_release.pth')
+  torch.save(release, path)
+  output = str(tmp_path / 'converted')
+  subprocess.run([sys.executable, '-m', 'fixres_jax.convert', '--arch=resnet18',
+                  f'--input={path}', f'--output={output}'],
+                 check=True, cwd=REPO_ROOT, env={**os.environ, 'PYTHONPATH': REPO_ROOT})
+  variables = checkpoint.load_variables(output)
+  max_diff, _ = compare_logits(torch_model, variables, 'resnet18', num_classes=7)
+  assert max_diff < 1e-4
+
+
+def test_layouts_and_batch_stats_are_exact():
+  torch_model = create_torch_model('resnext50_32x4d')
+  state_dict = torch_state_dict(torch_model)
+  variables = convert.convert_state_dict(state_dict,
+                                         models.create_model('resnext50_32x4d', NUM_CLASSES))
+  params, stats = variables['params'], variables['batch_stats']
+  grouped = state_dict['layer2.1.conv2.weight']  # (out, in / 32 groups, 3, 3)
+  np.testing.assert_array_equal(params['layer2_1']['conv2']['kernel'],
+                                grouped.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['fc']['kernel'], state_dict['fc.weight'].T)
+  np.testing.assert_array_equal(params['layer3_0']['downsample_bn']['scale'],
+                                state_dict['layer3.0.downsample.1.weight'])
+  np.testing.assert_array_equal(stats['layer4_2']['bn3']['var'],
+                                state_dict['layer4.2.bn3.running_var'])
+
+
+def test_fixres_release_layout_is_unwrapped():
+  state_dict = torch_state_dict(create_torch_model('resnet18'))
+  release = {'model': {f'module.{name}': value for name, value in state_dict.items()},
+             'epoch': 3}
+  model = models.create_model('resnet18', NUM_CLASSES)
+  jax.tree.map(np.testing.assert_array_equal, convert.convert_state_dict(release, model),
+               convert.convert_state_dict(state_dict, model))
+
+
+def test_missing_torch_says_how_to_install(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # Makes `import torch` fail.
+  (tmp_path / 'model.pth').touch()
+  with pytest.raises(ImportError, match='pip install -r requirements-torch.txt'):
+    convert.load_state_dict(str(tmp_path / 'model.pth'))
+
+
+def test_safetensors_input_matches_pth(tmp_path):
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  torch_model = create_torch_model('resnet18')
+  torch.save(torch_model.state_dict(), tmp_path / 'model.pth')
+  state_dict = torch_state_dict(torch_model)
+  safetensors_numpy.save_file(state_dict, str(tmp_path / 'model.safetensors'))
+  from_pth = convert.load_state_dict(str(tmp_path / 'model.pth'))
+  from_safetensors = convert.load_state_dict(str(tmp_path / 'model.safetensors'))
+  assert from_pth.keys() == from_safetensors.keys()
+  for name, value in from_pth.items():
+    np.testing.assert_array_equal(value, from_safetensors[name])
+
+
+def test_missing_unexpected_and_misshaped_names_are_reported():
+  state_dict = torch_state_dict(create_torch_model('resnet18'))
+  del state_dict['layer2.1.bn1.running_mean']
+  state_dict['layer5.0.conv1.weight'] = np.zeros((3, 3, 1, 1), np.float32)
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert_state_dict(state_dict, models.create_model('resnet18', 1000))
+  message = str(error.value)
+  assert 'missing from the checkpoint (1): layer2.1.bn1.running_mean' in message
+  assert 'unexpected in the checkpoint (1): layer5.0.conv1.weight' in message
+  assert 'fc.weight (10, 512)' in message and 'fc.bias' in message
+
+
+def test_wrong_arch_is_reported_with_the_right_one(tmp_path):
+  path = str(tmp_path / 'resnet34.pth')
+  torch.save(torchvision.models.resnet34().state_dict(), path)
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert_file('resnet50', path, str(tmp_path / 'converted'))
+  assert 'layer1.0.conv3.weight' in str(error.value)
+  assert 'The checkpoint matches --arch=resnet34.' in str(error.value)
+
+
+def test_pickled_objects_need_trust(tmp_path):
+  path = str(tmp_path / 'with_objects.pth')
+  torch.save({'model': create_torch_model('resnet18').state_dict(), 'args': object()}, path)
+  with pytest.raises(convert.ConversionError, match='--trust_pickle'):
+    convert.load_state_dict(path)
+  assert 'fc.weight' in convert.load_state_dict(path, trust_pickle=True)
+
+
+@pytest.mark.parametrize('arch', [name for name in models.ARCH_NAMES if name != 'resnet'])
+def test_every_arch_maps_one_to_one_onto_torchvision(arch):
+  """Names and shapes of the whole registry, against torchvision built on the meta device."""
+  with torch.device('meta'):
+    if hasattr(torchvision.models, arch):
+      torch_model = getattr(torchvision.models, arch)()
+    else:  # The WSL widths torchvision has no constructor for (resnext101_32x16d, ...).
+      width = int(arch.split('x')[-1].rstrip('d'))
+      torch_model = torchvision.models.ResNet(torchvision.models.resnet.Bottleneck,
+                                              [3, 4, 23, 3], groups=32, width_per_group=width)
+  # Zero-strided stand-ins: the shapes of the real tensors without their memory.
+  state_dict = {name: np.broadcast_to(np.float32(0), value.shape)
+                for name, value in torch_model.state_dict().items()}
+  assert convert.find_matching_archs(state_dict) == [arch]  # ...and to no other arch.
