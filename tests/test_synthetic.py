@@ -1,0 +1,153 @@
+"""The embedded dataset: a real tfds builder, deterministic, with size-dependent textures."""
+
+import dataclasses
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from fixres_jax.data import synthetic
+from fixres_jax.data.synthetic import render
+
+
+def _read_jpegs(builder, split):
+  """{file_name: (jpeg bytes, label)} of a whole split, read through tfds."""
+  ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  return {ex['file_name'].decode(): (ex['image'], int(ex['label']))
+          for ex in tfds.as_numpy(ds)}
+
+
+def _build(data_dir, seed, num_train=12, num_validation=6):
+  config = synthetic.FixresSyntheticConfig(
+      name=f'seed{seed}', num_train=num_train, num_validation=num_validation, seed=seed)
+  builder = tfds.builder('fixres_synthetic', config=config, data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder
+
+
+def test_tiny_builds_and_reads_back_like_any_tfds_dataset(synthetic_data_dir):
+  builder = tfds.builder('fixres_synthetic/tiny', data_dir=synthetic_data_dir)
+  assert builder.is_prepared()
+  assert builder.info.splits['train'].num_examples == 256
+  assert builder.info.features['label'].names == list(synthetic.CLASS_NAMES)
+  examples = _read_jpegs(builder, 'validation')
+  assert sorted(examples) == [f'validation/{i:08d}.jpg' for i in range(100)]
+  assert {label for _, label in examples.values()} == set(range(synthetic.NUM_CLASSES))
+
+  shapes = []
+  for jpeg, _ in examples.values():
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == 'JPEG' and image.mode == 'RGB'
+    shapes.append(image.size[::-1])
+  heights, widths = np.array(shapes).T
+  short, aspect = np.minimum(heights, widths), widths / heights
+  assert short.min() >= render.SHORT_SIDE[0] and short.max() <= render.SHORT_SIDE[1]
+  assert short.max() - short.min() > 60  # varied sizes
+  assert np.all((aspect > 0.74) & (aspect < 1.34))
+  assert (aspect < 0.9).sum() > 10 and (aspect > 1.1).sum() > 10  # portrait and landscape
+
+  # The default decoder gives uint8 images of the stored size, as for imagenet2012.
+  decoded = next(iter(tfds.as_numpy(builder.as_dataset(split='train').take(1))))
+  assert decoded['image'].dtype == np.uint8 and decoded['image'].shape[2] == 3
+
+
+def test_builds_are_deterministic_and_seeded(tmp_path, synthetic_data_dir):
+  first = _read_jpegs(_build(tmp_path / 'a', seed=0), 'train')
+  again = _read_jpegs(_build(tmp_path / 'b', seed=0), 'train')
+  other = _read_jpegs(_build(tmp_path / 'c', seed=1), 'train')
+  assert first == again  # byte-identical JPEGs and labels
+  assert all(first[name][0] != other[name][0] for name in first)
+  # An example depends on (seed, split, index) only, not on the split's size: the 12
+  # examples are the first 12 of the 'tiny' config (also seed 0).
+  tiny = _read_jpegs(tfds.builder('fixres_synthetic/tiny', data_dir=synthetic_data_dir),
+                     'train')
+  assert all(tiny[name] == first[name] for name in first)
+
+
+def _fundamental_frequency(weights):
+  """Cycles per pixel of the lowest 2-D Fourier component with a quarter of the peak power."""
+  power = np.abs(np.fft.fft2(weights - weights.mean())) ** 2
+  radius = np.hypot(np.fft.fftfreq(weights.shape[0])[:, None],
+                    np.fft.fftfreq(weights.shape[1])[None, :])
+  return float(radius[power >= power.max() / 4].min())
+
+
+@pytest.mark.parametrize('name', [n for n in synthetic.CLASS_NAMES if n != 'blobs'])
+def test_texture_period_scales_with_object_size(name):
+  """A texture has a fixed number of cycles per object: twice the size, half the frequency."""
+  label = synthetic.CLASS_NAMES.index(name)
+  obj = render.sample_object(np.random.default_rng(label), label, 300, 300)
+  obj = dataclasses.replace(obj, cycles=4.0)
+  y = np.arange(-256, 256, dtype=np.float32)[:, None]
+  x = np.arange(-256, 256, dtype=np.float32)[None, :]
+  frequencies = []
+  for size in (48.0, 96.0, 192.0):
+    sized = dataclasses.replace(obj, shape=dataclasses.replace(obj.shape, size=size))
+    frequencies.append(_fundamental_frequency(render.texture(sized, y, x, rng=None)))
+  np.testing.assert_allclose(frequencies[0] / frequencies[1], 2, rtol=0.12)
+  np.testing.assert_allclose(frequencies[1] / frequencies[2], 2, rtol=0.12)
+  # The fundamental is within a factor 1.5 of one cycle per period.
+  assert 1 / 1.5 < frequencies[1] * (96.0 / 4) < 1.5
+
+
+def test_blob_texture_scales_with_object_size():
+  """The random 'blobs' pattern changes colour about as often per object at any size."""
+  label = synthetic.CLASS_NAMES.index('blobs')
+  obj = render.sample_object(np.random.default_rng(0), label, 300, 300)
+  changes = []
+  for size in (64.0, 256.0):
+    sized = dataclasses.replace(obj, shape=dataclasses.replace(obj.shape, size=size))
+    n = int(size)
+    grid = np.arange(n, dtype=np.float32)
+    weights = render.texture(sized, grid[:, None], grid[None, :], np.random.default_rng(1))
+    changes.append(np.abs(np.diff(weights > 0.5, axis=1)).sum() / n)  # per row, per object
+  np.testing.assert_allclose(changes[0], changes[1], rtol=0.35)
+
+
+def test_objects_fill_the_configured_range_of_sizes():
+  rng = np.random.default_rng(0)
+  relative = []
+  for label in range(200):
+    height, width = render.sample_image_size(rng)
+    obj = render.sample_object(rng, label % synthetic.NUM_CLASSES, height, width)
+    relative.append(obj.shape.size / min(height, width))
+    cy, cx = obj.shape.center
+    assert 0 <= cy <= height and 0 <= cx <= width
+  assert render.OBJECT_SIZE[0] <= min(relative) < 0.25
+  assert 0.75 < max(relative) <= render.OBJECT_SIZE[1]
+
+
+def test_colour_does_not_give_the_class_away(synthetic_data_dir):
+  """A nearest-centroid classifier on colour statistics stays near chance (10%)."""
+  builder = tfds.builder('fixres_synthetic/tiny', data_dir=synthetic_data_dir)
+
+  def colour_features(split):
+    ds = tfds.as_numpy(builder.as_dataset(split=split))
+    rows = [(np.concatenate([ex['image'].mean((0, 1)), ex['image'].std((0, 1))]), ex['label'])
+            for ex in ds]
+    return np.array([f for f, _ in rows]), np.array([l for _, l in rows])
+
+  train_x, train_y = colour_features('train')
+  test_x, test_y = colour_features('validation')
+  centroids = np.stack([train_x[train_y == c].mean(0) for c in range(synthetic.NUM_CLASSES)])
+  predicted = np.argmin(((test_x[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+  assert np.mean(predicted == test_y) < 0.3
+
+
+def test_render_example_is_a_photo_sized_uint8_image():
+  image, obj = render.render_example(np.random.default_rng(3), 4)
+  assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+  assert render.SHORT_SIDE[0] <= min(image.shape[:2]) <= render.SHORT_SIDE[1]
+  assert obj.label == 4 and obj.period == pytest.approx(obj.shape.size / obj.cycles)
+  decoded = np.asarray(Image.open(io.BytesIO(render.encode_jpeg(image, quality=95))))
+  assert decoded.shape == image.shape
+  assert np.abs(decoded.astype(int) - image).mean() < 6
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match='tiny'):
+    synthetic.prepare('huge')
+  with pytest.raises(ValueError, match='label must be in'):
+    render.sample_object(np.random.default_rng(0), 10, 200, 200)
