@@ -16,6 +16,7 @@ from typing import Any, Optional
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 VARIABLES_ITEM = 'variables'
@@ -84,6 +85,14 @@ def load_variables(directory) -> dict:
             '(e.g. WORKDIR/checkpoints/train).')
       tree = manager.restore(step, args=ocp.args.StandardRestore())
   return {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+
+
+def estimate_bytes(model, config) -> int:
+  """Disk space for the checkpoints a run keeps: variables plus momentum, per kept step."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  variable_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  stages = 2  # train and finetune
+  return 2 * variable_bytes * (config.checkpoint.max_to_keep + 1) * stages
 
 
 def to_host(tree: Any) -> Any:

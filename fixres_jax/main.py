@@ -24,6 +24,7 @@ from fixres_jax import finetune
 from fixres_jax import parallel
 from fixres_jax import preemption
 from fixres_jax import train
+from fixres_jax import workdir as workdir_lib
 from fixres_jax.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -42,25 +43,31 @@ def run(config, workdir: str) -> dict:
   """Runs config.stages in order; returns {'trained': variables, 'finetuned': ...}."""
   config_lib.validate(config, jax.device_count())
   workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  mesh = parallel.create_mesh()
-  dataset = pipeline.load_dataset(config)
-  pipeline.log_dataset(dataset)
+  workdir_lib.check_writable(workdir, needed_bytes=0)
+  with workdir_lib.WorkdirLock(workdir):
+    if jax.process_index() == 0:
+      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    dataset = pipeline.load_dataset(config)
+    pipeline.log_dataset(dataset)
+    model = train.create_model(config, dataset.num_classes)
+    workdir_lib.check_writable(workdir, checkpoint.estimate_bytes(model, config))
+    return run_stages(config, workdir, dataset, model)
 
+
+def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
+  mesh = parallel.create_mesh()
   models = {}
   if 'train' in config.stages:
     models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
   else:
     models['trained'] = load_trained(config, workdir)
+    train.check_variables(model, models['trained'], 'The trained checkpoint')
   if 'finetune' in config.stages:
     models['finetuned'] = finetune.finetune(config, workdir, dataset, mesh, models['trained'])
   elif (workdir / 'checkpoints' / 'finetune').exists():
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
-    apply_fn = train.create_model(config, dataset.num_classes).apply
-    records = analysis.sweep(config, dataset, mesh, models, apply_fn)
+    records = analysis.sweep(config, dataset, mesh, models, model.apply)
     analysis.write_sweep(workdir, records)
     print(analysis.format_table(records), flush=True)
   return models

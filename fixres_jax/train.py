@@ -131,7 +131,7 @@ def evaluate(apply_fn: Callable, variables: dict, batches, mesh, eval_fn=None) -
           'num_images': int(round(count))}
 
 
-def load_initial_variables(config, model, image_size: int, num_classes: int) -> dict:
+def load_initial_variables(config, model, image_size: int) -> dict:
   """Random variables, or config.init_from's (with a fresh head if config.init_head is off)."""
   variables = init_variables(model, image_size, config.seed)
   if not config.init_from:
@@ -143,17 +143,24 @@ def load_initial_variables(config, model, image_size: int, num_classes: int) -> 
   return loaded
 
 
+def check_variables(model, variables: dict, source: str) -> None:
+  """Checks loaded variables against the model's shapes, without allocating the model."""
+  expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                            jnp.zeros((1, 64, 64, 3)))
+  check_same_shapes(dict(expected), variables, source)
+
+
 def check_same_shapes(expected: dict, loaded: dict, source: str) -> None:
   """Raises a clear error when loaded variables do not fit the configured model."""
   want = traverse_util.flatten_dict(expected, sep='/')
   got = traverse_util.flatten_dict(loaded, sep='/')
   problems = [f'{k}: missing' for k in want if k not in got]
   problems += [f'{k}: unexpected' for k in got if k not in want]
-  problems += [f'{k}: checkpoint {np.shape(got[k])} vs model {np.shape(want[k])}'
-               for k in want if k in got and np.shape(got[k]) != np.shape(want[k])]
+  problems += [f'{k}: checkpoint {got[k].shape} vs model {want[k].shape}'
+               for k in want if k in got and got[k].shape != want[k].shape]
   if problems:
     hint = ''
-    if any(k.startswith('params/fc/') for k in problems):
+    if any(p.startswith('params/fc/') for p in problems):
       hint = ('\nThe classifier differs (another number of classes?): set '
               'config.init_head=False to start with a new head.')
     raise ValueError(f'{source} does not fit config.model:\n  ' + '\n  '.join(problems[:20])
@@ -173,7 +180,7 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
                                              config.data.num_shards)
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
-  variables = load_initial_variables(config, model, cfg.image_size, dataset.num_classes)
+  variables = load_initial_variables(config, model, cfg.image_size)
   tx = create_optimizer(cfg, learning_rate, variables['params'])
   state = TrainState.create(apply_fn=model.apply, params=variables['params'],
                             batch_stats=variables['batch_stats'], tx=tx)
@@ -238,15 +245,17 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
   guard = preemption.PreemptionGuard()
   try:
     for step in range(start_step + 1, total_steps + 1):
-      state, step_metrics = step_fn(state, next(batches))
-      if step % config.train.log_every_steps == 0 or step == total_steps:
+      state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
+      save = step % config.checkpoint.every_steps == 0 or step == total_steps
+      if save or step % config.train.log_every_steps == 0:
         summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        check_finite(summary['loss'], step, manager.directory)
+        check_finite(summary['loss'], step, manager.directory)  # never save a NaN state
+      if step % config.train.log_every_steps == 0 or step == total_steps:
         summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
         writer.write(step, summary)
       if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
         writer.write(step, evaluate_fn(state))
-      if step % config.checkpoint.every_steps == 0 or step == total_steps:
+      if save:
         checkpoint.save_state(manager, step, state)
       if guard.should_stop(step):
         checkpoint.save_state(manager, step, state, force=True)
@@ -259,3 +268,22 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
     writer.close()
     guard.close()
   return state
+
+
+def run_step(step_fn: Callable, state, batch: dict, global_batch: int):
+  """Calls a jitted step, turning device out-of-memory into advice on the batch size."""
+  try:
+    return step_fn(state, batch)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise MemoryError(out_of_memory_advice(global_batch, jax.device_count())) from e
+
+
+def out_of_memory_advice(global_batch: int, device_count: int) -> str:
+  per_device = global_batch // device_count
+  smaller = max(per_device // 2, 1)
+  return (f'Out of device memory with {per_device} images per device (global batch '
+          f'{global_batch} on {device_count} devices). Try {smaller} per device: '
+          f'--config.train.batch_size={smaller * device_count} (and finetune.batch_size), '
+          "or --config.model.dtype=bfloat16. The linear scaling rule adapts the learning rate.")

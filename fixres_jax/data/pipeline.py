@@ -12,6 +12,7 @@ from typing import Iterator, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -59,7 +60,11 @@ def load_dataset(config) -> Dataset:
   data_dir = config.data.data_dir or None
   builder = tfds.builder(config.data.name, data_dir=data_dir)
   if config.data.name.split('/')[0] == SYNTHETIC_NAME:
-    synthetic.prepare_builder(builder)
+    # Generated on first use, by one process while the others wait.
+    if jax.process_index() == 0:
+      synthetic.prepare_builder(builder)
+    multihost_utils.sync_global_devices('fixres_synthetic prepared')
+    builder = tfds.builder(config.data.name, data_dir=data_dir)
   elif not builder.is_prepared():
     if config.data.name.startswith('imagenet2012'):
       raise FileNotFoundError(IMAGENET_INSTRUCTIONS.format(data_dir=builder.data_dir_root))

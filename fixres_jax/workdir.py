@@ -1,0 +1,82 @@
+"""The run's working directory: checked before anything is compiled, locked while in use."""
+
+import fcntl
+import os
+import shutil
+import uuid
+
+from absl import logging
+from etils import epath
+import jax
+
+LOCK_NAME = '.lock'
+
+
+class WorkdirError(RuntimeError):
+  pass
+
+
+def check_writable(workdir: epath.Path, needed_bytes: int) -> None:
+  """Fails at start, not after an epoch, when the workdir cannot hold the checkpoints.
+
+  Args:
+    needed_bytes: estimated space for the checkpoints this run will keep.
+  """
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f'.write_probe_{uuid.uuid4().hex}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f'Cannot write to --workdir={workdir} ({e}): choose a writable '
+                       'directory or fix its permissions.') from e
+  if '://' not in str(workdir):  # local disk
+    free = shutil.disk_usage(os.fspath(workdir)).free
+    if free < needed_bytes:
+      raise WorkdirError(
+          f'--workdir={workdir} has {free / 2**20:.0f} MiB free but the checkpoints need about '
+          f'{needed_bytes / 2**20:.0f} MiB: free some space, choose another workdir, or lower '
+          'config.checkpoint.max_to_keep.')
+
+
+class WorkdirLock:
+  """An exclusive lock on a local workdir, so that two runs never interleave in it.
+
+  Only process 0 takes it (the processes of one run share the workdir). Remote workdirs
+  (gs://) cannot be locked this way; the lock is skipped with a warning.
+  """
+
+  def __init__(self, workdir: epath.Path):
+    self.file = None
+    if jax.process_index() != 0:
+      return
+    if '://' in str(workdir):
+      logging.warning('Not locking the remote workdir %s: run one job per workdir.', workdir)
+      return
+    path = os.path.join(os.fspath(workdir), LOCK_NAME)
+    self.file = open(path, 'a+')  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+      self.file.seek(0)
+      owner = self.file.read().strip() or 'another process'
+      self.file.close()
+      raise WorkdirError(
+          f'--workdir={workdir} is in use by {owner}. Two runs in one workdir would overwrite '
+          'each other: wait for it to finish, stop it, or choose another workdir.') from e
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
+    self.file.flush()
+
+  def release(self) -> None:
+    if self.file is not None:
+      fcntl.flock(self.file, fcntl.LOCK_UN)
+      self.file.close()
+      self.file = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
