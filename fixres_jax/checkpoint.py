@@ -17,6 +17,7 @@ from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 VARIABLES_ITEM = 'variables'
@@ -64,6 +65,8 @@ def save_variables(directory, variables: dict) -> epath.Path:
 def load_variables(directory) -> dict:
   """Reads model variables from a converted directory or from a stage directory.
 
+  Works whatever the number of devices or processes that wrote the checkpoint.
+
   Args:
     directory: a directory written by save_variables (e.g. by fixres_jax.convert) or an
       orbax CheckpointManager directory (the latest step is used).
@@ -74,17 +77,26 @@ def load_variables(directory) -> dict:
   path = epath.Path(directory)
   if (path / VARIABLES_ITEM).exists():
     with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.restore(path / VARIABLES_ITEM)
+      target = _local_target(checkpointer.metadata(path / VARIABLES_ITEM).item_metadata)
+      tree = checkpointer.restore(path / VARIABLES_ITEM, target)
   else:
-    with ocp.CheckpointManager(path) as manager:
+    with ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler()) as manager:
       step = manager.latest_step()
       if step is None:
         raise FileNotFoundError(
             f'No checkpoint in {path}: config.init_from must be a directory written by '
             '`python -m fixres_jax.convert` or a checkpoint directory of a finished stage '
             '(e.g. WORKDIR/checkpoints/train).')
-      tree = manager.restore(step, args=ocp.args.StandardRestore())
-  return {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+      target = _local_target(manager.item_metadata(step))
+      tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return to_host({'params': tree['params'], 'batch_stats': tree['batch_stats']})
+
+
+def _local_target(metadata) -> Any:
+  """Restore target: the saved shapes and dtypes, on this process's first device."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                      dict(metadata))
 
 
 def estimate_bytes(model, config) -> int:
@@ -96,5 +108,5 @@ def estimate_bytes(model, config) -> int:
 
 
 def to_host(tree: Any) -> Any:
-  """Fetches a (possibly sharded) pytree to host memory."""
-  return jax.tree.map(jax.device_get, tree)
+  """Fetches a (possibly sharded) pytree to host memory as NumPy arrays."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
