@@ -1,0 +1,187 @@
+"""Input-pipeline throughput: fixres_jax transforms against a plain decode-everything baseline.
+
+COMMAND
+  python -m benchmarks.input_pipeline [--data_dir=DIR] [--num_images=256] [--seconds=2]
+
+Measures images/s through tf.data (parallel map, AUTOTUNE, batched) for train@128, train@224,
+finetune@288, test@224 and test@288, each side by side with a baseline that decodes the whole
+JPEG and then crops and resizes with tf.image (the same sampler, the same antialiased bilinear
+filter, so only the decoding strategy differs). Rounds alternate baseline and fast runs so
+that load from other processes hits both alike; medians over rounds are reported, as
+images per wall-clock second and per CPU second of this process (the steadier figure when
+other processes share the cores). Prints JSON:
+per transform, both rates and their ratio. Without --data_dir it first writes photo-like
+500x375 JPEGs (quality 90) into a temporary folder. Encoded bytes are held in memory, so file
+reading is not measured.
+
+Measured on the 2-core CPU development machine: see the README (ratios over the baseline;
+targets >= 1.3x for train@128 and >= 1.35x for test@224).
+"""
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+import tensorflow as tf
+
+from fixres_jax.data import preprocess
+
+flags.DEFINE_string('data_dir', None, 'Folder of JPEGs (searched recursively); generated if unset.')
+flags.DEFINE_integer('num_images', 256, 'Images to generate when --data_dir is unset.')
+flags.DEFINE_string('image_size', '500x375', 'WIDTHxHEIGHT of generated images.')
+flags.DEFINE_float('seconds', 2.0, 'Seconds timed per run.')
+flags.DEFINE_integer('rounds', 3, 'Alternating baseline/fast rounds per transform.')
+flags.DEFINE_integer('batch_size', 32, 'Batch size of the tf.data pipeline.')
+FLAGS = flags.FLAGS
+
+CROP_PCT = 0.875
+
+
+def write_photo_like_jpegs(folder, num_images, width, height, seed=0):
+  """Writes JPEGs with a photo's statistics: smooth shading, edges, fine texture.
+
+  Calibrated on decoding cost: on the development machine their full, 1/4-scale and
+  central-crop decode times relate as those of real photos resized to 500x375 and saved at
+  quality 90 (full decode 0.73 ms; 1/4 scale 1.27x faster, photos 1.19-1.33x; central
+  330x330 crop 1.09x faster, photos 1.06-1.09x).
+  """
+  rng = np.random.default_rng(seed)
+  for i in range(num_images):
+    # Smooth colour field: low-resolution noise upsampled (sky, walls, out-of-focus areas).
+    low = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+    image = Image.fromarray(low).resize((width, height), Image.BICUBIC)
+    # Sharp-edged shapes (objects) and per-pixel texture (grass, fabric, sensor noise).
+    shapes = Image.new('RGB', (width, height))
+    mask = Image.new('L', (width, height))
+    draw_shape, draw_mask = ImageDraw.Draw(shapes), ImageDraw.Draw(mask)
+    for _ in range(12):
+      x0, y0 = rng.integers(0, width), rng.integers(0, height)
+      box = [x0, y0, x0 + rng.integers(10, width // 2), y0 + rng.integers(10, height // 2)]
+      color = tuple(int(c) for c in rng.integers(0, 256, 3))
+      draw_shape.ellipse(box, fill=color)
+      draw_mask.ellipse(box, fill=255)
+    image.paste(shapes, mask=mask)
+    pixels = np.asarray(image, np.float32) + rng.normal(0, 10, (height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    image.save(pathlib.Path(folder) / f'{i:05d}.jpg', quality=90)
+
+
+def read_jpegs(folder):
+  paths = sorted(p for p in pathlib.Path(folder).rglob('*')
+                 if p.suffix.lower() in ('.jpg', '.jpeg'))
+  if not paths:
+    raise FileNotFoundError(f'No .jpg/.jpeg files under {folder}: pass a folder of JPEGs.')
+  return [p.read_bytes() for p in paths]
+
+
+def baseline_train(image_bytes, seed, size):
+  """Full decode, then torchvision's crop and an antialiased bilinear resize."""
+  crop_seed, flip_seed = preprocess.split_seed(seed, 2)
+  image = tf.io.decode_jpeg(image_bytes, channels=3)
+  height, width = tf.unstack(tf.shape(image)[:2])
+  y, x, h, w = preprocess.sample_crop_torchvision(crop_seed, height, width)
+  image = tf.image.resize(image[y:y + h, x:x + w], [size, size], antialias=True)
+  return preprocess.normalize_image(preprocess.flip_image(image, flip_seed))
+
+
+def baseline_test(image_bytes, size, flip_seed=None):
+  """Full decode, resize the shorter side to floor(size / crop_pct), central crop."""
+  image = tf.io.decode_jpeg(image_bytes, channels=3)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  resized = tf.cast(tf.floor(shape * math.floor(size / CROP_PCT) / tf.reduce_min(shape)),
+                    tf.int32)
+  image = tf.image.resize(image, resized, antialias=True)
+  image = tf.image.resize_with_crop_or_pad(image, size, size)
+  if flip_seed is not None:
+    image = preprocess.flip_image(image, flip_seed)
+  return preprocess.normalize_image(image)
+
+
+def transforms():
+  """name -> (baseline, fast), each (image_bytes, seed) -> image."""
+  return {
+      'train@128': (lambda b, s: baseline_train(b, s, 128),
+                    lambda b, s: preprocess.preprocess_train(b, s, 128)),
+      'train@224': (lambda b, s: baseline_train(b, s, 224),
+                    lambda b, s: preprocess.preprocess_train(b, s, 224)),
+      'finetune@288': (lambda b, s: baseline_test(b, 288, flip_seed=s),
+                       lambda b, s: preprocess.preprocess_finetune(b, s, 288)),
+      'test@224': (lambda b, s: baseline_test(b, 224),
+                   lambda b, s: preprocess.preprocess_test(b, 224)),
+      'test@288': (lambda b, s: baseline_test(b, 288),
+                   lambda b, s: preprocess.preprocess_test(b, 288)),
+  }
+
+
+def make_dataset(images, transform):
+  """An endless parallel tf.data map of `transform` over the encoded images."""
+  def load(index):
+    return transform(tf.gather(images, index % tf.size(images, tf.int64)),
+                     tf.stack([index, tf.constant(0, tf.int64)]))
+
+  ds = tf.data.Dataset.range(2**62).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                        deterministic=False)
+  return ds.batch(FLAGS.batch_size).prefetch(2)
+
+
+def measure(dataset, seconds, warmup_seconds=0.5):
+  """Images per wall-clock second and per CPU second, from a fresh iterator.
+
+  CPU time (this process, all threads) is the steadier figure on a shared machine: other
+  processes' load slows the wall clock, not the work done per image.
+  """
+  iterator = iter(dataset)
+  start = time.perf_counter()
+  while time.perf_counter() - start < warmup_seconds:  # Lets AUTOTUNE settle.
+    next(iterator)
+  start, cpu_start, count = time.perf_counter(), time.process_time(), 0
+  while time.perf_counter() - start < seconds:
+    count += next(iterator).shape[0]
+  return count / (time.perf_counter() - start), count / (time.process_time() - cpu_start)
+
+
+def main(argv):
+  del argv
+  tf.config.set_visible_devices([], 'GPU')
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = FLAGS.data_dir
+    if folder is None:
+      folder = tmp
+      width, height = (int(v) for v in FLAGS.image_size.split('x'))
+      write_photo_like_jpegs(folder, FLAGS.num_images, width, height)
+    encoded = read_jpegs(folder)
+  images = tf.constant(encoded)
+  datasets = {name: [make_dataset(images, fn) for fn in pair]
+              for name, pair in transforms().items()}
+  load_before = os.getloadavg()[0]
+  runs = {name: [] for name in datasets}
+  for _ in range(FLAGS.rounds):
+    for name, pair in datasets.items():
+      runs[name].append([measure(ds, FLAGS.seconds) for ds in pair])
+  results = {}
+  for name, pairs in runs.items():
+    (base_wall, base_cpu), (fast_wall, fast_cpu) = np.median(pairs, axis=0)
+    results[name] = {
+        'baseline_img_per_s': round(base_wall, 1), 'fast_img_per_s': round(fast_wall, 1),
+        'ratio': round(fast_wall / base_wall, 3),
+        'baseline_img_per_cpu_s': round(base_cpu, 1), 'fast_img_per_cpu_s': round(fast_cpu, 1),
+        'cpu_ratio': round(fast_cpu / base_cpu, 3),
+        'round_ratios': [round(f[0] / b[0], 2) for b, f in pairs],
+        'round_cpu_ratios': [round(f[1] / b[1], 2) for b, f in pairs]}
+  print(json.dumps({
+      'images': len(encoded), 'mean_jpeg_kib': round(np.mean([len(e) for e in encoded]) / 1024, 1),
+      'seconds_per_run': FLAGS.seconds, 'rounds': FLAGS.rounds,
+      'load_average_before_after': [round(load_before, 2), round(os.getloadavg()[0], 2)],
+      'targets': {'train@128': 1.3, 'test@224': 1.35}, 'results': results}, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,360 @@
+"""Image transforms separated by resolution: train (K_train), test and finetune (K_test).
+
+Every op is plain TensorFlow, graph-compatible (it runs eagerly and inside tf.data .map)
+and stateless: randomness comes from a `seed` tensor of shape [2], so a seed gives the same
+image every time (deterministic input pipelines, resumable epochs).
+
+Speed. JPEGs are not decoded whole: the crop window (plus, for the test transform, the
+margin the resize filter reads) is located in the original image from the JPEG header
+alone, and only that window is decoded (tf.io.decode_and_crop_jpeg). When the window is at
+least 2, 4 or 8 times larger than the target on both sides, libjpeg's DCT-domain scaling
+decodes it directly at 1/2, 1/4 or 1/8 scale, skipping most of the inverse DCT and colour
+conversion. decode_and_crop_jpeg(ratio=r) takes its window in the coordinates of the scaled
+image, whose size is ceil(H / r) x ceil(W / r) and whose pixel i covers original pixels
+[r i, r (i + 1)); so the box is divided by r, the window rounded outwards, and the final
+resize resamples exactly the requested (fractional) box: the crop geometry is the same at
+every ratio. Huffman decoding of the rows above the window cannot be skipped, so on photos
+the decode itself gets only ~1.1-1.3x cheaper; the smaller resize that follows gains more.
+
+Resizing. Bilinear with antialiasing (a triangle filter widened by the downscale factor,
+tf.raw_ops.ScaleAndTranslate, the kernel behind tf.image.resize(antialias=True)). It is what
+PIL's bilinear resize does, hence what torchvision, and so FixRes, trained and evaluated
+with; without antialiasing a 3x downscale aliases, and aliasing changes with the resolution,
+the very variable FixRes studies. ScaleAndTranslate also takes a sub-pixel box, which keeps
+the test crop's geometry exact.
+
+Crop samplers. 'torchvision' (default) is torchvision's RandomResizedCrop, the sampler
+FixRes used; 'inception' is tf.image.sample_distorted_bounding_box as in the flax and
+big_vision ImageNet pipelines, a different distribution with smaller crops (mean area 0.37
+against 0.43 on a 500x375 image) and so a different best test resolution.
+"""
+
+import math
+from typing import Callable, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
+STDDEV_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
+DCT_RATIOS = (1, 2, 4, 8)  # The scales libjpeg can decode at, via tf.io.decode_jpeg(ratio=).
+CROPS = ('torchvision', 'inception')
+FINETUNE_AUGMENTS = ('flip', 'v2', 'none')
+
+Box = Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]  # offset_y, offset_x, height, width
+
+
+def normalize_image(image, dtype=tf.float32):
+  """Maps RGB in [0, 255] to ImageNet-normalised `dtype`."""
+  # Full-size constants: TF broadcasts a [3] vector over an image several times slower
+  # than it multiplies two same-shape tensors (0.36 ms against 0.05 ms at 224 x 224).
+  shape = image.shape if image.shape.is_fully_defined() else [3]
+  scale = np.broadcast_to(1 / np.array(STDDEV_RGB, np.float32), shape)
+  offset = np.broadcast_to(-np.array(MEAN_RGB, np.float32) / STDDEV_RGB, shape)
+  return tf.cast(image * tf.constant(scale) + tf.constant(offset, tf.float32), dtype)
+
+
+def split_seed(seed, num):
+  """`num` independent [2] seeds derived from one [2] seed."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def sample_crop_torchvision(seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            attempts: int = 10) -> Box:
+  """torchvision's RandomResizedCrop.get_params, with stateless TF ops.
+
+  Up to `attempts` tries (drawn at once, the first that fits is kept): target area uniform
+  in scale * H * W, aspect ratio w/h log-uniform in `ratio`, w = round(sqrt(area * aspect)),
+  h = round(sqrt(area / aspect)); a crop fits when 0 < w <= W and 0 < h <= H, and its offset
+  is uniform. If none fits, the central crop of the whole image with its aspect ratio
+  clamped to `ratio`.
+
+  Returns:
+    int32 scalars (offset_y, offset_x, crop_height, crop_width).
+  """
+  area_seed, aspect_seed, y_seed, x_seed = split_seed(seed, 4)
+  h_img, w_img = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  area = h_img * w_img * tf.random.stateless_uniform([attempts], area_seed, *scale)
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  aspect = tf.exp(tf.random.stateless_uniform([attempts], aspect_seed, *log_ratio))
+  w = tf.round(tf.sqrt(area * aspect))  # tf.round, like Python's, rounds half to even.
+  h = tf.round(tf.sqrt(area / aspect))
+  fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
+  first = tf.argmax(tf.cast(fits, tf.int32))  # 0 when nothing fits; masked below.
+  fallback_h, fallback_w = _central_crop_size(h_img, w_img, ratio)
+  any_fits = tf.reduce_any(fits)
+  crop_h = tf.cast(tf.where(any_fits, h[first], fallback_h), tf.int32)
+  crop_w = tf.cast(tf.where(any_fits, w[first], fallback_w), tf.int32)
+  height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+  random_y = tf.random.stateless_uniform([], y_seed, 0, height - crop_h + 1, tf.int32)
+  random_x = tf.random.stateless_uniform([], x_seed, 0, width - crop_w + 1, tf.int32)
+  offset_y = tf.where(any_fits, random_y, (height - crop_h) // 2)
+  offset_x = tf.where(any_fits, random_x, (width - crop_w) // 2)
+  return offset_y, offset_x, crop_h, crop_w
+
+
+def _central_crop_size(height, width, ratio):
+  """torchvision's fall-back: the whole image, its aspect ratio clamped to `ratio`."""
+  in_ratio = width / height
+  too_tall = in_ratio < ratio[0]
+  too_wide = in_ratio > ratio[1]
+  crop_h = tf.where(too_tall, tf.round(width / ratio[0]), height)
+  crop_w = tf.where(too_wide, tf.round(height * ratio[1]), width)
+  return crop_h, crop_w
+
+
+def sample_crop_inception(seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                          attempts: int = 10) -> Box:
+  """The "inception crop" of the flax and big_vision pipelines.
+
+  tf.image.stateless_sample_distorted_bounding_box with no object boxes (the whole image is
+  the object, no minimum coverage, as big_vision does). NOT torchvision's distribution: the
+  aspect ratio is uniform rather than log-uniform, and the crop height is uniform between
+  the heights of the smallest and largest allowed areas (clipped to the image), which
+  favours smaller crops (mean area 0.37 against 0.43 on 500x375 images), so FixRes's best
+  test resolution differs. When no attempt fits, the whole image.
+
+  Returns:
+    int32 scalars (offset_y, offset_x, crop_height, crop_width).
+  """
+  image_size = tf.stack([tf.cast(height, tf.int32), tf.cast(width, tf.int32), 3])
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_size, bounding_boxes=tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
+      aspect_ratio_range=ratio, area_range=scale, max_attempts=attempts,
+      use_image_if_no_bounding_boxes=True)
+  return begin[0], begin[1], size[0], size[1]
+
+
+def select_dct_ratio(crop_height, crop_width, size):
+  """Index into DCT_RATIOS of the largest ratio r with both crop sides >= r * size."""
+  shorter = tf.minimum(tf.cast(crop_height, tf.float32), tf.cast(crop_width, tf.float32))
+  fits = [shorter >= r * size for r in DCT_RATIOS[1:]]
+  return tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32))
+
+
+def resize_box(image, box, size: int):
+  """Resamples `box` (float offset_y, offset_x, h, w in pixels of `image`) to size x size.
+
+  Antialiased bilinear; the box may have fractional bounds and may reach past the image by
+  less than a pixel (filter taps outside the image are dropped and the rest renormalised).
+  """
+  y, x, h, w = tf.unstack(tf.cast(box, tf.float32))
+  scale = tf.stack([size / h, size / w])
+  translation = -tf.stack([y, x]) * scale
+  resized = tf.raw_ops.ScaleAndTranslate(
+      images=image[None], size=[size, size], scale=scale, translation=translation,
+      kernel_type='triangle', antialias=True)
+  return resized[0]
+
+
+def _window_for(box, image_height, image_width, size: int, context: bool):
+  """The integer window of the image to decode for `box`, and `box` relative to it.
+
+  The window holds the box (bounds rounded outwards) and, with `context`, the pixels the
+  antialiasing filter reads around it, so that decoding the window and resizing equals
+  resizing the whole image and then cropping. Clamped to the image.
+
+  Returns:
+    (int32 [4] window y, x, h, w; float32 [4] box in window coordinates).
+  """
+  margin = tf.math.ceil(tf.maximum(box[2], box[3]) / size) + 1 if context else 0.0
+  lo = tf.floor(box[:2] - margin)
+  hi = tf.math.ceil(box[:2] + box[2:] + margin)
+  limit = tf.stack([tf.cast(image_height, tf.float32), tf.cast(image_width, tf.float32)])
+  lo = tf.clip_by_value(lo, 0.0, limit - 1)
+  hi = tf.clip_by_value(hi, lo + 1, limit)
+  window = tf.cast(tf.concat([lo, hi - lo], 0), tf.int32)
+  return window, tf.concat([box[:2] - lo, box[2:]], 0)
+
+
+def decode_and_resize_jpeg(image_bytes, box, size: int, context: bool = False,
+                           dct_scaling: bool = True):
+  """Decodes only `box` of a JPEG (at a reduced DCT scale when possible), resized.
+
+  Args:
+    image_bytes: a scalar string tensor holding a JPEG.
+    box: float [4] (offset_y, offset_x, h, w) in original-image pixels, may be fractional.
+    size: output side.
+    context: decode the filter's margin around the box too, so that the result equals
+      resizing the whole image and then cropping (the test transform); False gives
+      crop-then-resize (the train transform).
+    dct_scaling: allow decoding at 1/2, 1/4 or 1/8 scale when the box is that much larger
+      than `size` on both sides.
+
+  Returns:
+    float32 [size, size, 3], RGB in [0, 255]. (With 4:2:0 chroma, libjpeg upsamples the
+    colour of a window's first and last columns from the window alone: they can differ
+    slightly from a full decode. The test transform's margin keeps them out of the crop.)
+  """
+  box = tf.cast(box, tf.float32)
+  shape = tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.float32)
+
+  def decode_at(ratio):
+    scaled_shape = tf.math.ceil(shape / ratio)  # libjpeg's scaled output size.
+    window, box_in_window = _window_for(box / ratio, scaled_shape[0], scaled_shape[1], size,
+                                        context)
+    image = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, ratio=ratio)
+    return resize_box(image, box_in_window, size)
+
+  if not dct_scaling:
+    return decode_at(1)
+  index = select_dct_ratio(box[2], box[3], size)
+  return tf.switch_case(index, [lambda r=r: decode_at(r) for r in DCT_RATIOS])
+
+
+def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: bool = False):
+  """Decodes any image format and resizes the box `sample_box(height, width)` picks.
+
+  JPEGs (grayscale and CMYK included) take the fast path, decode_and_resize_jpeg. PNG, GIF
+  (first frame) and BMP are decoded whole, then cropped. Every output is RGB.
+
+  Returns:
+    float32 [size, size, 3], RGB in [0, 255].
+  """
+  def jpeg():
+    height, width = tf.unstack(tf.io.extract_jpeg_shape(image_bytes)[:2])
+    return decode_and_resize_jpeg(image_bytes, sample_box(height, width), size, context)
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    height, width = tf.unstack(tf.shape(image)[:2])
+    box = tf.cast(sample_box(height, width), tf.float32)
+    window, box_in_window = _window_for(box, height, width, size, context)
+    return resize_box(tf.image.crop_to_bounding_box(image, *tf.unstack(window)),
+                      box_in_window, size)
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image.set_shape([size, size, 3])
+  return image
+
+
+def central_crop_box(height, width, size: int, crop_pct: float = 0.875, shift_x=0):
+  """The window, in original pixels, of Resize(floor(size / crop_pct)) + CenterCrop(size).
+
+  torchvision's geometry: the shorter side resized to S = floor(size / crop_pct), the longer
+  to int(S * long / short); the crop offset round((resized - size) / 2), plus `shift_x`
+  resized pixels horizontally (clamped to the image) for the FixRes v2 augmentation.
+
+  Returns:
+    float32 [4]: offset_y, offset_x, h, w (fractional).
+  """
+  resized_short = math.floor(size / crop_pct)
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  short = tf.minimum(h, w)
+  resized_h = tf.where(h <= w, float(resized_short), tf.floor(resized_short * h / short))
+  resized_w = tf.where(h <= w, tf.floor(resized_short * w / short), float(resized_short))
+  top = tf.round((resized_h - size) / 2)
+  left = tf.round((resized_w - size) / 2) + tf.cast(shift_x, tf.float32)
+  left = tf.clip_by_value(left, 0.0, resized_w - size)
+  scale_y, scale_x = h / resized_h, w / resized_w
+  return tf.stack([top * scale_y, left * scale_x, size * scale_y, size * scale_x])
+
+
+def sample_v2_shift(seed, height, width, size: int, crop_pct: float = 0.875):
+  """FixRes v2's random horizontal shift of the central crop, in resized pixels.
+
+  As the official transforms_v2.CenterCrop: with c = the central crop's left offset,
+  a jitter uniform in {0, ..., c} with a random sign, so the crop can move anywhere from
+  the left edge to the right edge (no shift on an image as wide as the crop).
+  """
+  magnitude_seed, sign_seed = split_seed(seed, 2)
+  resized_short = math.floor(size / crop_pct)
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  resized_w = tf.where(h <= w, tf.floor(resized_short * w / tf.minimum(h, w)),
+                       float(resized_short))
+  center_left = tf.cast(tf.round((resized_w - size) / 2), tf.int32)
+  jitter = tf.random.stateless_uniform([], magnitude_seed, 0, center_left + 1, tf.int32)
+  sign = 2 * tf.random.stateless_uniform([], sign_seed, 0, 2, tf.int32) - 1
+  return sign * jitter
+
+
+def flip_image(image, seed):
+  """Horizontal flip with probability 1/2."""
+  return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def jitter_color(image, seed, strength: float = 0.05):
+  """torchvision ColorJitter(brightness=contrast=saturation=strength) on [0, 255] RGB.
+
+  Factors uniform in [1 - strength, 1 + strength], as PIL's ImageEnhance does them:
+  brightness scales, contrast blends with the mean grey level, saturation blends with the
+  per-pixel grey. Two simplifications that do not matter at 0.05: a fixed order
+  (torchvision permutes the three), and the mean grey level is the crop's (FixRes jitters
+  the whole resized image before cropping).
+  """
+  factors = tf.random.stateless_uniform([3], seed, 1 - strength, 1 + strength)
+  image = tf.clip_by_value(image * factors[0], 0.0, 255.0)
+  mean = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
+  image = tf.clip_by_value(mean + factors[1] * (image - mean), 0.0, 255.0)
+  grey = tf.image.rgb_to_grayscale(image)
+  return tf.clip_by_value(grey + factors[2] * (image - grey), 0.0, 255.0)
+
+
+def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', flip: bool = True,
+                     dtype=tf.float32):
+  """RandomResizedCrop at K_train (crop 'torchvision' or 'inception') + horizontal flip.
+
+  Args:
+    image_bytes: scalar string tensor, an encoded image (JPEG fast path; PNG/GIF/BMP too).
+    seed: int [2] stateless seed.
+    size: K_train.
+
+  Returns:
+    `dtype` [size, size, 3], ImageNet-normalised.
+  """
+  samplers = {'torchvision': sample_crop_torchvision, 'inception': sample_crop_inception}
+  if crop not in samplers:
+    raise ValueError(f'Unknown crop {crop!r}: use one of {CROPS}.')
+  crop_seed, flip_seed = split_seed(seed, 2)
+  sample_box = lambda h, w: tf.stack(samplers[crop](crop_seed, h, w))
+  image = decode_and_resize(image_bytes, sample_box, size)
+  if flip:
+    image = flip_image(image, flip_seed)
+  return normalize_image(image, dtype)
+
+
+def preprocess_test(image_bytes, size: int, crop_pct: float = 0.875, dtype=tf.float32):
+  """Shorter side resized to floor(size / crop_pct), central size x size crop (K_test).
+
+  Computed as a decode of the equivalent window of the original image, then one resize.
+
+  Returns:
+    `dtype` [size, size, 3], ImageNet-normalised.
+  """
+  _check_crop_pct(crop_pct)
+  sample_box = lambda h, w: central_crop_box(h, w, size, crop_pct)
+  return normalize_image(decode_and_resize(image_bytes, sample_box, size, context=True), dtype)
+
+
+def preprocess_finetune(image_bytes, seed, size: int, crop_pct: float = 0.875,
+                        augment: str = 'flip', dtype=tf.float32):
+  """The FixRes fine-tuning input: the test transform at K_test, lightly augmented.
+
+  Args:
+    augment: 'flip' (horizontal flip, FixRes v1), 'v2' (the official v2 recipe: flip, colour
+      jitter 0.05, random horizontal shift of the central crop) or 'none'.
+
+  Returns:
+    `dtype` [size, size, 3], ImageNet-normalised.
+  """
+  if augment not in FINETUNE_AUGMENTS:
+    raise ValueError(f'Unknown finetune augment {augment!r}: use one of {FINETUNE_AUGMENTS}.')
+  _check_crop_pct(crop_pct)
+  shift_seed, flip_seed, color_seed = split_seed(seed, 3)
+
+  def sample_box(h, w):
+    shift = sample_v2_shift(shift_seed, h, w, size, crop_pct) if augment == 'v2' else 0
+    return central_crop_box(h, w, size, crop_pct, shift_x=shift)
+
+  image = decode_and_resize(image_bytes, sample_box, size, context=True)
+  if augment != 'none':
+    image = flip_image(image, flip_seed)
+  if augment == 'v2':
+    image = jitter_color(image, color_seed)
+  return normalize_image(image, dtype)
+
+
+def _check_crop_pct(crop_pct):
+  if not 0 < crop_pct <= 1:
+    raise ValueError(f'crop_pct={crop_pct} must be in (0, 1]: the central crop is that '
+                     'fraction of the resized shorter side (0.875 = 224/256).')

@@ -1,0 +1,236 @@
+"""Tests of the resolution-separated transforms and the crop samplers (TensorFlow, CPU)."""
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+import pytest
+from scipy import stats
+import tensorflow as tf
+
+from fixres_jax import resolution
+from fixres_jax.data import preprocess
+
+MEAN = np.array(preprocess.MEAN_RGB, np.float32)
+STD = np.array(preprocess.STDDEV_RGB, np.float32)
+
+
+def make_image(height, width, seed=0):
+  """A smooth but detailed RGB image: a one-pixel shift changes it visibly."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  image = np.full((height, width, 3), 128, np.float32)
+  for _ in range(12):
+    fy, fx = rng.uniform(0.005, 0.12, 2) * rng.choice([-1, 1], 2)
+    image += np.sin(fy * y + fx * x + rng.uniform(0, 6.3))[..., None] * rng.uniform(-20, 20, 3)
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode(array, fmt='JPEG', mode=None, **kwargs):
+  image = Image.fromarray(array)
+  if mode:
+    image = image.convert(mode)
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def denormalize(image):
+  return np.asarray(tf.cast(image, tf.float32)) * STD + MEAN
+
+
+def reference_test_transform(image, size, crop_pct=0.875, shift_x=0):
+  """torchvision's Resize(int(size / crop_pct)) + CenterCrop(size), with PIL (as FixRes)."""
+  height, width = image.shape[:2]
+  short = math.floor(size / crop_pct)
+  if height <= width:
+    new_h, new_w = short, int(short * width / height)
+  else:
+    new_h, new_w = int(short * height / width), short
+  resized = Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)
+  top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2)) + shift_x
+  return np.asarray(resized.crop((left, top, left + size, top + size)), np.float32)
+
+
+@pytest.mark.parametrize('height,width,size', [
+    (375, 500, 224), (500, 375, 160), (333, 333, 224), (241, 719, 96), (1000, 700, 96)])
+def test_test_transform_matches_resize_then_center_crop(height, width, size):
+  data = encode(make_image(height, width), quality=95)
+  decoded = tf.io.decode_jpeg(data, channels=3).numpy()  # Same pixels as ours: geometry only.
+  ours = denormalize(preprocess.preprocess_test(data, size))
+  error = np.abs(ours - reference_test_transform(decoded, size)).mean()
+  shifted = np.abs(ours - reference_test_transform(decoded, size, shift_x=1)).mean()
+  assert ours.shape == (size, size, 3)
+  assert error < 1.5, error  # 0-255 scale; the (1000, 700, 96) case decodes at 1/4 scale.
+  assert error < shifted / 2, (error, shifted)  # A one-pixel offset would show.
+
+
+def sample_tf_crops(sampler, height, width, n, seed=0):
+  """n crops of a TF sampler, drawn inside tf.data (graph mode), as int [n, 4]."""
+  ds = tf.data.Dataset.range(n).map(
+      lambda i: tf.stack(sampler(tf.stack([tf.constant(seed, tf.int64), i]), height, width)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return next(iter(ds.batch(n))).numpy()
+
+
+SHAPES = [(375, 500), (500, 375), (300, 300), (100, 1000), (1000, 90), (60, 1000)]
+
+
+@pytest.mark.parametrize('height,width', SHAPES)
+def test_torchvision_sampler_matches_numpy_twin(height, width):
+  n = 3000
+  ours = sample_tf_crops(preprocess.sample_crop_torchvision, height, width, n)
+  twin = resolution.sample_crops_torchvision(np.random.default_rng(1), height, width, n)
+  for column in (0, 1):  # Offsets within the image.
+    assert (ours[:, column] >= 0).all()
+    assert (ours[:, column] + ours[:, column + 2] <= (height, width)[column]).all()
+  for statistic in (lambda c: c[:, 2] * c[:, 3] / (height * width),  # Area fraction.
+                    lambda c: c[:, 3] / c[:, 2]):  # Aspect ratio.
+    a, b = statistic(ours), statistic(twin)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # Every crop is the fall-back.
+      assert a[0] == b[0]
+    else:
+      assert stats.ks_2samp(a, b).pvalue > 1e-3
+
+
+def test_train_crop_areas_and_fallback():
+  crops = sample_tf_crops(preprocess.sample_crop_torchvision, 375, 500, 2000)
+  areas = crops[:, 2] * crops[:, 3] / (375 * 500)
+  # Rounding w and h to integers can take a crop a hair under the 0.08 target.
+  assert areas.min() >= 0.075 and areas.max() <= 1.0
+  assert areas.min() < 0.1 and areas.max() > 0.9
+  # No 4:3..3:4 crop of >= 8% fits a 60 x 1000 strip: the central crop at aspect 4/3.
+  crops = sample_tf_crops(preprocess.sample_crop_torchvision, 60, 1000, 50)
+  np.testing.assert_array_equal(crops, [[0, (1000 - 80) // 2, 60, 80]] * 50)
+  crops = sample_tf_crops(preprocess.sample_crop_torchvision, 1000, 60, 50)  # Tall: 3/4.
+  np.testing.assert_array_equal(crops, [[(1000 - 80) // 2, 0, 80, 60]] * 50)
+
+
+def test_inception_sampler_is_a_different_distribution():
+  n = 3000
+  inception = sample_tf_crops(preprocess.sample_crop_inception, 375, 500, n)
+  twin = resolution.sample_crops_torchvision(np.random.default_rng(0), 375, 500, n)
+  area_inception = inception[:, 2] * inception[:, 3] / (375 * 500)
+  area_torchvision = twin[:, 2] * twin[:, 3] / (375 * 500)
+  assert area_inception.mean() < area_torchvision.mean() - 0.03
+  assert stats.ks_2samp(area_inception, area_torchvision).pvalue < 1e-6
+  assert ((inception[:, :2] >= 0) & (inception[:, :2] + inception[:, 2:] <= (375, 500))).all()
+
+
+@pytest.mark.parametrize('ratio', [2, 4, 8])
+def test_decode_and_crop_window_is_in_scaled_coordinates(ratio):
+  data = encode(make_image(375, 500))
+  scaled = tf.io.decode_jpeg(data, channels=3, ratio=ratio).numpy()
+  assert scaled.shape[:2] == (math.ceil(375 / ratio), math.ceil(500 / ratio))
+  window = [3, 5, scaled.shape[0] // 2, scaled.shape[1] // 2]
+  crop = tf.io.decode_and_crop_jpeg(data, window, channels=3, ratio=ratio).numpy()
+  np.testing.assert_array_equal(crop, scaled[3:3 + window[2], 5:5 + window[3]])
+
+
+@pytest.mark.parametrize('box,size,ratio', [
+    ((101.0, 37.0, 700.0, 650.0), 160, 4),  # A train crop, 4x the target.
+    ((13.0, 250.0, 520.0, 600.0), 224, 2),
+    ((30.5, 20.25, 930.3, 680.7), 80, 8)])  # Fractional, like a test crop's window.
+def test_downscaled_decode_keeps_the_crop_geometry(box, size, ratio):
+  data = encode(make_image(1000, 900, seed=3), quality=95)
+  assert preprocess.DCT_RATIOS[int(preprocess.select_dct_ratio(box[2], box[3], size))] == ratio
+  fast = preprocess.decode_and_resize_jpeg(data, box, size).numpy()
+  full = preprocess.decode_and_resize_jpeg(data, box, size, dct_scaling=False).numpy()
+  shifted_box = (box[0] + 2 * ratio, *box[1:])  # Off by two pixels of the scaled image.
+  shifted = preprocess.decode_and_resize_jpeg(data, shifted_box, size).numpy()
+  error = np.abs(fast - full).mean()
+  assert error < 2.5, error
+  assert error < np.abs(shifted - full).mean() / 2
+
+
+def test_every_format_decodes_to_rgb():
+  rgb = make_image(200, 300)
+  expected = denormalize(preprocess.preprocess_test(encode(rgb, quality=95), 96))
+  for data in (encode(rgb, 'PNG'), encode(rgb, 'BMP'), encode(rgb, 'GIF'),
+               encode(rgb, mode='CMYK', quality=95)):
+    image = denormalize(preprocess.preprocess_test(data, 96))
+    assert image.shape == (96, 96, 3)
+    assert np.abs(image - expected).mean() < 6  # GIF's 256-colour palette is the worst.
+  grey = denormalize(preprocess.preprocess_test(encode(rgb, mode='L'), 96))
+  assert grey.shape == (96, 96, 3)
+  np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-3)
+
+
+def test_transforms_are_deterministic_per_seed():
+  data = encode(make_image(375, 500))
+  seed, other = tf.constant([7, 1], tf.int64), tf.constant([7, 2], tf.int64)
+  for transform in (lambda s: preprocess.preprocess_train(data, s, 64),
+                    lambda s: preprocess.preprocess_train(data, s, 64, crop='inception'),
+                    lambda s: preprocess.preprocess_finetune(data, s, 64, augment='v2')):
+    first, again, different = transform(seed), transform(seed), transform(other)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - different).mean() > 0.01
+
+
+def test_eager_and_tf_data_agree():
+  encoded = [encode(make_image(375, 500)), encode(make_image(120, 90), 'PNG')]
+
+  def transform(data, seed):
+    return (preprocess.preprocess_train(data, seed, 48),
+            preprocess.preprocess_test(data, 48),
+            preprocess.preprocess_finetune(data, seed, 56, augment='v2'))
+
+  seeds = np.array([[i, 5] for i in range(len(encoded))], np.int64)
+  ds = tf.data.Dataset.from_tensor_slices((encoded, seeds)).map(transform)
+  for (data, seed), in_graph in zip(zip(encoded, seeds), ds):
+    for eager, graph in zip(transform(tf.constant(data), tf.constant(seed)), in_graph):
+      np.testing.assert_allclose(eager, graph, atol=1e-5)
+
+
+def test_output_dtype_and_normalisation():
+  grey = np.full((100, 150, 3), MEAN.round().astype(np.uint8))
+  data = encode(grey, 'PNG')
+  image = preprocess.preprocess_train(data, tf.constant([0, 0]), 32, dtype=tf.bfloat16)
+  assert image.dtype == tf.bfloat16 and image.shape == (32, 32, 3)
+  assert np.abs(tf.cast(image, tf.float32).numpy()).max() < 0.02  # The mean maps to 0.
+
+
+def test_finetune_variants():
+  data = encode(make_image(300, 450))
+  test = preprocess.preprocess_test(data, 64).numpy()
+  seed = tf.constant([3, 4])
+  np.testing.assert_array_equal(preprocess.preprocess_finetune(data, seed, 64, augment='none'),
+                                test)
+  flips = {bool(np.array_equal(preprocess.preprocess_finetune(data, tf.constant([i, 0]), 64),
+                               test[:, ::-1])) for i in range(8)}
+  assert flips == {True, False}  # Either the test image or its mirror, both occur.
+
+
+def test_v2_shift_spans_the_width():
+  # Resized to 73 x 109 (floor(64 / 0.875) = 73): the central crop's left offset is 22.
+  ds = tf.data.Dataset.range(500).map(
+      lambda i: preprocess.sample_v2_shift(tf.stack([i, 9]), 300, 450, 64))
+  shifts = next(iter(ds.batch(500))).numpy()
+  assert shifts.min() == -22 and shifts.max() == 22
+  boxes = [preprocess.central_crop_box(300, 450, 64, shift_x=s).numpy() for s in (-22, 22)]
+  scale = 450 / 109
+  np.testing.assert_allclose([boxes[0][1], boxes[1][1] + boxes[1][3]], [0, 108 * scale],
+                             rtol=1e-6)
+  # A square image resizes to 73 x 73: shifts of at most round((73 - 64) / 2) = 4.
+  assert abs(int(preprocess.sample_v2_shift(tf.constant([0, 1]), 300, 300, 64))) <= 4
+
+
+def test_color_jitter_is_weak_and_in_range():
+  image = tf.constant(make_image(40, 60), tf.float32)
+  seed = tf.constant([1, 2])
+  np.testing.assert_allclose(preprocess.jitter_color(image, seed, strength=0.0), image,
+                             atol=1e-3)
+  jittered = preprocess.jitter_color(image, seed).numpy()
+  change = np.abs(jittered - image.numpy())
+  assert 0 < change.mean() < 0.1 * 255 and jittered.min() >= 0 and jittered.max() <= 255
+
+
+def test_bad_arguments_are_named():
+  data = encode(make_image(64, 64))
+  with pytest.raises(ValueError, match='crop'):
+    preprocess.preprocess_train(data, tf.constant([0, 0]), 32, crop='random')
+  with pytest.raises(ValueError, match='augment'):
+    preprocess.preprocess_finetune(data, tf.constant([0, 0]), 32, augment='mixup')
+  with pytest.raises(ValueError, match='crop_pct'):
+    preprocess.preprocess_test(data, 32, crop_pct=1.5)
