@@ -7,6 +7,7 @@ This file only wires flags to the library: the logic lives in importable modules
 resumes an interrupted one from its last checkpoint.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -99,8 +100,16 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()  # reads SLURM's or the TPU VM's environment
 
 
+def quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO lines out of the run's log (warnings still show)."""
+  def keep(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+  logging.get_absl_handler().addFilter(keep)
+
+
 def main(argv):
   del argv
+  quiet_library_logs()
   initialize_distributed()
   logging.info('JAX process %d/%d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
