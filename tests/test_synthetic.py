@@ -141,13 +141,16 @@ def test_render_example_is_a_photo_sized_uint8_image():
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
   assert render.SHORT_SIDE[0] <= min(image.shape[:2]) <= render.SHORT_SIDE[1]
   assert obj.label == 4 and obj.period == pytest.approx(obj.shape.size / obj.cycles)
+  assert render.CYCLES[0] <= obj.cycles <= render.CYCLES[1]
   decoded = np.asarray(Image.open(io.BytesIO(render.encode_jpeg(image, quality=95))))
   assert decoded.shape == image.shape
   assert np.abs(decoded.astype(int) - image).mean() < 6
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_bad_inputs_raise_clear_errors(tmp_path):
   with pytest.raises(ValueError, match='tiny'):
     synthetic.prepare('huge')
+  with pytest.raises(ValueError, match='at least one example per split'):
+    _build(tmp_path, seed=0, num_validation=0)
   with pytest.raises(ValueError, match='label must be in'):
     render.sample_object(np.random.default_rng(0), 10, 200, 200)

@@ -73,6 +73,10 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated: nothing to download.
     config = self.builder_config
+    if min(config.num_train, config.num_validation) < 1:
+      raise ValueError(f'fixres_synthetic config {config.name!r} needs at least one example '
+                       f'per split, got num_train={config.num_train}, '
+                       f'num_validation={config.num_validation}.')
     return {
         'train': self._generate_examples('train', config.num_train),
         'validation': self._generate_examples('validation', config.num_validation),
