@@ -6,6 +6,14 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# The triton bundled with torch segfaults when its extension loads after TensorFlow's; the
+# converter tests and the TF pipeline tests share this process, so load it first when present.
+try:
+  import torch  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+  import triton  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+except ImportError:
+  pass
+
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
