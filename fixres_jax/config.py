@@ -15,8 +15,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.init_head = True  # False: a new classifier (transfer to another number of classes)
 
   config.data = data = ml_collections.ConfigDict()
-  data.name = 'imagenet2012'
+  data.name = 'imagenet2012'  # a tfds name, 'fixres_synthetic/default', or 'folder'
   data.data_dir = ''  # '' = TFDS_DATA_DIR or ~/tensorflow_datasets
+  data.folder = ''  # for name='folder': FOLDER/{train,validation}/CLASS/*.jpg
+  data.skip_corrupt = False  # True: skip (and log) undecodable images instead of stopping
+  data.cache = False  # keep the encoded images in memory (datasets that fit)
   data.train_split = 'train'
   data.eval_split = 'validation'
   data.image_key = 'image'

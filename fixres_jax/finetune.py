@@ -118,9 +118,7 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.test_res, cfg.batch_size, config.seed + 1,
       start_step=start_step, transform='finetune', crop_pct=config.data.crop_pct,
-      augment=cfg.augment, shuffle_buffer=config.data.shuffle_buffer,
-      num_shards=config.data.num_shards, deterministic=config.deterministic,
-      dtype=config.data.dtype), mesh)
+      augment=cfg.augment, **pipeline.train_options(config)), mesh)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)
   state = train.run_steps('finetune', config, workdir, state, step_fn, batches, total_steps,
                           cfg.batch_size, learning_rate, manager)

@@ -49,7 +49,7 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     dataset = pipeline.load_dataset(config)
-    pipeline.log_dataset(dataset)
+    pipeline.log_dataset(dataset, (config.data.train_split, config.data.eval_split))
     model = train.create_model(config, dataset.num_classes)
     workdir_lib.check_writable(workdir, checkpoint.estimate_bytes(model, config))
     return run_stages(config, workdir, dataset, model)

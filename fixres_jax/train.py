@@ -195,9 +195,7 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
                          donate_argnums=0)
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.image_size, cfg.batch_size, config.seed,
-      start_step=start_step, crop=config.data.crop, shuffle_buffer=config.data.shuffle_buffer,
-      num_shards=config.data.num_shards, deterministic=config.deterministic,
-      dtype=config.data.dtype), mesh)
+      start_step=start_step, crop=config.data.crop, **pipeline.train_options(config)), mesh)
   logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
                total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
   eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0
@@ -213,8 +211,7 @@ def evaluate_state(config, state: TrainState, dataset, mesh) -> dict:
   """Validation metrics at the training resolution, prefixed 'val_'."""
   from fixres_jax.data import pipeline
   batches = pipeline.eval_batches(dataset, config.data.eval_split, config.train.image_size,
-                                  config.sweep.batch_size, config.data.crop_pct,
-                                  dtype=config.data.dtype)
+                                  config.sweep.batch_size, **pipeline.eval_options(config))
   result = evaluate(state.apply_fn, {'params': state.params, 'batch_stats': state.batch_stats},
                     batches, mesh)
   return {f'val_{k}': v for k, v in result.items()}

@@ -1,99 +1,60 @@
 """tf.data input pipelines: per-process shards, resolution-separated transforms, exact eval.
 
-Every pipeline reads JPEG bytes through tfds (imagenet2012, any tfds dataset, or the embedded
-fixres_synthetic) and yields per-process NumPy batches; parallel.make_global_batch assembles the
+Every pipeline reads encoded images from a source (sources.py: imagenet2012, any tfds dataset,
+the embedded fixres_synthetic, or a folder) and yields per-process NumPy batches; parallel.make_global_batch assembles the
 global batch. Randomness is stateless and derived from (seed, epoch, example position), so a
 resumed run sees exactly the example order and augmentations it would have seen.
 """
 
-import dataclasses
 import math
-from typing import Iterator, Optional
+from typing import Iterator, Union
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from fixres_jax.data import preprocess
-from fixres_jax.data import synthetic  # registers fixres_synthetic with tfds
+from fixres_jax.data import sources
 
 # The accelerators belong to JAX: hide them from TensorFlow.
 tf.config.set_visible_devices([], 'GPU')
 
-SYNTHETIC_NAME = 'fixres_synthetic'
-
-IMAGENET_INSTRUCTIONS = """\
-imagenet2012 is not prepared in {data_dir}. It cannot be downloaded automatically:
-  1. Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org
-     into a manual directory, e.g. ~/tensorflow_datasets/downloads/manual/
-  2. python -c "import tensorflow_datasets as tfds; tfds.builder('imagenet2012', \\
-       data_dir='{data_dir}').download_and_prepare(download_config=\\
-       tfds.download.DownloadConfig(manual_dir='MANUAL_DIR'))"
-  3. Point config.data.data_dir (or TFDS_DATA_DIR) at {data_dir}.
-Or try the recipe on the embedded dataset: --config=configs/demo.py"""
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """A prepared tfds dataset and how to read it."""
-  builder: tfds.core.DatasetBuilder
-  image_key: str = 'image'
-  label_key: str = 'label'
-
-  @property
-  def num_classes(self) -> int:
-    return self.builder.info.features[self.label_key].num_classes
-
-  def num_examples(self, split: str) -> int:
-    return self.builder.info.splits[split].num_examples
+Dataset = Union[sources.TfdsSource, sources.FolderSource]
 
 
 def load_dataset(config) -> Dataset:
-  """Finds (or, for the embedded dataset, builds) the tfds dataset named in config.data.
+  """The dataset of config.data, checked: prepared, non-empty splits.
 
   Raises:
     FileNotFoundError: the dataset is not prepared, with instructions to prepare it.
+    ValueError: a split is empty.
   """
-  data_dir = config.data.data_dir or None
-  builder = tfds.builder(config.data.name, data_dir=data_dir)
-  if config.data.name.split('/')[0] == SYNTHETIC_NAME:
-    # Generated on first use, by one process while the others wait.
-    if jax.process_index() == 0:
-      synthetic.prepare_builder(builder)
-    multihost_utils.sync_global_devices('fixres_synthetic prepared')
-    builder = tfds.builder(config.data.name, data_dir=data_dir)
-  elif not builder.is_prepared():
-    if config.data.name.startswith('imagenet2012'):
-      raise FileNotFoundError(IMAGENET_INSTRUCTIONS.format(data_dir=builder.data_dir_root))
-    raise FileNotFoundError(
-        f'Dataset {config.data.name!r} is not prepared in {builder.data_dir_root}. Prepare it '
-        f"with `tfds build {config.data.name} --data_dir=DIR` and set config.data.data_dir=DIR.")
-  dataset = Dataset(builder, config.data.image_key, config.data.label_key)
+  dataset = sources.load_source(config)
   for split in (config.data.train_split, config.data.eval_split):
     if dataset.num_examples(split) == 0:
-      raise ValueError(f'Split {split!r} of {config.data.name} is empty: check '
+      raise ValueError(f'Split {split!r} of {dataset.name} is empty: check '
                        'config.data.train_split / eval_split.')
   return dataset
-
-
-def _read(dataset: Dataset, split: str, shuffle_seed: Optional[int] = None
-          ) -> tf.data.Dataset:
-  """A (sub-)split as {'image': encoded bytes, 'label', 'index': position in the split}."""
-  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, add_tfds_id=False)
-  ds = dataset.builder.as_dataset(
-      split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
-      decoders={dataset.image_key: tfds.decode.SkipDecoding()})
-  return ds.enumerate().map(lambda i, ex: {
-      'image': ex[dataset.image_key], 'label': ex[dataset.label_key], 'index': i})
 
 
 def _options(deterministic: bool) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = deterministic
   return options
+
+
+def train_options(config) -> dict:
+  """train_batches' keyword arguments that come from the config, for every stage."""
+  return dict(shuffle_buffer=config.data.shuffle_buffer, num_shards=config.data.num_shards,
+              deterministic=config.deterministic, dtype=config.data.dtype,
+              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
+
+
+def eval_options(config) -> dict:
+  """eval_batches' keyword arguments that come from the config."""
+  return dict(crop_pct=config.data.crop_pct, dtype=config.data.dtype,
+              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
 
 
 def data_shards(num_shards: int = 0) -> range:
@@ -122,7 +83,8 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
                   seed: int, start_step: int = 0, transform: str = 'train',
                   crop: str = 'torchvision', crop_pct: float = 0.875, augment: str = 'flip',
                   shuffle_buffer: int = 10_000, num_shards: int = 0,
-                  deterministic: bool = True, dtype: str = 'float32') -> Iterator[dict]:
+                  deterministic: bool = True, dtype: str = 'float32',
+                  skip_corrupt: bool = False, cache: bool = False) -> Iterator[dict]:
   """Endless per-process training batches, resumable at any step.
 
   Args:
@@ -130,6 +92,8 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
       transform at image_size + light augmentation), the FixRes fine-tuning input.
     start_step: global step to resume from; earlier examples are skipped before decoding.
     num_shards: see data_shards.
+    skip_corrupt: skip (and log) undecodable images instead of stopping with their names.
+    cache: keep the encoded images in memory after the first epoch.
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
@@ -144,7 +108,6 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
   if steps == 0:
     raise ValueError(f'Split {split!r} has {dataset.num_examples(split)} examples, fewer than '
                      f'one global batch of {global_batch}: lower the batch size.')
-  subsplits = tfds.even_splits(split, num_shards, drop_remainder=True)
   tf_dtype = tf.dtypes.as_dtype(dtype)
   epoch, skip = divmod(start_step, steps)
   while True:
@@ -152,7 +115,7 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
     for shard in shards:
       # Seeds depend only on (run seed, epoch, shard, position): resumable and reproducible.
       shard_seed = (seed * 100_003 + epoch) * 1_009 + shard
-      ds = _read(dataset, subsplits[shard], shuffle_seed=shard_seed)
+      ds = _read(dataset, split, shard, num_shards, True, shard_seed, cache)
       ds = ds.shuffle(shuffle_buffer, seed=shard_seed)
       ds = ds.take(steps * shard_batch).skip(skip * shard_batch)
 
@@ -167,17 +130,20 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
                                                  dtype=tf_dtype)
         return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
-      ds = ds.map(transform_fn, num_parallel_calls=tf.data.AUTOTUNE)
+      ds = _decode(ds, dataset, transform_fn, skip_corrupt)
+      if skip_corrupt:  # refill what was skipped, so that every epoch has `steps` steps
+        ds = ds.repeat()
       streams.append(ds.batch(shard_batch, drop_remainder=True))
     ds = tf.data.Dataset.zip(tuple(streams)).map(
         lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]})
-    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic))
-    yield from tfds.as_numpy(ds)
+    ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
+    yield from _iterate(ds.with_options(_options(deterministic)), dataset, split)
     epoch, skip = epoch + 1, 0
 
 
 def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
-                 crop_pct: float = 0.875, dtype: str = 'float32') -> Iterator[dict]:
+                 crop_pct: float = 0.875, dtype: str = 'float32', skip_corrupt: bool = False,
+                 cache: bool = False) -> Iterator[dict]:
   """Every example of `split` exactly once, at the test transform, padded and masked.
 
   Every process yields the same number of batches (no multi-host hang); padding examples
@@ -197,14 +163,14 @@ def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: in
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
-  ds = _read(dataset, tfds.split_for_jax_process(split, drop_remainder=False))
-  ds = ds.map(transform_fn, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _read(dataset, split, jax.process_index(), jax.process_count(), False, None, cache)
+  ds = _decode(ds, dataset, transform_fn, skip_corrupt)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((image_size, image_size, 3), tf_dtype),
       'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0, tf.float32)}).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch)
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options(True))
-  return tfds.as_numpy(ds)
+  return _iterate(ds, dataset, split)
 
 
 def num_eval_batches(dataset: Dataset, split: str, global_batch: int) -> int:
@@ -212,7 +178,74 @@ def num_eval_batches(dataset: Dataset, split: str, global_batch: int) -> int:
   return math.ceil(math.ceil(dataset.num_examples(split) / jax.process_count()) / local_batch)
 
 
-def log_dataset(dataset: Dataset) -> None:
-  splits = {k: v.num_examples for k, v in dataset.builder.info.splits.items()}
-  logging.info('Dataset %s: %d classes, %s', dataset.builder.info.full_name,
-               dataset.num_classes, splits)
+def log_dataset(dataset: Dataset, splits) -> None:
+  counts = {split: dataset.num_examples(split) for split in splits}
+  logging.info('Dataset %s: %d classes, %s', dataset.name, dataset.num_classes, counts)
+
+
+_CACHED = {}
+
+
+def _read(dataset: Dataset, split: str, shard: int, num_shards: int, drop_remainder: bool,
+          shuffle_seed, cache: bool) -> tf.data.Dataset:
+  """dataset.read, optionally served from an in-memory cache of the encoded bytes."""
+  if not cache:
+    return dataset.read(split, shard, num_shards, drop_remainder, shuffle_seed)
+  key = (id(dataset), split, shard, num_shards, drop_remainder)
+  if key not in _CACHED:
+    _CACHED[key] = dataset.read(split, shard, num_shards, drop_remainder).cache()
+  ds = _CACHED[key]
+  if shuffle_seed is not None:  # the file order cannot be shuffled any more: shuffle it all
+    ds = ds.shuffle(dataset.num_examples(split) // num_shards + 1, seed=shuffle_seed)
+  return ds
+
+
+LABEL_ERROR = 'label out of range'
+
+
+def _decode(ds: tf.data.Dataset, dataset: Dataset, transform_fn, skip_corrupt: bool
+            ) -> tf.data.Dataset:
+  """Applies transform_fn after checking the label; optionally skips undecodable images."""
+  num_classes = dataset.num_classes
+
+  def checked(ex):
+    with tf.control_dependencies([
+        tf.debugging.assert_non_negative(ex['label'], message=LABEL_ERROR),
+        tf.debugging.assert_less(ex['label'], tf.constant(num_classes, tf.int64),
+                                 message=LABEL_ERROR)]):
+      return transform_fn(ex)
+
+  ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_corrupt:
+    ds = ds.ignore_errors(log_warning=True)  # each skipped image is logged
+  return ds
+
+
+def _iterate(ds: tf.data.Dataset, dataset: Dataset, split: str) -> Iterator[dict]:
+  """NumPy batches; a data error becomes a message that names the problem and the fix."""
+  try:
+    yield from tfds.as_numpy(ds)
+  except tf.errors.InvalidArgumentError as e:
+    if LABEL_ERROR in str(e):
+      raise ValueError(
+          f'A label of {dataset.name} split {split!r} is outside [0, {dataset.num_classes}): '
+          'check config.data.label_key, or the class folders of the splits.') from None
+    corrupt = find_corrupt_images(dataset, split)
+    if not corrupt:
+      raise
+    raise ValueError(
+        f'Cannot decode {len(corrupt)} image(s) of {dataset.name} split {split!r}: '
+        f'{", ".join(corrupt[:10])}. Remove or re-encode them, or set '
+        'config.data.skip_corrupt=True to skip them (each is logged).') from None
+
+
+def find_corrupt_images(dataset: Dataset, split: str) -> list:
+  """File names of the examples of `split` whose full decode fails."""
+  logging.info('A decoding error occurred: looking for the corrupt images of %s.', split)
+  names = dataset.read(split, drop_remainder=False).map(lambda ex: ex['file_name'])
+  decodable = dataset.read(split, drop_remainder=False).map(
+      lambda ex: (ex['file_name'], tf.shape(tf.io.decode_image(  # the shape keeps the decode
+          ex['image'], channels=3, expand_animations=False))),
+      num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  good = {name for name, _ in decodable.as_numpy_iterator()}
+  return [n.decode() for n in names.as_numpy_iterator() if n not in good]

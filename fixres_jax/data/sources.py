@@ -1,0 +1,187 @@
+"""Where examples come from: a tfds dataset or a folder of images in class subfolders.
+
+Both sources read encoded image bytes (decoding happens later, cropped, in preprocess) and
+yield {'image': bytes, 'label': int64, 'index': position in the shard, 'file_name': str}.
+"""
+
+import os
+import re
+from typing import List, Optional, Tuple
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from fixres_jax.data import synthetic  # registers fixres_synthetic with tfds
+
+SYNTHETIC_NAME = 'fixres_synthetic'
+FOLDER_NAME = 'folder'
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+
+IMAGENET_INSTRUCTIONS = """\
+imagenet2012 is not prepared in {data_dir}. It cannot be downloaded automatically:
+  1. Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org
+     into a manual directory, e.g. ~/tensorflow_datasets/downloads/manual/
+  2. python -c "import tensorflow_datasets as tfds; tfds.builder('imagenet2012', \\
+       data_dir='{data_dir}').download_and_prepare(download_config=\\
+       tfds.download.DownloadConfig(manual_dir='MANUAL_DIR'))"
+  3. Point config.data.data_dir (or TFDS_DATA_DIR) at {data_dir}.
+Or try the recipe on the embedded dataset: --config=configs/demo.py"""
+
+
+class TfdsSource:
+  """A prepared tfds dataset (imagenet2012, fixres_synthetic, any tfds name)."""
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, image_key: str = 'image',
+               label_key: str = 'label', file_key: str = 'file_name'):
+    self.builder = builder
+    self.image_key, self.label_key, self.file_key = image_key, label_key, file_key
+    features = builder.info.features
+    for key in (image_key, label_key):
+      if key not in features:
+        raise KeyError(f'{builder.name} has no feature {key!r} (it has {list(features)}): set '
+                       'config.data.image_key / label_key.')
+
+  @property
+  def name(self) -> str:
+    return self.builder.info.full_name
+
+  @property
+  def num_classes(self) -> int:
+    return self.builder.info.features[self.label_key].num_classes
+
+  def num_examples(self, split: str) -> int:
+    return self.builder.info.splits[split].num_examples
+
+  def read(self, split: str, shard: int = 0, num_shards: int = 1, drop_remainder: bool = True,
+           shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
+    """Shard `shard` of `num_shards` equal parts of `split`, file order shuffled if seeded."""
+    if num_shards > 1:
+      split = tfds.even_splits(split, num_shards, drop_remainder=drop_remainder)[shard]
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, add_tfds_id=False)
+    ds = self.builder.as_dataset(
+        split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
+        decoders={self.image_key: tfds.decode.SkipDecoding()})
+    has_file = self.file_key in self.builder.info.features
+    return ds.enumerate().map(lambda i, ex: {
+        'image': ex[self.image_key], 'label': tf.cast(ex[self.label_key], tf.int64),
+        'index': i, 'file_name': ex[self.file_key] if has_file else tf.strings.as_string(i)})
+
+
+class FolderSource:
+  """Images in ROOT/SPLIT/CLASS/*.{jpg,png,...}: custom and transfer-learning datasets.
+
+  Classes are the sorted subfolders of the first split read (config.data.train_split's
+  folder); every other split must use the same class names. Sub-splits such as
+  'train[:90%]' are supported.
+  """
+
+  def __init__(self, root: str, class_split: str):
+    self.root = root
+    if not tf.io.gfile.isdir(root):
+      raise FileNotFoundError(
+          f'config.data.folder={root!r} is not a directory: it must hold one folder per '
+          'split (train/, validation/), each with one subfolder of images per class.')
+    self.classes = sorted(tf.io.gfile.listdir(self._split_dir(class_split)))
+    self.classes = [c.rstrip('/') for c in self.classes]
+    self._files = {}
+
+  @property
+  def name(self) -> str:
+    return f'folder:{self.root}'
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes)
+
+  def _split_dir(self, split: str) -> str:
+    path = os.path.join(self.root, split)
+    if not tf.io.gfile.isdir(path):
+      raise FileNotFoundError(f'Split folder {path} is missing: expected {self.root}/{split}/'
+                              'CLASS/*.jpg (one subfolder per class).')
+    return path
+
+  def files(self, split: str) -> Tuple[List[str], List[int]]:
+    """Sorted file paths and labels of `split` (with optional [a%:b%] slicing)."""
+    name, start, end = parse_slice(split)
+    if name not in self._files:
+      paths, labels = [], []
+      for class_name in sorted(tf.io.gfile.listdir(self._split_dir(name))):
+        class_name = class_name.rstrip('/')
+        if class_name not in self.classes:
+          raise ValueError(f'Class folder {self.root}/{name}/{class_name} is not a class of the '
+                           f'training split ({len(self.classes)} classes): its label would be '
+                           'out of range. Rename or remove it.')
+        folder = os.path.join(self.root, name, class_name)
+        images = sorted(f for f in tf.io.gfile.listdir(folder)
+                        if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+          raise ValueError(f'Class folder {folder} holds no images ({IMAGE_EXTENSIONS}).')
+        paths += [os.path.join(folder, f) for f in images]
+        labels += [self.classes.index(class_name)] * len(images)
+      self._files[name] = (paths, labels)
+    paths, labels = self._files[name]
+    lo, hi = round(len(paths) * start), round(len(paths) * end)
+    return paths[lo:hi], labels[lo:hi]
+
+  def num_examples(self, split: str) -> int:
+    return len(self.files(split)[0])
+
+  def read(self, split: str, shard: int = 0, num_shards: int = 1, drop_remainder: bool = True,
+           shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
+    paths, labels = self.files(split)
+    if drop_remainder:
+      keep = len(paths) // num_shards * num_shards
+      paths, labels = paths[:keep], labels[:keep]
+    ds = tf.data.Dataset.from_tensor_slices({'file_name': paths, 'label': labels})
+    ds = ds.shard(num_shards, shard)
+    if shuffle_seed is not None:
+      ds = ds.shuffle(len(paths), seed=shuffle_seed)
+    return ds.enumerate().map(lambda i, ex: {
+        'image': tf.io.read_file(ex['file_name']), 'label': tf.cast(ex['label'], tf.int64),
+        'index': i, 'file_name': ex['file_name']}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def parse_slice(split: str) -> Tuple[str, float, float]:
+  """'train[10%:-10%]' -> ('train', 0.1, 0.9); 'train' -> ('train', 0.0, 1.0)."""
+  match = re.fullmatch(r'(\w+)(?:\[(-?\d+)?%?:(-?\d+)?%?\])?', split)
+  if not match:
+    raise ValueError(f'Cannot read split {split!r}: use NAME or NAME[a%:b%].')
+  name, start, end = match.groups()
+  return name, _fraction(start, 0.0), _fraction(end, 1.0)
+
+
+def _fraction(percent: Optional[str], default: float) -> float:
+  if percent is None:
+    return default
+  value = int(percent) / 100
+  return value + 1 if value < 0 else value
+
+
+def load_source(config):
+  """The source named by config.data.name (building the embedded dataset on first use).
+
+  Raises:
+    FileNotFoundError: the dataset is not prepared, with instructions to prepare it.
+  """
+  data = config.data
+  if data.name == FOLDER_NAME:
+    return FolderSource(data.folder, data.train_split.split('[')[0])
+  data_dir = data.data_dir or None
+  builder = tfds.builder(data.name, data_dir=data_dir)
+  if data.name.split('/')[0] == SYNTHETIC_NAME:
+    # Generated on first use, by one process while the others wait.
+    if jax.process_index() == 0:
+      synthetic.prepare_builder(builder)
+    multihost_utils.sync_global_devices('fixres_synthetic prepared')
+    builder = tfds.builder(data.name, data_dir=data_dir)
+  elif not builder.is_prepared():
+    if data.name.startswith('imagenet2012'):
+      raise FileNotFoundError(IMAGENET_INSTRUCTIONS.format(data_dir=builder.data_dir_root))
+    raise FileNotFoundError(
+        f'Dataset {data.name!r} is not prepared in {builder.data_dir_root}. Prepare it '
+        f"with `tfds build {data.name} --data_dir=DIR` and set config.data.data_dir=DIR.")
+  logging.info('Reading %s from %s.', builder.info.full_name, builder.data_dir)
+  return TfdsSource(builder, data.image_key, data.label_key)
