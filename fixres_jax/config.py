@@ -57,6 +57,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.label_smoothing = 0.0
   train.log_every_steps = 100
   train.eval_every_epochs = 0  # 0: evaluate at the end only
+  train.profile_steps = 0  # >0: a jax.profiler trace of that many steps in WORKDIR/profile
 
   config.finetune = finetune = ml_collections.ConfigDict()
   finetune.test_res = 288  # K_test

@@ -3,6 +3,7 @@
 Only process 0 writes; every process may call these.
 """
 
+import datetime
 import json
 import time
 
@@ -22,7 +23,8 @@ class MetricWriter:
       self.path = epath.Path(workdir) / 'metrics.jsonl'
       self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard' / stage))
 
-  def write(self, step: int, values: dict) -> None:
+  def write(self, step: int, values: dict, line: str = '') -> None:
+    """Records `values` at `step`; logs `line`, or the values when no line is given."""
     if not self.enabled:
       return
     record = {'stage': self.stage, 'step': int(step), **values}
@@ -32,9 +34,8 @@ class MetricWriter:
       if isinstance(value, (int, float)):
         self.tensorboard.add_scalar(f'{self.stage}/{name}', value, step)
     self.tensorboard.flush()
-    logging.info('[%s] step %d: %s', self.stage, step,
-                 ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                           for k, v in values.items()))
+    logging.info('[%s] %s', self.stage, line or f'step {step}: ' + ', '.join(
+        f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items()))
 
   def close(self) -> None:
     if self.enabled:
@@ -57,3 +58,31 @@ class Progress:
     return {'images_per_s': self.global_batch / seconds_per_step,
             'step_time_s': seconds_per_step,
             'eta_s': seconds_per_step * (self.total_steps - step)}
+
+  def line(self, step: int, values: dict) -> str:
+    """'step 120/1248 (10%) | 540 img/s | ETA 0:02:05 | loss 1.234 | top1 0.456'."""
+    eta = datetime.timedelta(seconds=round(values['eta_s']))
+    extras = ' | '.join(f'{k} {values[k]:.4g}' for k in ('loss', 'top1', 'lr') if k in values)
+    return (f'step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) | '
+            f'{values["images_per_s"]:.0f} img/s | ETA {eta} | {extras}')
+
+
+class TraceWindow:
+  """Captures a jax.profiler trace of steps [first, first + count) into `directory`."""
+
+  def __init__(self, directory, first: int, count: int):
+    self.directory, self.first, self.last = str(directory), first, first + count
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    if step == self.first and self.last > self.first:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after_step(self, step: int, outputs) -> None:
+    if self.active and step == self.last - 1:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info('Profile of steps %d-%d written to %s (open it with TensorBoard or '
+                   'Perfetto).', self.first, self.last - 1, self.directory)

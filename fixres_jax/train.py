@@ -240,16 +240,21 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
   writer = metrics_lib.MetricWriter(workdir, stage)
   progress = metrics_lib.Progress(total_steps, global_batch, start_step)
   guard = preemption.PreemptionGuard()
+  # A few steps after the start, once compiled: config.train.profile_steps of them.
+  trace = metrics_lib.TraceWindow(epath.Path(workdir) / 'profile' / stage, start_step + 3,
+                                  config.train.profile_steps)
   try:
     for step in range(start_step + 1, total_steps + 1):
+      trace.before_step(step)
       state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
+      trace.after_step(step, state)
       save = step % config.checkpoint.every_steps == 0 or step == total_steps
       if save or step % config.train.log_every_steps == 0:
         summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         check_finite(summary['loss'], step, manager.directory)  # never save a NaN state
       if step % config.train.log_every_steps == 0 or step == total_steps:
         summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
-        writer.write(step, summary)
+        writer.write(step, summary, line=progress.line(step, summary))
       if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
         writer.write(step, evaluate_fn(state))
       if save:

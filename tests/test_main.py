@@ -7,6 +7,7 @@ from fixres_jax import main
 
 def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   workdir = tmp_path / 'run'
+  tiny_config.train.profile_steps = 2
   main.run(tiny_config, str(workdir))
   records = json.loads((workdir / 'sweep.json').read_text())
   num_images = 100
@@ -20,6 +21,9 @@ def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   assert (workdir / 'checkpoints' / 'train').exists()
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert {m['stage'] for m in metrics} >= {'train', 'finetune'}
+  assert any('val_top1' in m for m in metrics)
+  assert list((workdir / 'tensorboard' / 'train').glob('events.out.tfevents.*'))
+  assert list((workdir / 'profile' / 'train').rglob('*.xplane.pb'))
 
   # Re-running resumes: every stage is finished, so nothing is retrained.
   lines_before = len(metrics)
