@@ -1,0 +1,320 @@
+"""docs/PERFORMANCE.md from the benchmark JSON files; prints a block for README's Performance.
+
+COMMAND
+  python -m benchmarks.report [--inputs=docs/benchmarks/*.json] [--out=docs/PERFORMANCE.md]
+
+Reads the JSON of benchmarks/steps.py (kind 'steps': docs/benchmarks/cpu.json, and gpu.json
+once benchmarks/gpu.sh has run on a GPU) and of benchmarks/torch_cpu.py (kind 'cpu_gap':
+docs/benchmarks/cpu_gap.json), and renders every number with the machine it came from.
+Nothing in the output is typed by hand.
+"""
+
+import glob
+import json
+import os
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_list('inputs', ['docs/benchmarks/*.json'], 'JSON files or glob patterns.')
+flags.DEFINE_string('out', 'docs/PERFORMANCE.md', 'Markdown file to write.')
+FLAGS = flags.FLAGS
+
+STEP_NAMES = {'train': 'train_step', 'eval': 'eval_step', 'finetune': 'finetune_step'}
+PROFILE_ROWS = ('convolution, forward', 'convolution, input gradient',
+                'convolution, kernel gradient',
+                'convolution, backward (input and kernel gradients)', 'transposes and copies',
+                'dense layer', 'BatchNorm, ReLU, pooling, loss, optimizer')
+
+
+def number(value, digits: int = 2, suffix: str = '') -> str:
+  if value is None:
+    return 'n/a'
+  return f'{value:,.{digits}f}{suffix}'
+
+
+def milliseconds(seconds) -> str:
+  return number(seconds * 1e3 if seconds is not None else None, 1)
+
+
+def flax_over_torch(derived) -> list:
+  """[median of per-round ratios, ratio of fastest rounds], or blanks with no Flax twin."""
+  if derived is None:
+    return ['n/a', 'n/a']
+  return [number(derived['measured']), number(derived.get('fastest'))]
+
+
+def table(header, rows) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def describe_machine(machine: dict) -> str:
+  """One line: the device, the host, the software, and the load when it was measured."""
+  if machine['platform'] == 'cpu':
+    device = (f"CPU {machine['cpu_model']}, {machine.get('cpu_affinity') or machine['cpu_count']}"
+              ' cores')
+  else:
+    device = f"{machine['device_count']} x {machine['device_kind']} ({machine['platform']}"
+    if machine.get('device_memory_gb'):
+      device += f", {machine['device_memory_gb']:.0f} GiB for XLA"
+    if machine.get('peak_memory_gb'):
+      device += f", peak {machine['peak_memory_gb']:.1f} GiB used"
+    device += ')'
+  load = machine.get('load_average_1min')
+  end = machine.get('load_average_1min_end')
+  load_text = '' if load is None else f', load average {load:.1f}' + (
+      f' -> {end:.1f}' if end is not None else '')
+  flags_text = f", XLA_FLAGS='{machine['xla_flags']}'" if machine.get('xla_flags') else ''
+  return (f"{device}; jax {machine['jax']}, flax {machine['flax']}, Python {machine['python']}"
+          f"{flags_text}; {machine['date']}{load_text}")
+
+
+def load_results(patterns) -> list:
+  """[(file name, JSON)] of every file the patterns match, in name order."""
+  paths = sorted({p for pattern in patterns for p in glob.glob(pattern)})
+  results = []
+  for path in paths:
+    with open(path) as f:
+      results.append((os.path.basename(path), json.load(f)))
+  return results
+
+
+def render_steps(name: str, result: dict) -> str:
+  config, machine = result['config'], result['machine']
+  flax = [r for r in result['records'] if r['framework'] == 'flax']
+  torch = [r for r in result['records'] if r['framework'] == 'torch']
+  peak = config['peak_tflops_per_device']
+  parts = [
+      f"## {name}: {config['model']}, {config['dtype']}, batch {config['batch']}",
+      f'Machine: {describe_machine(machine)}.',
+      f"Median of {config['iters']} timed rounds (every step once per round, in a new random "
+      f"order each round) after {config['warmup']} warm-up calls; synthetic in-memory batches "
+      f"on {config['num_devices']} device(s). FLOPs are XLA's count for the compiled step; "
+      + (f"MFU uses the {config['peak_note']} ({number(peak, 0)} TFLOP/s)." if peak else
+         "no MFU: this device's peak FLOP/s is unknown."),
+      table(['step', 'K', 'step time (ms)', 'fastest (ms)', 'images/s', 'lower + compile (s)',
+             'GFLOP/step', 'TFLOP/s', 'MFU'],
+            [[STEP_NAMES[r['step']], r['resolution'], milliseconds(r['step_s']),
+              milliseconds(r.get('fastest_s')), number(r.get('images_per_s'), 1),
+              number(r['lower_s'] + r['compile_s'], 1),
+              number(r['flops'] / 1e9, 1), number(r.get('tflops_per_s'), 3),
+              number(r['mfu'] * 100, 1, '%') if r.get('mfu') else 'n/a'] for r in flax]),
+      '### What FixRes saves',
+      table(['train_step cost', 'measured (time)', 'fastest rounds', 'theory (pixels)',
+             "XLA's FLOP ratio"],
+            [[f"K={d['resolution']} / K={d['base']}", number(d['measured']),
+              number(d.get('fastest')), number(d['theory']), number(d['flops_ratio'])]
+             for d in result['derived']['train_cost_ratio']]),
+      table(['K_test', 'finetune_step / eval_step', 'fastest rounds', 'target',
+             'met (measured)'],
+            [[d['resolution'], number(d['measured'], 3), number(d.get('fastest'), 3),
+              f"<= {d['target']}",
+              'yes' if d['measured'] is not None and d['measured'] <= d['target'] else 'no']
+             for d in result['derived']['finetune_over_eval']]),
+  ]
+  if torch:
+    ratios = {(d['step'], d['resolution'], d['memory_format']): d
+              for d in result['derived']['flax_over_torch']}
+    info = result['torch']
+    parts += [
+        '### Side by side with PyTorch',
+        f"torch {info['torch']}, torchvision {info['torchvision']}, {info['threads']} threads, "
+        f"oneDNN {'on' if info['mkldnn'] else 'off'}; {info['step']}. The ratio is Flax's step "
+        "time over PyTorch's (above 1: Flax is slower), in the same process and rounds: the "
+        'median of per-round ratios, and the ratio of the fastest rounds (other work on the '
+        "machine slows PyTorch's OpenMP threads far more than XLA's thread pool).",
+        table(['PyTorch step', 'K', 'memory format', 'step time (ms)', 'fastest (ms)',
+               'images/s', 'Flax / PyTorch', 'fastest rounds'],
+              [[STEP_NAMES[r['step']], r['resolution'], r['memory_format'],
+                milliseconds(r['step_s']), milliseconds(r.get('fastest_s')),
+                number(r.get('images_per_s'), 1)] + flax_over_torch(
+                    ratios.get((r['step'], r['resolution'], r['memory_format'])))
+               for r in torch])]
+  elif 'skipped' in result.get('torch', {}):
+    parts.append(f"PyTorch: skipped ({result['torch']['skipped']}).")
+  return '\n\n'.join(parts)
+
+
+def render_profile(profile: dict) -> str:
+  flax, torch = profile['flax']['ops_ms'], profile['torch']['ops_ms']
+  flax = dict(flax)
+  flax['convolution, backward (input and kernel gradients)'] = (
+      flax.get('convolution, input gradient', 0) + flax.get('convolution, kernel gradient', 0))
+  flax_total = sum(v for k, v in profile['flax']['ops_ms'].items())
+  torch_total = sum(torch.values())
+  rows = []
+  for row in PROFILE_ROWS:
+    if row in flax or row in torch:
+      rows.append([row, number(flax.get(row), 1), number(torch.get(row), 1),
+                   number(flax[row] / torch[row]) if flax.get(row) and torch.get(row) else ''])
+  rows.append(['sum of operations', number(flax_total, 1), number(torch_total, 1),
+               number(flax_total / torch_total)])
+  rows.append(['step (wall clock)', number(profile['flax']['step_ms'], 1),
+               number(profile['torch']['step_ms'], 1),
+               number(profile['flax']['step_ms'] / profile['torch']['step_ms'])])
+  # Rows both frameworks report (PyTorch does not split the two gradients).
+  shared = [k for k in PROFILE_ROWS if k not in PROFILE_ROWS[1:3]]
+  largest = max(shared, key=lambda k: flax.get(k, 0) - torch.get(k, 0))
+  return '\n\n'.join([
+      f"### Where a train step's time goes ({profile['model']}, K={profile['resolution']}, "
+      f"batch {profile['batch']}, PyTorch {profile['torch_memory_format']})",
+      f"Milliseconds per step, in the fastest of {len(profile['flax'].get('rounds_ms', [0]))} "
+      'profiled steps of each framework, summed over operations (XLA: the duration of each '
+      'thunk, on whichever thread ran it; PyTorch: the self CPU time of each operator). '
+      'Operations may '
+      "overlap, so the sum can differ from the wall-clock step. Flax's thunks by category: "
+      + ', '.join(f'{k}: {v}' for k, v in profile['flax']['thunks'].items()) + '.',
+      table(['operation', 'Flax (XLA:CPU)', 'PyTorch', 'Flax / PyTorch'], rows),
+      f"The largest excess over PyTorch is in '{largest}': "
+      f"{number(flax.get(largest, 0) - torch.get(largest, 0), 1)} ms per step more.",
+  ])
+
+
+def render_variants(variants: list) -> str:
+  default = next((v for v in variants if v['name'] == 'default' and 'summary' in v), None)
+  rows = []
+  for v in variants:
+    setting = ' '.join(filter(None, [v['prefix'], v['xla_flags'], *v['args']])) or '(none)'
+    if 'summary' not in v:
+      rows.append([v['name'], v['description'], f'`{setting}`', f"failed: {v['error'][-120:]}"]
+                  + [''] * 6)
+      continue
+    s = v['summary']
+    ratio = s['flax_over_torch']
+    train = [k for k in s['flax_step_s'] if k.startswith('train@')]
+    same = ('' if default is None or v is default else
+            'same' if s['thunks'] == default['summary']['thunks'] else 'changed')
+    rows.append([
+        v['name'], v['description'], f'`{setting}`',
+        ', '.join(f"{k}: {number(s['flax_step_s'][k] * 1e3, 0)}" for k in sorted(train)),
+        ', '.join(f"{k}: {number(t * 1e3, 0)}" for k, t in sorted(s['torch_step_s'].items())
+                  if k.startswith('train@')),
+        ', '.join(f'{k}: {number(r)} ({number(s["flax_over_torch_median"].get(k))})'
+                  for k, r in sorted(ratio.items())),
+        number(s['compile_s'], 0), same, number(s['load_average_1min'], 1)])
+  parts = [
+      'Step times are the fastest round of each step. Flax / PyTorch is the ratio of the '
+      'fastest rounds, with the median of per-round ratios in brackets. "XLA program vs '
+      'default" compares the compiled train steps\' operations by kind: "same" means the '
+      'setting did not change what XLA compiled. "load" is the 1-minute load average when the '
+      'variant started.',
+      table(['variant', 'what', 'setting', 'Flax train (ms)', 'PyTorch train (ms)',
+             'Flax / PyTorch', 'compile (s)', 'XLA program vs default', 'load'], rows)]
+  if default:
+    key = max(default['summary']['flax_over_torch'],
+              key=lambda k: (k.startswith('train'), int(k.split('@')[1])))
+    base = default['summary']['flax_over_torch'][key]
+    scored = [(v['summary']['flax_over_torch'].get(key), v['name']) for v in variants
+              if 'summary' in v and v['summary']['flax_over_torch'].get(key)]
+    best_ratio, best = min(scored)
+    parts.append(f'Flax / PyTorch for {key}: {number(base)} with the defaults; the lowest is '
+                 f"{number(best_ratio)} ({best}). Each variant is a separate process; its "
+                 'ratio is measured within that process, so it compares across variants '
+                 'better than their step times do.')
+  return '\n\n'.join(parts)
+
+
+def render_gap(name: str, result: dict) -> str:
+  config = result['config']
+  parts = [f'## {name}: why Flax trains slower than PyTorch on this CPU, and what closes it',
+           f"Machine: {describe_machine(result['machine'])}.",
+           f"Model {config['model']}, batch {config['batch']}, {config['dtype']} unless a "
+           f"variant says otherwise; {config['iters']} timed rounds per variant."]
+  if result.get('profile'):
+    parts.append(render_profile(result['profile']))
+  if result.get('variants'):
+    parts += ['### XLA:CPU flags, batch, dtype and threads', render_variants(result['variants'])]
+  return '\n\n'.join(parts)
+
+
+def render(results: list) -> str:
+  sections = ['# Performance',
+              'Generated by `python -m benchmarks.report` from '
+              + ', '.join(f'docs/benchmarks/{name}' for name, _ in results)
+              + '; do not edit by hand. Commands: `python -m benchmarks.steps --torch '
+              '--out=docs/benchmarks/cpu.json` (CPU), `bash benchmarks/gpu.sh OUT_DIR` (GPU), '
+              '`python -m benchmarks.torch_cpu` (the CPU study).']
+  for name, result in results:
+    if result.get('kind') == 'steps':
+      sections.append(render_steps(name, result))
+    elif result.get('kind') == 'cpu_gap':
+      sections.append(render_gap(name, result))
+  return '\n\n'.join(sections) + '\n'
+
+
+def summarize_steps(result: dict) -> str:
+  """One README bullet for a steps JSON."""
+  machine, config, derived = result['machine'], result['config'], result['derived']
+  where = (f"CPU ({machine['cpu_model']}, {machine.get('cpu_affinity') or machine['cpu_count']} "
+           'cores)' if machine['platform'] == 'cpu' else machine['device_kind'])
+  facts = []
+  for d in derived['train_cost_ratio'][-1:]:
+    facts.append(f"train_step at {d['resolution']} px costs {number(d['measured'])}x the step at "
+                 f"{d['base']} px (theory {number(d['theory'])})")
+  finetune = [d['measured'] for d in derived['finetune_over_eval'] if d['measured']]
+  if finetune:
+    facts.append(f'finetune_step / eval_step {number(min(finetune))}-{number(max(finetune))} '
+                 f'(target <= {derived["finetune_over_eval"][0]["target"]})')
+  speed = [f"{r['step']}@{r['resolution']} {number(r['images_per_s'], 0)} img/s"
+           + (f" (MFU {number(r['mfu'] * 100, 1)}%)" if r.get('mfu') else '')
+           for r in result['records'] if r['framework'] == 'flax' and r.get('images_per_s')]
+  if machine['platform'] != 'cpu':
+    facts.append(', '.join(speed))
+  torch = [d for d in derived['flax_over_torch'] if d['step'] == 'train' and d.get('fastest')]
+  if torch:
+    best = {}
+    for d in torch:
+      best[d['resolution']] = min(best.get(d['resolution'], d['fastest']), d['fastest'])
+    facts.append('Flax train step / PyTorch (fastest rounds, PyTorch in its faster memory '
+                 'format) '
+                 + ', '.join(f'{number(r)} at {k} px' for k, r in sorted(best.items())))
+  return (f"- {where}, jax {machine['jax']}, {config['model']} {config['dtype']} batch "
+          f"{config['batch']}: " + '; '.join(facts) + '.')
+
+
+def summarize_gap(result: dict) -> str:
+  """One README bullet for the CPU study: the default ratio and the setting that lowers it."""
+  variants = [v for v in result['variants'] if 'summary' in v]
+  key = max((k for v in variants for k in v['summary']['flax_over_torch']),
+            key=lambda k: (k.startswith('train'), int(k.split('@')[1])))
+  scored = sorted((v['summary']['flax_over_torch'][key], v['name']) for v in variants
+                  if v['summary']['flax_over_torch'].get(key))
+  default = next((r for r, name in scored if name == 'default'), None)
+  text = f"- Why (docs/PERFORMANCE.md, {result['config']['model']} on this CPU): Flax / PyTorch "
+  text += f'for {key} is {number(default)} with the defaults' if default else f'for {key}'
+  text += f'; the lowest is {number(scored[0][0])} ({scored[0][1]})'
+  if result.get('profile'):
+    ops = result['profile']['flax']['ops_ms']
+    total = sum(ops.values())
+    largest = sorted(ops.items(), key=lambda kv: -kv[1])[:2]
+    text += ('; in XLA:CPU the largest parts of a train step are '
+             + ' and '.join(f'{k} ({100 * v / total:.0f}%)' for k, v in largest))
+  return text + '.'
+
+
+def readme_block(results: list) -> str:
+  lines = ['## Performance', '',
+           'Measured by `benchmarks/`, generated by `python -m benchmarks.report`; tables and '
+           'machines in [docs/PERFORMANCE.md](docs/PERFORMANCE.md).', '']
+  lines += [summarize_steps(r) for _, r in results if r.get('kind') == 'steps']
+  lines += [summarize_gap(r) for _, r in results if r.get('kind') == 'cpu_gap'
+            and any('summary' in v for v in r.get('variants', []))]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  del argv
+  results = load_results(FLAGS.inputs)
+  if not results:
+    raise app.UsageError(f'No JSON matches --inputs={FLAGS.inputs}: run benchmarks/steps.py '
+                         'first (see its COMMAND).')
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  with open(FLAGS.out, 'w') as f:
+    f.write(render(results))
+  print(readme_block(results))
+
+
+if __name__ == '__main__':
+  app.run(main)
