@@ -1,5 +1,25 @@
-"""Test-resolution sweep: every model at every K_test, as a table and WORKDIR/sweep.json."""
+"""Test-resolution sweep, pooled-feature statistics, parametric adaptation, K_test='auto'.
 
+The sweep evaluates every model at every K_test of config.sweep.resolutions, in one pass over
+the validation split per resolution (each batch goes through every model) with one jitted step
+that is compiled once per resolution. Besides top-1/top-5 it accumulates statistics of the
+pooled features (after the final ReLU and global average pooling): exact sums for the mean and
+standard deviation, and a histogram of the nonzero values on fixed log-spaced bins, from which
+come quantiles, the figure features.png and the parametric adaptation's fits. Features never
+leave the device.
+
+Models: 'trained', 'finetuned' (when there is one) and 'parametric', the trained network with
+its pooled features mapped by parametric.py's scalar transform, fitted at each K_test on
+config.sweep.parametric_split, a slice of the TRAINING split (never the validation split).
+
+Outputs (WORKDIR/): sweep.json (records {'model', 'test_res', 'top1', 'top5', 'num_images',
+'zero_fraction', 'loss'}), sweep.csv, sweep.png (top-1 against K_test, the analytic K_test*
+of resolution.py marked), stats.json, features.png and sweep_meta.json (timing, K_test*, fits).
+"""
+
+import copy
+import csv
+import dataclasses
 import functools
 import json
 import time
@@ -8,35 +28,243 @@ from typing import Dict
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from fixres_jax import parallel
+from fixres_jax import parametric
+from fixres_jax import resolution
 from fixres_jax import train
 
+AUTO = 'auto'
+# Pooled features are >= 0; exact zeros are counted apart. 32 bins per decade over 1e-4..1e3
+# (a 7.5% relative resolution for quantiles), plus a bin below and one above.
+HISTOGRAM_EDGES = np.geomspace(1e-4, 1e3, 7 * 32 + 1)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SHAPE_IMAGES = 500  # training images whose shapes feed the analytic K_test*
+SAMPLER_CROPS = 20_000  # Monte Carlo crops for K_test* (standard error of E[sigma] ~0.0015)
 
-def sweep(config, dataset, mesh, models: Dict[str, dict], apply_fn) -> list:
-  """Evaluates each model's variables at each of config.sweep.resolutions.
+
+@dataclasses.dataclass
+class SweepResult:
+  records: list  # sweep.json
+  stats: dict  # stats.json: {'edges', 'records'}
+  meta: dict  # sweep_meta.json
+
+
+def feature_sums(features: jax.Array, mask: jax.Array) -> dict:
+  """Masked sums of the pooled features: count, sum, sum of squares, histogram of nonzeros.
+
+  The histogram has np.searchsorted's bins over [0, HISTOGRAM_EDGES..., inf): bin i holds
+  edges[i-1] < f <= edges[i]. It is computed as differences of the counts above each edge
+  (a fused compare-and-sum, no scatter, so it shards like the rest of the step).
+  """
+  counts = jnp.broadcast_to(mask[:, None], features.shape).astype(jnp.int32)
+  edges = jnp.asarray(HISTOGRAM_EDGES, features.dtype)
+  above = jnp.concatenate([
+      jnp.sum(counts * (features > 0))[None],
+      jnp.sum(counts[..., None] * (features[..., None] > edges), axis=(0, 1))])
+  histogram = above - jnp.concatenate([above[1:], jnp.zeros(1, above.dtype)])
+  weights = counts.astype(features.dtype)
+  return {'feature_count': jnp.sum(counts), 'feature_sum': jnp.sum(features * weights),
+          'feature_sq_sum': jnp.sum(features**2 * weights), 'histogram': histogram}
+
+
+def sweep_step(model, variables: dict, adaptation, batch: dict) -> dict:
+  """Masked metric and feature sums over a global batch, as is and adapted, in inference mode.
+
+  One forward pass serves the model and its parametric adaptation: the head is applied to the
+  pooled features and to their adapted version.
+
+  Args:
+    model: the flax module.
+    variables: {'params', 'batch_stats'}.
+    adaptation: (a, b) of parametric.adapt_features (parametric.IDENTITY when unused).
+    batch: {'image', 'label', 'mask'}.
+
+  Returns:
+    {'plain': sums, 'adapted': sums}, each train.eval_step's sums plus feature_sums'.
+  """
+  _, features = model.apply(variables, batch['image'], train=False, return_features=True)
+
+  def sums(features):
+    logits = parametric.apply_head(model, variables['params']['fc'], features)
+    # eval_step's metrics, of the logits and features computed here.
+    metrics = train.eval_step(lambda *args, **kwargs: (logits, features), variables, batch)
+    return {**metrics, **feature_sums(features, batch['mask'])}
+
+  return {'plain': sums(features),
+          'adapted': sums(parametric.adapt_features(features, *adaptation))}
+
+
+def evaluate_models(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dict]:
+  """One pass over `batches`, each batch through every model.
+
+  Args:
+    step_fn: jitted sweep_step with the model bound.
+    entries: {name: (variables, adaptation)}.
+
+  Returns:
+    {name: summed outputs of step_fn ({'plain', 'adapted'}), as NumPy}.
+  """
+  totals = {}
+  for batch in parallel.prefetch_to_devices(batches, mesh):
+    for name, (variables, adaptation) in entries.items():
+      sums = step_fn(variables, adaptation, batch)
+      totals[name] = sums if name not in totals else jax.tree.map(jnp.add, totals[name], sums)
+  return {name: jax.device_get(t) for name, t in totals.items()}
+
+
+def summarize(totals: dict) -> tuple:
+  """(metrics record, feature statistics record) from evaluate_models' sums."""
+  count = float(totals['count'])
+  metrics = {'top1': float(totals['correct1']) / count,
+             'top5': float(totals['correct5']) / count,
+             'loss': float(totals['loss']) / count,
+             'zero_fraction': float(totals['zero_fraction']) / count,
+             'num_images': int(round(count))}
+  n = float(totals['feature_count'])
+  counts = np.asarray(totals['histogram'], np.int64)
+  zeros = n - counts.sum()
+  mean = float(totals['feature_sum']) / n
+  values = parametric.histogram_quantiles(HISTOGRAM_EDGES, counts, QUANTILES, zeros=zeros)
+  feature_stats = {
+      'num_images': metrics['num_images'], 'num_values': n, 'zero_fraction': zeros / n,
+      'mean': mean,
+      'std': float(np.sqrt(max(float(totals['feature_sq_sum']) / n - mean**2, 0.0))),
+      'quantiles': {f'q{round(100 * q):02d}': float(v) for q, v in zip(QUANTILES, values)},
+      'counts': counts.tolist()}
+  return metrics, feature_stats
+
+
+def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
+  """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions.
 
   Args:
     models: {'trained': variables, 'finetuned': variables, ...}.
-    apply_fn: the model's apply function (all models share one architecture).
+    model: the flax module (all models share one architecture).
 
   Returns:
-    records {'model', 'test_res', 'top1', 'top5', 'num_images', 'zero_fraction', 'loss'}.
+    the records, feature statistics and metadata (timing, analytic K_test*, fits).
   """
   from fixres_jax.data import pipeline  # only the loop needs TensorFlow
-  eval_fn = jax.jit(functools.partial(train.eval_step, apply_fn))  # one compile per shape
-  records = []
+  cfg, train_res = config.sweep, config.train.image_size
+  models = {name: parallel.replicate(v, mesh) for name, v in models.items()}
+  step_fn = jax.jit(functools.partial(sweep_step, model))  # traced once per resolution
+  batches = functools.partial(pipeline.eval_batches, global_batch=cfg.batch_size,
+                              crop_pct=config.data.crop_pct, dtype=config.data.dtype)
+  fits = {}
+
+  def fit_at(test_res):  # the trained model's features on a training slice
+    if test_res not in fits:
+      fits[test_res] = fit_pooled_features(step_fn, models['trained'], batches(
+          dataset, cfg.parametric_split, test_res), mesh)
+    return fits[test_res]
+
+  records, stats, seconds = [], [], {}
   start = time.perf_counter()
-  for test_res in config.sweep.resolutions:
-    for name, variables in models.items():
-      batches = pipeline.eval_batches(dataset, config.data.eval_split, test_res,
-                                      config.sweep.batch_size, config.data.crop_pct,
-                                      dtype=config.data.dtype)
-      result = train.evaluate(apply_fn, variables, batches, mesh, eval_fn=eval_fn)
-      records.append({'model': name, 'test_res': int(test_res), **result})
-      logging.info('sweep %s @ %d: top1 %.4f', name, test_res, result['top1'])
-  logging.info('Sweep of %d resolutions took %.1f s.', len(config.sweep.resolutions),
-               time.perf_counter() - start)
-  return records
+  for test_res in cfg.resolutions:
+    res_start = time.perf_counter()
+    entries = {name: (v, parametric.IDENTITY) for name, v in models.items()}
+    if cfg.parametric:  # the trained model's pass also yields its adapted version
+      entries['trained'] = (models['trained'],
+                            parametric.quantile_map(fit_at(test_res), fit_at(train_res)))
+    totals = evaluate_models(step_fn, entries,
+                             batches(dataset, config.data.eval_split, test_res), mesh)
+    results = {name: total['plain'] for name, total in totals.items()}
+    if cfg.parametric:
+      results['parametric'] = totals['trained']['adapted']
+    for name, total in results.items():
+      metrics, feature_stats = summarize(total)
+      records.append({'model': name, 'test_res': int(test_res), **metrics})
+      stats.append({'model': name, 'test_res': int(test_res), **feature_stats})
+      logging.info('sweep %s @ %d: top1 %.4f, zero features %.3f', name, test_res,
+                   metrics['top1'], metrics['zero_fraction'])
+    seconds[int(test_res)] = time.perf_counter() - res_start
+  total_seconds = time.perf_counter() - start
+  logging.info('Sweep: %d evaluations at %d resolutions took %.1f s.', len(records),
+               len(cfg.resolutions), total_seconds)
+  meta = {'seconds': total_seconds, 'seconds_per_resolution': seconds, 'train_res': train_res,
+          'eval_split': config.data.eval_split,
+          'analytic_test_res': analytic_test_res(config, dataset)}
+  if cfg.parametric:
+    meta['parametric'] = {
+        'split': cfg.parametric_split, 'shape': parametric.SHAPE,
+        'fits': {int(r): dataclasses.asdict(f) for r, f in sorted(fits.items())},
+        'maps': {int(r): [float(v) for v in parametric.quantile_map(fits[r], fits[train_res])]
+                 for r in sorted(fits)}}
+  return SweepResult(records, {'edges': HISTOGRAM_EDGES.tolist(), 'records': stats}, meta)
+
+
+def fit_pooled_features(step_fn, variables: dict, batches, mesh) -> parametric.GevFit:
+  """The Fréchet (GEV, shape 0.3) fit of the nonzero pooled features over `batches`."""
+  totals = evaluate_models(step_fn, {'fit': (variables, parametric.IDENTITY)}, batches, mesh)
+  return parametric.fit_gev(HISTOGRAM_EDGES, totals['fit']['plain']['histogram'])
+
+
+def analytic_test_res(config, dataset) -> dict:
+  """resolution.recommend_test_res for K_train, the train crop sampler and the image shapes.
+
+  The shapes are those of the first SHAPE_IMAGES training images (tfds datasets; JPEG headers
+  only); folder datasets use the default 500x375.
+  """
+  shapes, note = None, 'default 500x375'
+  if hasattr(dataset, 'builder'):  # a tfds dataset
+    shapes = resolution.read_image_shapes(
+        config.data.name, config.data.train_split, SHAPE_IMAGES, config.data.data_dir or None,
+        config.data.image_key)
+    note = f'{len(shapes)} images of {config.data.train_split}'
+  result = resolution.recommend_test_res(config.train.image_size, config.data.crop_pct,
+                                         config.data.crop, image_shapes=shapes,
+                                         samples=SAMPLER_CROPS, seed=config.seed)
+  logging.info('Analytic K_test* for K_train=%d (%s crops, %s): %.1f', config.train.image_size,
+               config.data.crop, note, result['test_res_exact'])
+  return {**result, 'image_shapes': note}
+
+
+def resolve_test_res(config, workdir, dataset, mesh, variables: dict, model):
+  """`config`, or a copy with finetune.test_res chosen by select_test_res when it is 'auto'."""
+  if config.finetune.test_res != AUTO:
+    return config
+  resolved = copy.deepcopy(config)
+  resolved.finetune.test_res = select_test_res(config, workdir, dataset, mesh, variables,
+                                               model)
+  return resolved
+
+
+def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> int:
+  """The trained model's best K_test on config.finetune.auto_split, a TRAINING-split slice.
+
+  Evaluates at config.finetune.auto_resolutions (default: config.sweep.resolutions) and keeps
+  the best top-1 (ties: the lower loss). The choice and every accuracy go to
+  WORKDIR/auto_test_res.json, which a re-run of the same configuration reuses.
+  """
+  from fixres_jax.data import pipeline  # only the loop needs TensorFlow
+  cfg = config.finetune
+  resolutions = [int(r) for r in (cfg.auto_resolutions or config.sweep.resolutions)]
+  path = epath.Path(workdir) / 'auto_test_res.json'
+  if path.exists():
+    choice = json.loads(path.read_text())
+    if choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions:
+      logging.info('K_test = %d, chosen before (%s).', choice['test_res'], path)
+      return choice['test_res']
+  step_fn = jax.jit(functools.partial(sweep_step, model))
+  entries = {'trained': (parallel.replicate(variables, mesh), parametric.IDENTITY)}
+  records = []
+  for test_res in resolutions:
+    batches = pipeline.eval_batches(dataset, cfg.auto_split, test_res, config.sweep.batch_size,
+                                    config.data.crop_pct, dtype=config.data.dtype)
+    metrics, _ = summarize(evaluate_models(step_fn, entries, batches, mesh)['trained']['plain'])
+    records.append({'test_res': test_res, **metrics})
+    logging.info('auto K_test: top1 %.4f at %d on %s', metrics['top1'], test_res,
+                 cfg.auto_split)
+  best = max(records, key=lambda r: (r['top1'], -r['loss']))['test_res']
+  if jax.process_index() == 0:
+    path.write_text(json.dumps({'test_res': best, 'split': cfg.auto_split,
+                                'resolutions': resolutions, 'records': records}, indent=2))
+  logging.info('K_test = %d chosen on %s (best top-1 of %s); recorded in %s.', best,
+               cfg.auto_split, resolutions, path)
+  return best
 
 
 def format_table(records: list) -> str:
@@ -52,8 +280,73 @@ def format_table(records: list) -> str:
   return '\n'.join(lines)
 
 
-def write_sweep(workdir, records: list) -> epath.Path:
-  path = epath.Path(workdir) / 'sweep.json'
-  if jax.process_index() == 0:
-    path.write_text(json.dumps(records, indent=2))
-  return path
+CSV_FIELDS = ('model', 'test_res', 'top1', 'top5', 'loss', 'zero_fraction', 'num_images')
+
+
+def write_sweep(workdir, result: SweepResult) -> None:
+  """sweep.json, sweep.csv, stats.json, sweep_meta.json, sweep.png, features.png (process 0)."""
+  if jax.process_index() != 0:
+    return
+  workdir = epath.Path(workdir)
+  (workdir / 'sweep.json').write_text(json.dumps(result.records, indent=2))
+  with (workdir / 'sweep.csv').open('w') as f:
+    writer = csv.DictWriter(f, CSV_FIELDS, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(result.records)
+  (workdir / 'stats.json').write_text(json.dumps(result.stats))
+  (workdir / 'sweep_meta.json').write_text(json.dumps(result.meta, indent=2))
+  save_figure(plot_sweep(result.records, result.meta), workdir / 'sweep.png')
+  save_figure(plot_features(result.stats, result.meta['train_res']), workdir / 'features.png')
+
+
+def save_figure(figure, path: epath.Path) -> None:
+  with path.open('wb') as f:
+    figure.savefig(f, format='png', bbox_inches='tight')
+
+
+def plot_sweep(records: list, meta: dict):
+  """Top-1 against K_test, one curve per model, K_train and the analytic K_test* marked."""
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  fig = figure.Figure(figsize=(6.4, 4.2), dpi=110)
+  ax = fig.add_subplot()
+  for name in dict.fromkeys(r['model'] for r in records):
+    points = sorted((r['test_res'], 100 * r['top1']) for r in records if r['model'] == name)
+    ax.plot(*zip(*points), marker='o', label=name)
+  k_star = meta['analytic_test_res']['test_res_exact']
+  ax.axvline(meta['train_res'], color='black', linestyle=':',
+             label=f"K_train = {meta['train_res']}")
+  ax.axvline(k_star, color='gray', linestyle='--', label=f'analytic K_test* = {k_star:.0f}')
+  ax.set_xlabel('test resolution K_test (px)')
+  ax.set_ylabel(f"top-1 on {meta['eval_split']} (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return fig
+
+
+def plot_features(stats: dict, train_res: int):
+  """Histograms of the pooled features at a few K_test (K_train among them), per model."""
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  records = stats['records']
+  names = list(dict.fromkeys(r['model'] for r in records))
+  resolutions = sorted({r['test_res'] for r in records})
+  spread = np.linspace(0, len(resolutions) - 1, min(3, len(resolutions))).round().astype(int)
+  picks = {resolutions[i] for i in spread} | ({train_res} & set(resolutions))
+  edges = np.asarray(stats['edges'])
+  shown = [r for r in records if r['test_res'] in picks]
+  used = np.flatnonzero(np.sum([r['counts'][1:-1] for r in shown], axis=0))
+  fig = figure.Figure(figsize=(4.2 * len(names), 3.6), dpi=110)
+  axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+  for ax, name in zip(axes, names):
+    for r in sorted((r for r in shown if r['model'] == name), key=lambda r: r['test_res']):
+      counts = np.asarray(r['counts'][1:-1], np.float64)  # the bins between the edges
+      density = counts / r['num_values'] / np.diff(np.log10(edges))
+      ax.stairs(density, edges, label=f"K_test {r['test_res']} "
+                f"(zeros {100 * r['zero_fraction']:.0f}%)")
+    ax.set_xscale('log')
+    if used.size:
+      ax.set_xlim(edges[used[0]], edges[used[-1] + 1])
+    ax.set_title(name)
+    ax.set_xlabel('pooled feature value')
+    ax.legend(fontsize='small')
+  axes[0].set_ylabel('fraction of features per decade')
+  return fig

@@ -1,6 +1,7 @@
 """The base configuration every file in configs/ starts from, and its validation."""
 
 import ml_collections
+from ml_collections import config_dict
 
 STAGES = ('train', 'finetune', 'sweep')
 
@@ -60,10 +61,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.profile_steps = 0  # >0: a jax.profiler trace of that many steps in WORKDIR/profile
 
   config.finetune = finetune = ml_collections.ConfigDict()
-  finetune.test_res = 288  # K_test
+  # K_test: an int, or 'auto' (the trained model's best on auto_split, see analysis.py).
+  # Typed `object` so that --config.finetune.test_res=auto and =96 both parse.
+  finetune.test_res = config_dict.FieldReference(288, field_type=object)
+  finetune.auto_split = 'train[-10%:]'  # a slice of the TRAINING split, never validation
+  finetune.auto_resolutions = ()  # K_test candidates for 'auto'; () = sweep.resolutions
   finetune.batch_size = 512
   finetune.num_epochs = 31  # the official v2 recipe for ResNet-50
-  finetune.base_lr = 1e-3  # per 512 images
+  # Per 512 images. The official code: lr = 8.0 * 1e-3 * global_batch / 512.
+  finetune.base_lr = 8e-3
   finetune.lr_decay_epochs = 30
   finetune.momentum = 0.9
   finetune.weight_decay = 1e-4
@@ -73,6 +79,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.sweep = sweep = ml_collections.ConfigDict()
   sweep.resolutions = (128, 160, 224, 288, 320, 384, 448)
   sweep.batch_size = 512
+  # Parametric adaptation (model 'parametric'): Fréchet fits of the pooled features at
+  # K_train and at each K_test on a slice of the TRAINING split (never validation).
+  sweep.parametric = True
+  sweep.parametric_split = 'train[-10%:]'
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000
@@ -86,8 +96,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   unknown = set(config.stages) - set(STAGES)
   if unknown:
     problems.append(f'config.stages has {sorted(unknown)}: stages are {STAGES}.')
-  sizes = {'train.image_size': config.train.image_size,
-           'finetune.test_res': config.finetune.test_res}
+  sizes = {'train.image_size': config.train.image_size}
+  if isinstance(config.finetune.test_res, str):
+    if config.finetune.test_res != 'auto':
+      problems.append(f'config.finetune.test_res={config.finetune.test_res!r}: use a '
+                      "resolution in pixels or 'auto'.")
+  else:
+    sizes['finetune.test_res'] = config.finetune.test_res
   sizes.update({f'sweep.resolutions[{i}]': r for i, r in enumerate(config.sweep.resolutions)})
   problems += [f'config.{k}={v}: resolutions must be positive integers.'
                for k, v in sizes.items() if not isinstance(v, int) or v <= 0]
@@ -100,5 +115,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     if value <= 0 or value % device_count:
       problems.append(f'config.{name}={value} is not a positive multiple of the '
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
+  train_name = config.data.train_split.split('[')[0]
+  for name in ('finetune.auto_split', 'sweep.parametric_split'):
+    section, field = name.split('.')
+    if config[section][field].split('[')[0] != train_name:
+      problems.append(f'config.{name}={config[section][field]!r} must be a slice of the '
+                      f'training split {train_name!r} (e.g. {train_name}[-10%:]): choices '
+                      'made on the validation split would bias its accuracy.')
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))

@@ -64,14 +64,22 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     models['trained'] = load_trained(config, workdir)
     train.check_variables(model, models['trained'], 'The trained checkpoint')
   if 'finetune' in config.stages:
+    # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
+    config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
+                                       model)
     models['finetuned'] = finetune.finetune(config, workdir, dataset, mesh, models['trained'])
-  elif (workdir / 'checkpoints' / 'finetune').exists():
+  elif has_checkpoint(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
-    records = analysis.sweep(config, dataset, mesh, models, model.apply)
-    analysis.write_sweep(workdir, records)
-    print(analysis.format_table(records), flush=True)
+    result = analysis.sweep(config, dataset, mesh, models, model)
+    analysis.write_sweep(workdir, result)
+    print(analysis.format_table(result.records), flush=True)
   return models
+
+
+def has_checkpoint(directory: epath.Path) -> bool:
+  """Whether a stage's directory holds a saved step (an interrupted start leaves it empty)."""
+  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def load_trained(config, workdir: epath.Path) -> dict:

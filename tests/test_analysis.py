@@ -1,0 +1,187 @@
+"""The sweep stage (records, statistics, figures, one trace per resolution) and K_test='auto'."""
+
+import csv
+import json
+import pathlib
+
+from absl import flags
+import jax
+import numpy as np
+import pytest
+from ml_collections import config_flags
+
+from fixres_jax import analysis
+from fixres_jax import checkpoint
+from fixres_jax import config as config_lib
+from fixres_jax import main
+from fixres_jax import parallel
+from fixres_jax import parametric
+from fixres_jax import train
+
+CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
+
+
+def create_models(config, dataset):
+  """A randomly initialised 'trained' model and a different 'finetuned' one (no training)."""
+  model = train.create_model(config, dataset.num_classes)
+  trained = train.init_variables(model, config.train.image_size, seed=0)
+  finetuned = train.init_variables(model, config.train.image_size, seed=1)
+  return model, {'trained': trained, 'finetuned': finetuned}
+
+
+def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny_dataset,
+                                                     monkeypatch):
+  traced = []
+  step = analysis.sweep_step
+
+  def counting_step(model, variables, adaptation, batch):
+    traced.append(batch['image'].shape[1])  # runs only while jax traces
+    return step(model, variables, adaptation, batch)
+
+  monkeypatch.setattr(analysis, 'sweep_step', counting_step)
+  config = tiny_config
+  model, variables = create_models(config, tiny_dataset)
+  mesh = parallel.create_mesh()
+  result = analysis.sweep(config, tiny_dataset, mesh, variables, model)
+  analysis.write_sweep(tmp_path, result)
+
+  # One trace per resolution, shared by every model, the parametric fits included.
+  resolutions = set(config.sweep.resolutions) | {config.train.image_size}
+  assert sorted(traced) == sorted(resolutions)
+
+  records = json.loads((tmp_path / 'sweep.json').read_text())
+  assert records == result.records
+  names = ('trained', 'finetuned', 'parametric')
+  assert {(r['model'], r['test_res']) for r in records} == {
+      (m, r) for m in names for r in config.sweep.resolutions}
+  for r in records:
+    assert 0 <= r['top1'] <= r['top5'] <= 1 and 0 <= r['zero_fraction'] <= 1
+    assert r['num_images'] == tiny_dataset.num_examples(config.data.eval_split)
+  by_key = {(r['model'], r['test_res']): r for r in records}
+  with (tmp_path / 'sweep.csv').open() as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['model'], int(r['test_res'])) for r in rows] == list(by_key)
+  assert [float(r['top1']) for r in rows] == [r['top1'] for r in records]
+
+  # The trained model's metrics are train.evaluate's; at K_train the adaptation is the identity.
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  k_train = config.train.image_size
+  batches = pipeline.eval_batches(tiny_dataset, config.data.eval_split, k_train,
+                                  config.sweep.batch_size, config.data.crop_pct)
+  expected = train.evaluate(model.apply, variables['trained'], batches, mesh)
+  for key in ('top1', 'top5', 'zero_fraction', 'num_images'):
+    assert by_key[('trained', k_train)][key] == pytest.approx(expected[key], abs=1e-6)
+  assert result.meta['parametric']['maps'][k_train] == [1.0, 0.0]
+  assert ({**by_key[('parametric', k_train)], 'model': 'trained'}
+          == by_key[('trained', k_train)])
+
+  stats = json.loads((tmp_path / 'stats.json').read_text())
+  assert stats['edges'] == pytest.approx(analysis.HISTOGRAM_EDGES.tolist())
+  num_features = np.shape(variables['trained']['params']['fc']['kernel'])[0]
+  for s in stats['records']:
+    r = by_key[(s['model'], s['test_res'])]
+    assert s['num_values'] == r['num_images'] * num_features
+    assert s['zero_fraction'] == pytest.approx(r['zero_fraction'], abs=1e-6)
+    assert sum(s['counts']) == pytest.approx(s['num_values'] * (1 - s['zero_fraction']))
+    quantiles = list(s['quantiles'].values())
+    assert quantiles == sorted(quantiles) and s['mean'] > 0 and s['std'] > 0
+
+  meta = json.loads((tmp_path / 'sweep_meta.json').read_text())
+  assert meta['seconds'] > 0 and set(meta['seconds_per_resolution']) == {
+      str(r) for r in config.sweep.resolutions}
+  assert meta['analytic_test_res']['test_res_exact'] > k_train  # train crops zoom in
+  for name in ('sweep.png', 'features.png'):
+    assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_feature_sums_match_a_numpy_histogram():
+  features = np.abs(np.random.default_rng(0).standard_cauchy((16, 24))).astype(np.float32)
+  features[features < 0.3] = 0.0
+  mask = np.array([1.0] * 12 + [0.0] * 4, np.float32)
+  sums = jax.jit(analysis.feature_sums)(features, mask)
+  kept = features[:12]
+  np.testing.assert_array_equal(sums['histogram'],
+                                parametric.histogram(kept, analysis.HISTOGRAM_EDGES))
+  assert float(sums['feature_count']) == kept.size
+  assert float(sums['feature_sum']) == pytest.approx(kept.sum(), rel=1e-5)
+  assert float(sums['feature_sq_sum']) == pytest.approx((kept**2).sum(), rel=1e-5)
+
+
+def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, tiny_dataset,
+                                                       monkeypatch):
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  evaluated, finetuned_at = [], []
+  eval_batches, train_batches = pipeline.eval_batches, pipeline.train_batches
+
+  def recording_eval_batches(dataset, split, image_size, *args, **kwargs):
+    evaluated.append((split, image_size))
+    return eval_batches(dataset, split, image_size, *args, **kwargs)
+
+  def recording_train_batches(dataset, split, image_size, *args, **kwargs):
+    finetuned_at.append(image_size)
+    return train_batches(dataset, split, image_size, *args, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'eval_batches', recording_eval_batches)
+  monkeypatch.setattr(pipeline, 'train_batches', recording_train_batches)
+  config = tiny_config
+  model, variables = create_models(config, tiny_dataset)
+  checkpoint.save_variables(tmp_path / 'init', variables['trained'])
+  config.init_from = str(tmp_path / 'init')
+  config.stages = ('finetune',)
+  config.finetune.test_res = 'auto'
+  config.finetune.auto_resolutions = (24, 40)
+  workdir = tmp_path / 'run'
+  main.run(config, str(workdir))
+
+  choice = json.loads((workdir / 'auto_test_res.json').read_text())
+  assert evaluated == [(config.finetune.auto_split, r) for r in (24, 40)]
+  assert choice['test_res'] in (24, 40)
+  assert choice['test_res'] == max(choice['records'],
+                                   key=lambda r: (r['top1'], -r['loss']))['test_res']
+  assert finetuned_at == [choice['test_res']]
+  assert config.finetune.test_res == 'auto'  # the caller's config is left as it was
+
+  # A re-run finds the recorded choice and evaluates nothing.
+  evaluated.clear()
+  assert analysis.select_test_res(config, workdir, tiny_dataset, None, None, model) == (
+      choice['test_res'])
+  assert not evaluated
+
+
+@pytest.mark.parametrize('value,expected', [('auto', 'auto'), ('96', 96)])
+def test_test_res_takes_auto_or_an_integer_on_the_command_line(value, expected):
+  argv = ['main', f'--config={CONFIGS / "demo.py"}', f'--config.finetune.test_res={value}']
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)  # as main.py declares it
+  flag_values(argv)
+  assert flag_values.config.finetune.test_res == expected
+  config_lib.validate(flag_values.config, device_count=8)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('test_res', 'best', "'auto'"),
+    ('auto_split', 'validation[:10%]', 'slice of the training split'),
+])
+def test_validate_rejects_bad_auto_settings(field, value, message):
+  config = config_lib.get_base_config()
+  config.finetune[field] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config, device_count=8)
+
+
+def test_validate_rejects_a_parametric_fit_on_validation():
+  config = config_lib.get_base_config()
+  config.sweep.parametric_split = 'validation'
+  with pytest.raises(ValueError, match='sweep.parametric_split'):
+    config_lib.validate(config, device_count=8)
+
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in CONFIGS.glob('*.py')))
+def test_recipes_are_valid(name):
+  argv = ['main', f'--config={CONFIGS / name}.py']
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  config_lib.validate(flag_values.config, device_count=8)
