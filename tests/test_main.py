@@ -12,7 +12,8 @@ def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   records = json.loads((workdir / 'sweep.json').read_text())
   num_images = 100
   assert {(r['model'], r['test_res']) for r in records} == {
-      (m, r) for m in ('trained', 'finetuned') for r in tiny_config.sweep.resolutions}
+      (m, r) for m in ('trained', 'finetuned', 'parametric')
+      for r in tiny_config.sweep.resolutions}
   for r in records:
     assert set(r) >= {'model', 'test_res', 'top1', 'top5', 'num_images'}
     assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
