@@ -75,6 +75,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.weight_decay = 1e-4
   finetune.augment = 'flip'
   finetune.train_bn_affine = False
+  # 'sgd': the official procedure (batch statistics in the last BN, head trained on live
+  # batches). 'cached': two forward passes, then the head on stored features, for a fraction
+  # of the cost; needs augment 'none' or 'flip' and train_bn_affine=False (cached_finetune.py).
+  finetune.mode = 'sgd'
+  finetune.cache_dtype = 'bfloat16'  # 'cached': stored features, 'bfloat16' or 'float32'
+  finetune.cache_in_memory_mb = 4096  # 'cached': per process; larger caches go to cache_dir
+  finetune.cache_dir = ''  # 'cached': a local disk; '' = WORKDIR/feature_cache
 
   config.sweep = sweep = ml_collections.ConfigDict()
   sweep.resolutions = (128, 160, 224, 288, 320, 384, 448)
@@ -115,6 +122,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     if value <= 0 or value % device_count:
       problems.append(f'config.{name}={value} is not a positive multiple of the '
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
+  problems += finetune_mode_problems(config.finetune)
   train_name = config.data.train_split.split('[')[0]
   for name in ('finetune.auto_split', 'sweep.parametric_split'):
     section, field = name.split('.')
@@ -124,3 +132,22 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
                       'made on the validation split would bias its accuracy.')
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
+  """What config.finetune.mode cannot do with the rest of config.finetune."""
+  if cfg.mode not in ('sgd', 'cached'):
+    return [f"config.finetune.mode={cfg.mode!r}: use 'sgd' or 'cached'."]
+  if cfg.mode != 'cached':
+    return []
+  problems = []
+  if cfg.augment not in ('none', 'flip'):
+    problems.append(f"config.finetune.augment={cfg.augment!r} is random, so mode='cached' "
+                    "cannot store its features: use augment 'flip' or 'none', or mode='sgd'.")
+  if cfg.train_bn_affine:
+    problems.append("config.finetune.train_bn_affine=True: mode='cached' trains the "
+                    "classifier only; set it to False or use mode='sgd'.")
+  if cfg.cache_dtype not in ('bfloat16', 'float32'):
+    problems.append(f"config.finetune.cache_dtype={cfg.cache_dtype!r}: use 'bfloat16' or "
+                    "'float32'.")
+  return problems

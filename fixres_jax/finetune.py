@@ -97,6 +97,9 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   Returns:
     the fine-tuned variables.
   """
+  if config.finetune.mode == 'cached':
+    from fixres_jax import cached_finetune  # it builds on this module
+    return cached_finetune.finetune_cached(config, workdir, dataset, mesh, variables)
   from fixres_jax.data import pipeline  # only the loop, not the step, needs TensorFlow
   cfg = config.finetune
   model = train.create_model(config, dataset.num_classes)

@@ -143,11 +143,15 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
 
 def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
                  crop_pct: float = 0.875, dtype: str = 'float32', skip_corrupt: bool = False,
-                 cache: bool = False) -> Iterator[dict]:
+                 cache: bool = False, start_batch: int = 0) -> Iterator[dict]:
   """Every example of `split` exactly once, at the test transform, padded and masked.
 
   Every process yields the same number of batches (no multi-host hang); padding examples
   have mask 0, so metrics summed with the mask count each real image once.
+
+  Args:
+    start_batch: the first batch to yield (to resume a pass); the examples before it are
+      skipped without decoding (unless skip_corrupt).
 
   Yields:
     {'image', 'label', 'mask': float32 [local_batch]}.
@@ -164,11 +168,15 @@ def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: in
             'mask': tf.constant(1.0, tf.float32)}
 
   ds = _read(dataset, split, jax.process_index(), jax.process_count(), False, None, cache)
-  ds = _decode(ds, dataset, transform_fn, skip_corrupt)
+  # Skip before decoding, unless skipped corrupt images shift the batches: then count
+  # decoded examples.
+  raw_skip = 0 if skip_corrupt else start_batch * local_batch
+  ds = _decode(ds.skip(raw_skip), dataset, transform_fn, skip_corrupt)
+  ds = ds.skip(start_batch * local_batch - raw_skip)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros((image_size, image_size, 3), tf_dtype),
       'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0, tf.float32)}).repeat()
-  ds = ds.concatenate(padding).take(num_batches * local_batch)
+  ds = ds.concatenate(padding).take((num_batches - start_batch) * local_batch)
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options(True))
   return _iterate(ds, dataset, split)
 
