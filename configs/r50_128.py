@@ -26,13 +26,4 @@ from fixres_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.get_base_config()
-  config.train.image_size = 128
-  config.finetune.test_res = 224
-  config.finetune.augment = 'v2'
-  config.finetune.num_epochs = 31
-  # 12,811 images: enough for the 'auto' choice and the parametric fits, cheap to sweep.
-  config.finetune.auto_split = 'train[-1%:]'
-  config.sweep.parametric_split = 'train[-1%:]'
-  config.sweep.resolutions = (128, 144, 160, 176, 192, 224, 256, 288)
-  return config
+  return config_lib.get_imagenet_config(128, 224, (128, 144, 160, 176, 192, 224, 256, 288))

@@ -22,12 +22,4 @@ from fixres_jax import config as config_lib
 
 
 def get_config():
-  config = config_lib.get_base_config()
-  config.train.image_size = 224
-  config.finetune.test_res = 384
-  config.finetune.augment = 'v2'
-  config.finetune.num_epochs = 31
-  config.finetune.auto_split = 'train[-1%:]'
-  config.sweep.parametric_split = 'train[-1%:]'
-  config.sweep.resolutions = (224, 256, 288, 320, 352, 384, 416, 448)
-  return config
+  return config_lib.get_imagenet_config(224, 384, (224, 256, 288, 320, 352, 384, 416, 448))

@@ -97,6 +97,26 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def parse_stages(stages) -> tuple:
+  """Accepts --config.stages=finetune,sweep as well as the tuple ('finetune', 'sweep')."""
+  return tuple(s.strip() for entry in stages for s in entry.split(',') if s.strip())
+
+
+def get_imagenet_config(train_res: int, test_res: int,
+                        resolutions) -> ml_collections.ConfigDict:
+  """The paper's ResNet-50 ImageNet recipe at K_train, with the official v2 fine-tuning."""
+  config = get_base_config()
+  config.train.image_size = train_res
+  config.finetune.test_res = test_res
+  config.finetune.augment = 'v2'
+  config.finetune.num_epochs = 31
+  # 12,811 images: enough for the 'auto' choice and the parametric fits, cheap to sweep.
+  config.finetune.auto_split = 'train[-1%:]'
+  config.sweep.parametric_split = 'train[-1%:]'
+  config.sweep.resolutions = tuple(resolutions)
+  return config
+
+
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Raises ValueError naming the field and the fix, before anything is compiled."""
   problems = []

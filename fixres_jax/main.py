@@ -42,6 +42,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def run(config, workdir: str) -> dict:
   """Runs config.stages in order; returns {'trained': variables, 'finetuned': ...}."""
+  config.stages = config_lib.parse_stages(config.stages)
   config_lib.validate(config, jax.device_count())
   workdir = epath.Path(workdir)
   workdir_lib.check_writable(workdir, needed_bytes=0)

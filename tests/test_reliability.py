@@ -136,6 +136,11 @@ def test_config_validation_names_the_field(field, value, message):
     config_lib.validate(config, device_count=8)
 
 
+def test_stages_given_as_a_comma_separated_list():
+  assert config_lib.parse_stages(('finetune,sweep',)) == ('finetune', 'sweep')
+  assert config_lib.parse_stages(('train', 'sweep')) == ('train', 'sweep')
+
+
 def test_misspelt_field_is_refused_before_anything_runs(tmp_path):
   result = subprocess.run(
       main_command(tmp_path / 'w', tmp_path, '--config.train.batchsize=64'), cwd=REPO,
