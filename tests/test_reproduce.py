@@ -1,0 +1,36 @@
+"""The reproduction script end to end on its --quick grid (fixres_synthetic/tiny)."""
+
+import json
+
+from fixres_jax import reproduce
+
+
+def test_quick_reproduction_writes_report(tmp_path, synthetic_data_dir):
+  out, root = tmp_path / 'docs', tmp_path / 'runs'
+  plan = reproduce.Plan(train_res=reproduce.QUICK_TRAIN_RES, seeds=(0,), quick=True,
+                        data_dir=synthetic_data_dir)
+  results = reproduce.reproduce(plan, root, out, command='reproduce --quick')
+
+  for name in ('RESULTS.md', 'results.json', 'accuracy_vs_test_res.png', 'zero_fraction.png'):
+    assert (out / name).stat().st_size > 0, name
+  assert json.loads((out / 'results.json').read_text()) == json.loads(json.dumps(results))
+  assert {r['train_res'] for r in results['runs']} == set(reproduce.QUICK_TRAIN_RES)
+  for run in results['runs']:
+    # K_test is selected on the held-out training slice, and every fine-tuning ran there.
+    assert run['selected_test_res'] in [r['test_res'] for r in run['heldout']]
+    assert {'ft_selected', 'ft_train_res', 'bn_stats_only', 'cached'} <= set(run['variants'])
+    for name in ('ft_selected', 'bn_stats_only', 'cached'):
+      assert run['variants'][name]['test_res'] == run['selected_test_res']
+    assert run['variants']['cached']['mode'] == 'cached'
+  report = (out / 'RESULTS.md').read_text()
+  for claim in ('### (a)', '### (b)', '### (c)', "### 'cached'"):
+    line = next(l for l in report.splitlines() if l.startswith(claim))
+    assert line.endswith(tuple(reproduce.VERDICTS.values())), line
+  assert 'reproduce --quick' in report
+
+  # A re-run reuses every finished run: only the report is written again.
+  def finished():
+    return {str(p): p.stat().st_mtime for p in root.glob('*/*/reproduce_*.json')}
+  before = finished()
+  reproduce.reproduce(plan, root, out)
+  assert finished() == before
