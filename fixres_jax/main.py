@@ -62,8 +62,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   if 'train' in config.stages:
     models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
   else:
-    models['trained'] = load_trained(config, workdir)
-    train.check_variables(model, models['trained'], 'The trained checkpoint')
+    models['trained'] = load_trained(config, workdir, model)
   if 'finetune' in config.stages:
     # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
     config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
@@ -83,13 +82,15 @@ def has_checkpoint(directory: epath.Path) -> bool:
   return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
 
 
-def load_trained(config, workdir: epath.Path) -> dict:
-  """The train stage's result, or config.init_from when there is none."""
+def load_trained(config, workdir: epath.Path, model) -> dict:
+  """The train stage's result, or config.init_from (with a new head if init_head=False)."""
   trained = workdir / 'checkpoints' / 'train'
-  if trained.exists():
-    return checkpoint.load_variables(trained)
+  if has_checkpoint(trained):
+    variables = checkpoint.load_variables(trained)
+    train.check_variables(model, variables, str(trained))
+    return variables
   if config.init_from:
-    return checkpoint.load_variables(config.init_from)
+    return train.load_initial_variables(config, model, config.train.image_size)
   raise ValueError(
       f"config.stages={tuple(config.stages)} has no 'train' stage and {trained} holds no "
       'checkpoint: add the train stage or set config.init_from to a checkpoint.')

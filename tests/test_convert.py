@@ -172,3 +172,28 @@ def test_every_arch_maps_one_to_one_onto_torchvision(arch):
   state_dict = {name: np.broadcast_to(np.float32(0), value.shape)
                 for name, value in torch_model.state_dict().items()}
   assert convert.find_matching_archs(state_dict) == [arch]  # ...and to no other arch.
+
+
+def test_converted_checkpoint_starts_a_finetune_stage(tmp_path, tiny_config):
+  """torchvision resnet18 (1000 classes) -> FixRes fine-tuning on the 10-class tiny dataset."""
+  from fixres_jax import main  # pylint: disable=g-import-not-at-top
+  torch_model = create_torch_model('resnet18', num_classes=1000)
+  path = str(tmp_path / 'resnet18.pth')
+  torch.save(torch_model.state_dict(), path)
+  converted = convert.convert_file('resnet18', path, str(tmp_path / 'converted'))
+  config = tiny_config
+  config.model.name = 'resnet18'
+  config.init_from = str(tmp_path / 'converted')
+  config.stages = ('finetune', 'sweep')
+  config.sweep.resolutions = (40,)
+  config.sweep.parametric = False
+  with pytest.raises(ValueError, match='init_head=False'):  # 1000 classes vs 10
+    main.run(config, str(tmp_path / 'same_head'))
+  config.init_head = False
+  result = main.run(config, str(tmp_path / 'run'))
+  tuned = result['finetuned']
+  # The backbone is the converted one, untouched; the new 10-class head was trained.
+  np.testing.assert_array_equal(tuned['params']['layer3_1']['conv2']['kernel'],
+                                converted['params']['layer3_1']['conv2']['kernel'])
+  assert np.asarray(tuned['params']['fc']['kernel']).shape == (512, 10)
+  assert (tmp_path / 'run' / 'sweep.json').exists()

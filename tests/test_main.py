@@ -26,7 +26,12 @@ def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   assert list((workdir / 'tensorboard' / 'train').glob('events.out.tfevents.*'))
   assert list((workdir / 'profile' / 'train').rglob('*.xplane.pb'))
 
-  # Re-running resumes: every stage is finished, so nothing is retrained.
+  # Re-running resumes: every stage is finished, so nothing is retrained, even though the
+  # config.json the first run wrote names a field an older version had (checkpoints do not
+  # depend on the config's field names).
+  saved = json.loads((workdir / 'config.json').read_text())
+  saved['train']['batchsize'] = saved['train'].pop('batch_size')
+  (workdir / 'config.json').write_text(json.dumps(saved))
   lines_before = len(metrics)
   main.run(tiny_config, str(workdir))
   metrics_after = (workdir / 'metrics.jsonl').read_text().splitlines()
