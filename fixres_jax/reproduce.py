@@ -39,6 +39,8 @@ flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: each is a full train + fine-
 flags.DEFINE_list('train_res', ['48', '64', '96'], 'The K_train grid.')
 flags.DEFINE_list('compare_res', [], 'Higher K_train of the grid made by other invocations: '
                   'the lowest K_train is also fine-tuned at these (claim (c)).')
+flags.DEFINE_integer('long_epochs', 30, "Also time 'sgd' against 'cached' fine-tuning at this "
+                     'many epochs, for the lowest K_train and the first seed (0: do not).')
 flags.DEFINE_bool('quick', False, 'A tiny grid on fixres_synthetic/tiny, for CI.')
 flags.DEFINE_enum('phase', 'all', ['train', 'all', 'report'],
                   "'train': only the training runs; 'report': only RESULTS.md from finished "
@@ -59,6 +61,7 @@ class Plan:
   quick: bool = False
   data_dir: str = ''
   compare_res: Sequence[int] = ()  # more K_train of the grid, run by another invocation
+  long_epochs: int = 0  # >0: also time 'sgd' and 'cached' at this many epochs (one run)
 
   def sweep_resolutions(self, train_res: int) -> List[int]:
     """Validation sweep: 16 px steps from K_train - 16 to 2 K_train (the figure's x-axis)."""
@@ -225,6 +228,10 @@ def analyse_one(plan: Plan, root: epath.Path, train_res: int, seed: int, k_star:
   if train_res == min(grid_res):  # claim (c): fine-tuned at each higher K_train
     for high in (k for k in sorted(grid_res) if k > train_res and k not in (best, k_star)):
       variants[f'ft_at_{high}'] = finetune_config(plan, train_res, seed, trained, high, [])
+  if plan.long_epochs and seed == plan.seeds[0] and train_res == min(grid_res):
+    for name, mode in (('sgd_long', 'sgd'), ('cached_long', 'cached')):
+      variants[name] = finetune_config(plan, train_res, seed, trained, best, [], mode=mode,
+                                       num_epochs=plan.long_epochs)
   for name, config in variants.items():
     run_finetune(config, run_dir(root, train_res, seed, name))
 
@@ -285,7 +292,8 @@ def train_step_seconds(path: epath.Path) -> float:
   return float(np.median([r['step_time_s'] for r in steps]) * max(r['step'] for r in steps))
 
 
-VARIANTS = ('ft_selected', 'ft_analytic', 'ft_train_res', 'bn_stats_only', 'cached')
+VARIANTS = ('ft_selected', 'ft_analytic', 'ft_train_res', 'bn_stats_only', 'cached', 'sgd_long',
+            'cached_long')
 
 
 def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Optional[dict]:
@@ -470,7 +478,17 @@ def claim_cached(runs_by_res: Dict[int, list]) -> dict:
                        'speedup': (sgd_s['mean'] / cached_s['mean']
                                    if cached_s['mean'] else None),
                        'holds': within}
-  return {'rows': rows, 'holds': combine(r['holds'] for r in rows.values())}
+  long = {}
+  for train_res, runs in runs_by_res.items():
+    for run in runs:
+      if {'sgd_long', 'cached_long'} <= set(run['variants']):
+        sgd, cached = run['variants']['sgd_long'], run['variants']['cached_long']
+        long[train_res] = {'seed': run['seed'], 'epochs': sgd['epochs'],
+                           'test_res': sgd['test_res'], 'sgd': sgd['top1'],
+                           'cached': cached['top1'], 'sgd_seconds': sgd['finetune_seconds'],
+                           'cached_seconds': cached['finetune_seconds']}
+  return {'rows': rows, 'long': long,
+          'holds': combine(r['holds'] for r in rows.values())}
 
 
 
@@ -738,6 +756,12 @@ def format_cached(claim: dict, epochs) -> List[str]:
                for x in (sgd_s, cached_s)]
     lines.append(f"| {k} | {pct(row['sgd'])} | {pct(row['cached'])} | "
                  f"{margin_text(row['compare'])} | {seconds[0]} | {seconds[1]} | {speedup} |")
+  for k, row in sorted(claim.get('long', {}).items()):
+    lines += ['', f"At {row['epochs']} epochs (K_train {k}, seed {row['seed']}, K_test "
+              f"{row['test_res']}, one run each): 'sgd' {100 * row['sgd']:.2f}% in "
+              f"{row['sgd_seconds']:.0f} s, 'cached' {100 * row['cached']:.2f}% in "
+              f"{row['cached_seconds']:.0f} s: {row['sgd_seconds'] / row['cached_seconds']:.1f}x "
+              'faster.']
   return lines + ['']
 
 
@@ -784,7 +808,8 @@ def main(argv):
   main_lib.quiet_library_logs()
   plan = Plan(train_res=[int(k) for k in FLAGS.train_res], seeds=[int(s) for s in FLAGS.seeds],
               quick=FLAGS.quick, data_dir=FLAGS.data_dir,
-              compare_res=[int(k) for k in FLAGS.compare_res])
+              compare_res=[int(k) for k in FLAGS.compare_res],
+              long_epochs=0 if FLAGS.quick else FLAGS.long_epochs)
   if FLAGS.quick:  # the tiny grid, unless given explicitly
     plan = dataclasses.replace(
         plan, train_res=plan.train_res if FLAGS['train_res'].present else QUICK_TRAIN_RES,
