@@ -32,19 +32,25 @@ from etils import epath
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', 'docs', 'Where RESULTS.md, results.json and the figures go.')
-flags.DEFINE_string('results_root', '/tmp/fixres_repro', 'One workdir per run under here.')
-flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic ("" = tfds default).')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: each is a full train + fine-tune run.')
-flags.DEFINE_list('train_res', ['48', '64', '96'], 'The K_train grid.')
-flags.DEFINE_list('compare_res', [], 'Higher K_train of the grid made by other invocations: '
-                  'the lowest K_train is also fine-tuned at these (claim (c)).')
-flags.DEFINE_integer('long_epochs', 30, "Also time 'sgd' against 'cached' fine-tuning at this "
-                     'many epochs, for the lowest K_train and the first seed (0: do not).')
-flags.DEFINE_bool('quick', False, 'A tiny grid on fixres_synthetic/tiny, for CI.')
-flags.DEFINE_enum('phase', 'all', ['train', 'all', 'report'],
-                  "'train': only the training runs; 'report': only RESULTS.md from finished "
-                  "runs; 'all': everything.")
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a script (other modules imported in
+  the same process, e.g. by the tests, define flags of the same names)."""
+  flags.DEFINE_string('out', 'docs', 'Where RESULTS.md, results.json and the figures go.')
+  flags.DEFINE_string('results_root', '/tmp/fixres_repro', 'One workdir per run under here.')
+  flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic ("" = tfds default).')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: each is a full train + fine-tune run.')
+  flags.DEFINE_list('train_res', ['48', '64', '96'], 'The K_train grid.')
+  flags.DEFINE_list('compare_res', [], 'Higher K_train of the grid made by other invocations: '
+                    'the lowest K_train is also fine-tuned at these (claim (c)).')
+  flags.DEFINE_integer('long_epochs', 30, "Also time 'sgd' against 'cached' fine-tuning at this "
+                       'many epochs, for the lowest K_train and the first seed (0: do not).')
+  flags.DEFINE_bool('quick', False, 'A tiny grid on fixres_synthetic/tiny, for CI.')
+  flags.DEFINE_enum('phase', 'all', ['train', 'all', 'report'],
+                    "'train': only the training runs; 'report': only RESULTS.md from finished "
+                    "runs; 'all': everything.")
+
 
 HELDOUT_SPLIT = 'train[90%:]'  # selects K_test; never seen in training or fine-tuning
 FIT_SPLIT = 'train[:90%]'
@@ -819,4 +825,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
