@@ -17,6 +17,14 @@ except ImportError:
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+@pytest.fixture(scope='module', autouse=True)
+def clear_jax_caches():
+  """Frees each test file's compiled programs: one process runs the whole suite."""
+  yield
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+
+
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory):
   """The embedded dataset's 'tiny' config, built once per test session."""
