@@ -217,10 +217,16 @@ def evaluate_state(config, state: TrainState, dataset, mesh) -> dict:
   return {f'val_{k}': v for k, v in result.items()}
 
 
-def check_finite(loss: float, step: int, checkpoint_dir) -> None:
-  if not np.isfinite(loss):
+def all_finite(tree) -> bool:
+  """Whether every floating-point number in `tree` is finite (one device reduction)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+
+
+def check_finite(value: float, step: int, checkpoint_dir, what: str = 'training loss') -> None:
+  if not np.isfinite(value):
     raise FloatingPointError(
-        f'The training loss is {loss} at step {step}. The last good checkpoint in '
+        f'The {what} is {value} at step {step}. The last good checkpoint in '
         f'{checkpoint_dir} is kept; lower the learning rate or check the data.')
 
 
@@ -258,6 +264,9 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
       if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
         writer.write(step, evaluate_fn(state))
       if save:
+        # The loss is that of the parameters before the step: check what is about to be saved.
+        if not all_finite((state.params, state.batch_stats)):
+          check_finite(float('nan'), step, manager.directory, what='model (a parameter)')
         checkpoint.save_state(manager, step, state)
       if guard.should_stop(step):
         checkpoint.save_state(manager, step, state, force=True)
