@@ -2,17 +2,17 @@
 # Step benchmark on one GPU: ResNet-50 in bfloat16 with a batch that fills the device.
 #
 # COMMAND (from the repository root; needs JAX with CUDA, flax, optax, orbax; no TensorFlow)
-#   bash benchmarks/gpu.sh OUT_DIR            # one H100: about 3-5 min, compiles included
+#   bash benchmarks/gpu.sh OUT_DIR            # one H100/H200: about 3 min, compiles included
 #   bash benchmarks/gpu.sh OUT_DIR --smoke    # the same path on the CPU with a tiny model
 #   bash benchmarks/gpu.sh OUT_DIR [--smoke] --test_res=224,288   # more steps.py flags
 #
 # Runs benchmarks/steps.py for train@224, train@128, eval@288 and finetune@288 on the first
 # device, and writes OUT_DIR/gpu.json (images/s, compile times, XLA's FLOPs and MFU against
-# the card's dense bf16 peak) and OUT_DIR/gpu.log. BATCH (default 256) is tried first; when
-# the device runs out of memory, steps.py exits with 75 and the batch is halved. The whole
-# script stops after BUDGET_S seconds (default 540), leaving whatever JSON was written so far.
-# PYTHON picks the interpreter (default: python).
-# Copy gpu.json to docs/benchmarks/ and run `python -m benchmarks.report` to publish it.
+# the card's dense bf16 peak) and OUT_DIR/gpu.log. BATCH (default 1024: 41 GiB on an H200)
+# is tried first; when the device runs out of memory, steps.py exits with 75 and the batch
+# is halved. The whole script stops after BUDGET_S seconds (default 540), leaving whatever
+# JSON was written so far. PYTHON picks the interpreter (default: python).
+# Copy gpu.json to docs/benchmarks/gpu_<card>.json and run `python -m benchmarks.report`.
 set -euo pipefail
 
 out_dir=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [--smoke] [steps.py flags]}
@@ -39,7 +39,7 @@ if [[ "$mode" == smoke ]]; then
 else
   # Fail at once, rather than benchmark the CPU, if JAX cannot see a CUDA device.
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
-  batch=${BATCH:-256}
+  batch=${BATCH:-1024}
   name=gpu
   # The largest step first, so that running out of memory shows before other compiles.
   args=(--model=resnet50 --dtype=bfloat16 --train_res=224,128 --test_res=288 --warmup=3

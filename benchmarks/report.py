@@ -21,10 +21,15 @@ flags.DEFINE_string('out', 'docs/PERFORMANCE.md', 'Markdown file to write.')
 FLAGS = flags.FLAGS
 
 STEP_NAMES = {'train': 'train_step', 'eval': 'eval_step', 'finetune': 'finetune_step'}
-PROFILE_ROWS = ('convolution, forward', 'convolution, input gradient',
-                'convolution, kernel gradient',
-                'convolution, backward (input and kernel gradients)', 'transposes and copies',
-                'dense layer', 'BatchNorm, ReLU, pooling, loss, optimizer')
+FORWARD, INPUT_GRAD, KERNEL_GRAD, BACKWARD = (
+    'convolution, forward', 'convolution, input gradient', 'convolution, kernel gradient',
+    'convolution, backward (input and kernel gradients)')
+GRAD_COPIES, COPIES, ALL_COPIES = ('transposes feeding gradient convolutions',
+                                   'transposes and copies', 'transposes and copies, all')
+DENSE, OTHER = 'dense layer', 'BatchNorm, ReLU, pooling, loss, optimizer'
+PROFILE_ROWS = (FORWARD, INPUT_GRAD, KERNEL_GRAD, BACKWARD, GRAD_COPIES, ALL_COPIES, DENSE,
+                OTHER)
+SHARED_ROWS = (FORWARD, BACKWARD, ALL_COPIES, DENSE, OTHER)  # PyTorch has these too
 
 
 def number(value, digits: int = 2, suffix: str = '') -> str:
@@ -38,10 +43,11 @@ def milliseconds(seconds) -> str:
 
 
 def flax_over_torch(derived) -> list:
-  """[median of per-round ratios, ratio of fastest rounds], or blanks with no Flax twin."""
+  """Flax / PyTorch three ways (see benchmarks/steps.py's ratio), or n/a with no Flax twin."""
   if derived is None:
-    return ['n/a', 'n/a']
-  return [number(derived['measured']), number(derived.get('fastest'))]
+    return ['n/a'] * 3
+  return [number(derived['measured']), number(derived.get('fastest')),
+          number(derived.get('cpu_time'))]
 
 
 def table(header, rows) -> str:
@@ -91,7 +97,8 @@ def render_steps(name: str, result: dict) -> str:
       f'Machine: {describe_machine(machine)}.',
       f"Median of {config['iters']} timed rounds (every step once per round, in a new random "
       f"order each round) after {config['warmup']} warm-up calls; synthetic in-memory batches "
-      f"on {config['num_devices']} device(s). FLOPs are XLA's count for the compiled step; "
+      f"on {config['num_devices']} device(s). FLOPs are XLA's count for the step as written "
+      '(its CPU lowering, the same figure on every device); '
       + (f"MFU uses the {config['peak_note']} ({number(peak, 0)} TFLOP/s)." if peak else
          "no MFU: this device's peak FLOP/s is unknown."),
       table(['step', 'K', 'step time (ms)', 'fastest (ms)', 'images/s', 'lower + compile (s)',
@@ -123,10 +130,11 @@ def render_steps(name: str, result: dict) -> str:
         f"torch {info['torch']}, torchvision {info['torchvision']}, {info['threads']} threads, "
         f"oneDNN {'on' if info['mkldnn'] else 'off'}; {info['step']}. The ratio is Flax's step "
         "time over PyTorch's (above 1: Flax is slower), in the same process and rounds: the "
-        'median of per-round ratios, and the ratio of the fastest rounds (other work on the '
-        "machine slows PyTorch's OpenMP threads far more than XLA's thread pool).",
+        'median of per-round ratios, the ratio of the fastest rounds, and the median ratio of '
+        "CPU time (all threads). Other work on the machine slows PyTorch's OpenMP threads far "
+        "more than XLA's thread pool, so the fastest rounds are the fairer comparison.",
         table(['PyTorch step', 'K', 'memory format', 'step time (ms)', 'fastest (ms)',
-               'images/s', 'Flax / PyTorch', 'fastest rounds'],
+               'images/s', 'Flax / PyTorch', 'fastest rounds', 'CPU time'],
               [[STEP_NAMES[r['step']], r['resolution'], r['memory_format'],
                 milliseconds(r['step_s']), milliseconds(r.get('fastest_s')),
                 number(r.get('images_per_s'), 1)] + flax_over_torch(
@@ -138,12 +146,12 @@ def render_steps(name: str, result: dict) -> str:
 
 
 def render_profile(profile: dict) -> str:
-  flax, torch = profile['flax']['ops_ms'], profile['torch']['ops_ms']
-  flax = dict(flax)
-  flax['convolution, backward (input and kernel gradients)'] = (
-      flax.get('convolution, input gradient', 0) + flax.get('convolution, kernel gradient', 0))
-  flax_total = sum(v for k, v in profile['flax']['ops_ms'].items())
-  torch_total = sum(torch.values())
+  ops, torch = profile['flax']['ops_ms'], dict(profile['torch']['ops_ms'])
+  flax = dict(ops)
+  flax[BACKWARD] = flax.get(INPUT_GRAD, 0) + flax.get(KERNEL_GRAD, 0)
+  flax[ALL_COPIES] = flax.get(GRAD_COPIES, 0) + flax.get(COPIES, 0)
+  torch[ALL_COPIES] = torch.get(COPIES, 0)
+  flax_total, torch_total = sum(ops.values()), sum(profile['torch']['ops_ms'].values())
   rows = []
   for row in PROFILE_ROWS:
     if row in flax or row in torch:
@@ -154,12 +162,13 @@ def render_profile(profile: dict) -> str:
   rows.append(['step (wall clock)', number(profile['flax']['step_ms'], 1),
                number(profile['torch']['step_ms'], 1),
                number(profile['flax']['step_ms'] / profile['torch']['step_ms'])])
-  # Rows both frameworks report (PyTorch does not split the two gradients).
-  shared = [k for k in PROFILE_ROWS if k not in PROFILE_ROWS[1:3]]
-  largest = max(shared, key=lambda k: flax.get(k, 0) - torch.get(k, 0))
+  largest = max(SHARED_ROWS, key=lambda k: flax.get(k, 0) - torch.get(k, 0))
   return '\n\n'.join([
       f"### Where a train step's time goes ({profile['model']}, K={profile['resolution']}, "
-      f"batch {profile['batch']}, PyTorch {profile['torch_memory_format']})",
+      f"batch {profile['batch']}, PyTorch {profile['torch_memory_format']}, "
+      f"{profile.get('cores', 'all')} core(s))",
+      *([f"Profiled on: {describe_machine(profile['machine'])}."] if 'machine' in profile
+        else []),
       f"Milliseconds per step, in the fastest of {len(profile['flax'].get('rounds_ms', [0]))} "
       'profiled steps of each framework, summed over operations (XLA: the duration of each '
       'thunk, on whichever thread ran it; PyTorch: the self CPU time of each operator). '
@@ -191,28 +200,27 @@ def render_variants(variants: list) -> str:
         ', '.join(f"{k}: {number(s['flax_step_s'][k] * 1e3, 0)}" for k in sorted(train)),
         ', '.join(f"{k}: {number(t * 1e3, 0)}" for k, t in sorted(s['torch_step_s'].items())
                   if k.startswith('train@')),
-        ', '.join(f'{k}: {number(r)} ({number(s["flax_over_torch_median"].get(k))})'
+        ', '.join(f'{k}: {number(r)} ({number(s["flax_over_torch_median"].get(k))}, '
+                  f'{number(s.get("flax_over_torch_cpu_time", {}).get(k))})'
                   for k, r in sorted(ratio.items())),
         number(s['compile_s'], 0), same, number(s['load_average_1min'], 1)])
   parts = [
       'Step times are the fastest round of each step. Flax / PyTorch is the ratio of the '
-      'fastest rounds, with the median of per-round ratios in brackets. "XLA program vs '
+      'fastest rounds, with the median of per-round ratios and the median ratio of CPU time '
+      'in brackets. With one thread each (every variant but two_cores) the CPU-time ratio is '
+      'the one other work on the machine does not inflate. "XLA program vs '
       'default" compares the compiled train steps\' operations by kind: "same" means the '
       'setting did not change what XLA compiled. "load" is the 1-minute load average when the '
       'variant started.',
       table(['variant', 'what', 'setting', 'Flax train (ms)', 'PyTorch train (ms)',
              'Flax / PyTorch', 'compile (s)', 'XLA program vs default', 'load'], rows)]
-  if default:
-    key = max(default['summary']['flax_over_torch'],
-              key=lambda k: (k.startswith('train'), int(k.split('@')[1])))
-    base = default['summary']['flax_over_torch'][key]
-    scored = [(v['summary']['flax_over_torch'].get(key), v['name']) for v in variants
-              if 'summary' in v and v['summary']['flax_over_torch'].get(key)]
-    best_ratio, best = min(scored)
-    parts.append(f'Flax / PyTorch for {key}: {number(base)} with the defaults; the lowest is '
-                 f"{number(best_ratio)} ({best}). Each variant is a separate process; its "
-                 'ratio is measured within that process, so it compares across variants '
-                 'better than their step times do.')
+  key, scored = rank_variants(variants)
+  if key:
+    base = dict((name, r) for r, name in scored).get('default')
+    parts.append(f'Flax / PyTorch CPU time for {key}, one thread each: {number(base)} with '
+                 f'the defaults; the lowest is {number(scored[0][0])} ({scored[0][1]}). Each '
+                 'variant is a separate process; its ratio is measured within that process, '
+                 'so it compares across variants better than their step times do.')
   return '\n\n'.join(parts)
 
 
@@ -274,17 +282,25 @@ def summarize_steps(result: dict) -> str:
           f"{config['batch']}: " + '; '.join(facts) + '.')
 
 
+def rank_variants(variants: list):
+  """The largest train@K and the one-core variants sorted by Flax / PyTorch CPU time there."""
+  ranked = [v for v in variants if 'summary' in v and v.get('prefix')]
+  ratios = [v['summary'].get('flax_over_torch_cpu_time', {}) for v in ranked]
+  keys = {k for r in ratios for k in r if r[k]}
+  if not keys:
+    return None, []
+  key = max(keys, key=lambda k: (k.startswith('train'), int(k.split('@')[1])))
+  return key, sorted((r[key], v['name']) for r, v in zip(ratios, ranked) if r.get(key))
+
+
 def summarize_gap(result: dict) -> str:
   """One README bullet for the CPU study: the default ratio and the setting that lowers it."""
-  variants = [v for v in result['variants'] if 'summary' in v]
-  key = max((k for v in variants for k in v['summary']['flax_over_torch']),
-            key=lambda k: (k.startswith('train'), int(k.split('@')[1])))
-  scored = sorted((v['summary']['flax_over_torch'][key], v['name']) for v in variants
-                  if v['summary']['flax_over_torch'].get(key))
-  default = next((r for r, name in scored if name == 'default'), None)
-  text = f"- Why (docs/PERFORMANCE.md, {result['config']['model']} on this CPU): Flax / PyTorch "
-  text += f'for {key} is {number(default)} with the defaults' if default else f'for {key}'
-  text += f'; the lowest is {number(scored[0][0])} ({scored[0][1]})'
+  key, scored = rank_variants(result['variants'])
+  default = dict((name, r) for r, name in scored).get('default')
+  text = (f"- Why (docs/PERFORMANCE.md, {result['config']['model']} on this CPU, one thread "
+          f'each, CPU time): Flax / PyTorch for {key} is {number(default)} with the defaults; '
+          f'the lowest is {number(scored[0][0])} ({scored[0][1]})' if key else '- Why: no '
+          'one-core variant finished')
   if result.get('profile'):
     ops = result['profile']['flax']['ops_ms']
     total = sum(ops.values())
@@ -299,8 +315,7 @@ def readme_block(results: list) -> str:
            'Measured by `benchmarks/`, generated by `python -m benchmarks.report`; tables and '
            'machines in [docs/PERFORMANCE.md](docs/PERFORMANCE.md).', '']
   lines += [summarize_steps(r) for _, r in results if r.get('kind') == 'steps']
-  lines += [summarize_gap(r) for _, r in results if r.get('kind') == 'cpu_gap'
-            and any('summary' in v for v in r.get('variants', []))]
+  lines += [summarize_gap(r) for _, r in results if r.get('kind') == 'cpu_gap']
   return '\n'.join(lines) + '\n'
 
 

@@ -1,7 +1,7 @@
 """Step times of the three jitted FixRes steps, side by side, in one process; prints JSON.
 
 COMMAND
-  python -m benchmarks.steps --torch --out=docs/benchmarks/cpu.json   # this CPU, ~15 min
+  python -m benchmarks.steps --torch --out=docs/benchmarks/cpu.json   # 2 cores: ~5 min
   bash benchmarks/gpu.sh OUT_DIR                                      # a GPU, see that file
 
 For one model and global batch, with synthetic in-memory batches, it measures the compile
@@ -188,7 +188,7 @@ class Step:
 
   def __init__(self, kind, resolution, batch_size, jitted, carry, batch, donates):
     self.kind, self.resolution, self.batch_size = kind, resolution, batch_size
-    self.batch, self.donates, self.times = batch, donates, []
+    self.batch, self.donates, self.times, self.cpu_times = batch, donates, [], []
     start = time.perf_counter()
     lowered = jitted.lower(*carry(), batch)
     lowered_at = time.perf_counter()
@@ -213,7 +213,8 @@ class Step:
     record = {'framework': 'flax', 'step': self.kind, 'resolution': self.resolution,
               'batch': self.batch_size, 'lower_s': self.lower_s, 'compile_s': self.compile_s,
               'flops': self.flops, 'compiled_flops': self.compiled_flops, 'step_s': step_s,
-              'fastest_s': min(self.times) if self.times else None, 'times_s': self.times}
+              'fastest_s': min(self.times) if self.times else None, 'times_s': self.times,
+              'cpu_times_s': self.cpu_times}
     if self.thunks:
       record['thunks'] = self.thunks
     if step_s:
@@ -271,18 +272,29 @@ def create_steps(model, batch_size: int, train_res, test_res, num_classes: int, 
                donates=True)
 
 
+def time_step(step) -> None:
+  """One timed call: wall-clock and CPU seconds."""
+  cpu = time.process_time()
+  step.times.append(step.run())
+  step.cpu_times.append(time.process_time() - cpu)
+
+
 def ratio(numerator, denominator) -> dict:
   """Two estimates of a time ratio on a machine that other work shares.
 
   measured: the median of per-round ratios (robust to load that drifts between rounds);
   fastest: the ratio of the fastest rounds (other work only ever adds time, so the fastest
-  round of each step is the one it disturbed least).
+  round of each step is the one it disturbed least);
+  cpu_time: the median ratio of the process's CPU time (all threads) per step, which load
+  does not inflate when each framework runs one thread (benchmarks/torch_cpu.py 'one_core').
   """
   a, b = numerator.get('times_s', []), denominator.get('times_s', [])
   if not a or not b:
-    return {'measured': None, 'fastest': None}
+    return {'measured': None, 'fastest': None, 'cpu_time': None}
+  cpu = [x / y for x, y in zip(numerator.get('cpu_times_s', []),
+                                denominator.get('cpu_times_s', []))]  # older files lack them
   return {'measured': statistics.median(x / y for x, y in zip(a, b)),
-          'fastest': min(a) / min(b)}
+          'fastest': min(a) / min(b), 'cpu_time': statistics.median(cpu) if cpu else None}
 
 
 def derive(records: list) -> dict:
@@ -371,7 +383,7 @@ def benchmark(write) -> dict:
     # A new order every round: a step that follows a large one finds cold caches, which
     # would otherwise bias the same ratios every round.
     for index in order.permutation(len(steps)):
-      steps[index].times.append(steps[index].run())
+      time_step(steps[index])
     print(f'round {i + 1}/{FLAGS.iters} done', file=sys.stderr)
     update()
   return result

@@ -1,7 +1,7 @@
 """PyTorch's side of the step benchmark, and a study of why XLA:CPU trains slower.
 
 COMMAND
-  python -m benchmarks.torch_cpu --out=docs/benchmarks/cpu_gap.json   # ~20 min on 2 cores
+  python -m benchmarks.torch_cpu --out=docs/benchmarks/cpu_gap.json   # 2 cores: ~30 min
 
 `create_steps` gives benchmarks/steps.py (--torch) torchvision's same network running the same
 SGD train step (momentum 0.9, weight decay 1e-4, cross-entropy) and inference, in NCHW
@@ -51,7 +51,7 @@ class TorchStep:
   def __init__(self, kind, model, batch_size, resolution, num_classes, memory_format, dtype):
     import torch  # pylint: disable=g-import-not-at-top
     self.kind, self.resolution, self.batch_size = kind, resolution, batch_size
-    self.memory_format, self.times = memory_format, []
+    self.memory_format, self.times, self.cpu_times = memory_format, [], []
     torch.manual_seed(0)
     self.image = torch.randn(batch_size, 3, resolution, resolution)
     self.label = torch.randint(0, num_classes, (batch_size,))
@@ -87,6 +87,7 @@ class TorchStep:
     return {'framework': 'torch', 'step': self.kind, 'resolution': self.resolution,
             'batch': self.batch_size, 'memory_format': self.memory_format, 'step_s': step_s,
             'fastest_s': min(self.times) if self.times else None, 'times_s': self.times,
+            'cpu_times_s': self.cpu_times,
             'images_per_s': self.batch_size / step_s if step_s else None}
 
 
@@ -117,23 +118,27 @@ def create_steps(model_name: str, batch_size: int, resolutions, num_classes: int
   return steps, info
 
 
-# The study: each variant is benchmarks/steps.py in a fresh process. (name, what it tests,
-# extra XLA_FLAGS, extra steps.py arguments, command prefix).
+# The study: each variant is benchmarks/steps.py in a fresh process, pinned to one core with
+# one PyTorch thread unless it says otherwise: the CPU time of a single thread is not inflated
+# by other work on the machine, while two OpenMP threads on two shared cores wait for each
+# other whenever one is preempted. (name, what it tests, extra XLA_FLAGS, extra steps.py
+# arguments, one core?)
+ONE_CORE = ('taskset', '-c', '0')
 VARIANTS = (
-    ('default', 'jax defaults: convolutions and reductions in YNNPACK fusions', '', (), ()),
+    ('default', 'jax defaults: convolutions and reductions in YNNPACK fusions', '', (), True),
     ('eigen_convolutions', "YNNPACK fusions off: XLA's older Eigen convolutions",
-     '--xla_cpu_experimental_ynn_fusion_type=', (), ()),
+     '--xla_cpu_experimental_ynn_fusion_type=', (), True),
     ('xnn_graph_fusion', 'XNNPACK graph fusion (greedy)',
-     '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY', (), ()),
+     '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY', (), True),
     ('onednn', 'oneDNN thunks for matmuls and convolutions', '--xla_cpu_use_onednn=true', (),
-     ()),
+     True),
     ('vector_width_512', 'AVX-512 code generation for the fusions XLA emits itself',
-     '--xla_cpu_prefer_vector_width=512', (), ()),
-    ('fast_math', 'unsafe fast math', '--xla_cpu_enable_fast_math=true', (), ()),
-    ('batch_16', 'twice the batch', '', ('--batch=16',), ()),
-    ('bfloat16', 'bfloat16 computation (PyTorch: CPU autocast)', '', ('--dtype=bfloat16',), ()),
-    ('one_core', 'both frameworks pinned to one core (taskset), PyTorch with one thread', '',
-     ('--torch_threads=1',), ('taskset', '-c', '0')),
+     '--xla_cpu_prefer_vector_width=512', (), True),
+    ('fast_math', 'unsafe fast math', '--xla_cpu_enable_fast_math=true', (), True),
+    ('batch_16', 'twice the batch', '', ('--batch=16',), True),
+    ('bfloat16', 'bfloat16 computation (PyTorch: CPU autocast)', '', ('--dtype=bfloat16',), True),
+    ('two_cores', 'both cores: XLA thread pool and PyTorch OpenMP threads (the default setup)',
+     '', (), False),
 )
 
 
@@ -148,11 +153,12 @@ FORWARD, INPUT_GRAD, KERNEL_GRAD = ('convolution, forward', 'convolution, input 
 BACKWARD = 'convolution, backward (input and kernel gradients)'
 COPIES, DENSE, OTHER = ('transposes and copies', 'dense layer',
                         'BatchNorm, ReLU, pooling, loss, optimizer')
+GRAD_COPIES = 'transposes feeding gradient convolutions'
 
 
 def parse_entry(hlo_text: str) -> dict:
-  """{name: (opcode, shape, called computation's text, metadata op_name)} of the entry
-  computation: the thunks XLA:CPU runs."""
+  """{name: (opcode, shape, called computation's text, metadata op_name, operand names)} of
+  the entry computation: the thunks XLA:CPU runs."""
   bodies = {m.group(1): m.group(2) for m in re.finditer(
       r'^(?:ENTRY )?%?(\S+) \(.*?\{$\n(.*?)^\}', hlo_text, re.M | re.S)}
   entry = re.search(r'^ENTRY %?(\S+) ', hlo_text, re.M).group(1)
@@ -162,9 +168,10 @@ def parse_entry(hlo_text: str) -> dict:
     if match:
       called = re.search(r'calls=%?([\w.-]+)', line)
       op_name = re.search(r'op_name="([^"]*)"', line)
+      operands = line[match.end():line.find(')', match.end())]
       instructions[match.group(1)] = (
           match.group(3), match.group(2), bodies.get(called.group(1), '') if called else '',
-          op_name.group(1) if op_name else '')
+          op_name.group(1) if op_name else '', re.findall(r'%([\w.-]+)', operands))
   return instructions
 
 
@@ -182,10 +189,10 @@ def classify_thunks(hlo_text: str) -> dict:
   order) is a kernel gradient, the others are input gradients.
   """
   instructions = parse_entry(hlo_text)
-  kernels = {tuple(sorted(dims(shape))) for opcode, shape, _, _ in instructions.values()
+  kernels = {tuple(sorted(dims(shape))) for opcode, shape, *_ in instructions.values()
              if opcode == 'parameter' and len(dims(shape)) == 4}
   categories = {}
-  for name, (opcode, shape, body, op_name) in instructions.items():
+  for name, (opcode, shape, body, op_name, _) in instructions.items():
     convolution = re.search(r'= (\S+) convolution\(', body)
     if opcode == 'convolution' or convolution:
       result = dims(shape if opcode == 'convolution' else convolution.group(1))
@@ -199,6 +206,14 @@ def classify_thunks(hlo_text: str) -> dict:
       categories[name] = DENSE
     elif opcode != 'parameter':
       categories[name] = OTHER
+  # Which transposes only feed gradient convolutions (layouts the gradients need)?
+  consumers = collections.defaultdict(set)
+  for name, info in instructions.items():
+    for operand in info[4]:
+      consumers[operand].add(categories.get(name))
+  for name, category in categories.items():
+    if category == COPIES and consumers[name] and consumers[name] <= {INPUT_GRAD, KERNEL_GRAD}:
+      categories[name] = GRAD_COPIES
   return categories
 
 
@@ -265,9 +280,16 @@ def profile_torch(step, rounds: int = 3) -> dict:
 
 
 def profile_both(resolution: int) -> dict:
-  """Where a train step's time goes, in Flax (XLA:CPU) and in PyTorch, in one process."""
+  """Where a train step's time goes, in Flax (XLA:CPU) and in PyTorch, in one process.
+
+  Like the variants, on one core with one PyTorch thread.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import steps  # pylint: disable=g-import-not-at-top
+  cpus = os.sched_getaffinity(0)
+  set_affinity({min(cpus)})
+  torch.set_num_threads(1)
   mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
   model = steps.create_model(FLAGS.model, FLAGS.num_classes, FLAGS.dtype)
   flax_step, = steps.create_steps(model, FLAGS.batch, [resolution], [], FLAGS.num_classes, mesh)
@@ -275,9 +297,20 @@ def profile_both(resolution: int) -> dict:
                          FLAGS.batch, resolution, FLAGS.num_classes, 'channels_last', FLAGS.dtype)
   for step in (flax_step, torch_step, flax_step, torch_step):
     step.run()
-  return {'resolution': resolution, 'batch': FLAGS.batch, 'model': FLAGS.model,
-          'torch_memory_format': 'channels_last', 'flax': profile_flax(flax_step),
-          'torch': profile_torch(torch_step)}
+  profile = {'resolution': resolution, 'batch': FLAGS.batch, 'model': FLAGS.model,
+             'torch_memory_format': 'channels_last', 'cores': 1, 'torch_threads': 1,
+             'flax': profile_flax(flax_step), 'torch': profile_torch(torch_step)}
+  set_affinity(cpus)  # the variants choose their own cores
+  return profile
+
+
+def set_affinity(cpus) -> None:
+  """Moves every thread of this process, XLA's pool included, onto `cpus` (Linux)."""
+  for thread in os.listdir('/proc/self/task'):
+    try:
+      os.sched_setaffinity(int(thread), cpus)
+    except OSError:
+      pass  # a thread that has just ended
 
 
 def summarize(result: dict) -> dict:
@@ -295,6 +328,8 @@ def summarize(result: dict) -> dict:
                           for d in result['derived']['flax_over_torch']},
       'flax_over_torch_median': {f"{d['step']}@{d['resolution']}": d['measured']
                                  for d in result['derived']['flax_over_torch']},
+      'flax_over_torch_cpu_time': {f"{d['step']}@{d['resolution']}": d['cpu_time']
+                                   for d in result['derived']['flax_over_torch']},
       'train_cost_ratio': {f"{d['resolution']}/{d['base']}": d['fastest']
                            for d in result['derived']['train_cost_ratio']},
       'compile_s': sum(r['lower_s'] + r['compile_s'] for r in flax.values()),
@@ -306,7 +341,9 @@ def summarize(result: dict) -> dict:
 
 def run_variant(variant, folder: str) -> dict:
   """benchmarks/steps.py with and without Flax in a fresh process under one variant."""
-  name, description, xla_flags, args, prefix = variant
+  name, description, xla_flags, args, one_core = variant
+  prefix = ONE_CORE if one_core else ()
+  args = (*args, '--torch_threads=1') if one_core else args
   out = os.path.join(folder, f'{name}.json')
   command = [*prefix, sys.executable, '-m', 'benchmarks.steps', f'--model={FLAGS.model}',
              f'--batch={FLAGS.batch}', f'--dtype={FLAGS.dtype}',
