@@ -3,7 +3,10 @@
   python -m fixres_jax.reproduce --out=docs --data_dir=/tmp/tfds_repro \
       --results_root=/tmp/fixres_repro [--seeds=0,1,2] [--train_res=48,64,96] [--quick]
 
-For each K_train and seed: train (configs/demo.py at K_train) on train[:90%]; pick the best
+First the training epochs are chosen on the held-out train[90%:]: the lowest K_train's first
+seed is trained with each of --epochs and the best held-out top-1 wins. Then for each K_train
+and seed: train (configs/demo.py at K_train, on fixres_synthetic/reproduce: the demo's
+training images and 10,000 validation images) on train[:90%]; pick the best
 K_test on the held-out train[90%:] (never on validation); sweep K_test on the validation split
 (the trained network and the parametric adaptation); FixRes fine-tuning at the analytic K_test*,
 at the selected K_test and, as controls, at K_test = K_train and with the head's learning rate 0
@@ -21,6 +24,7 @@ import functools
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -42,6 +46,8 @@ def define_flags() -> None:
   flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic ("" = tfds default).')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: each is a full train + fine-tune run.')
   flags.DEFINE_list('train_res', ['48', '64', '96'], 'The K_train grid.')
+  flags.DEFINE_list('epochs', ['8', '16'], 'Training epochs to choose from on the held-out '
+                    'slice (one value: no choice).')
   flags.DEFINE_list('compare_res', [], 'Higher K_train of the grid made by other invocations: '
                     'the lowest K_train is also fine-tuned at these (claim (c)).')
   flags.DEFINE_integer('long_epochs', 30, "Also time 'sgd' against 'cached' fine-tuning at this "
@@ -68,6 +74,8 @@ class Plan:
   data_dir: str = ''
   compare_res: Sequence[int] = ()  # more K_train of the grid, run by another invocation
   long_epochs: int = 0  # >0: also time 'sgd' and 'cached' at this many epochs (one run)
+  epochs_grid: Sequence[int] = ()  # training epochs to choose from; () = the demo's
+  num_epochs: int = 0  # the training epochs chosen (select_epochs); 0 = the demo's
 
   def sweep_resolutions(self, train_res: int) -> List[int]:
     """Validation sweep: 16 px steps from K_train - 16 to 2 K_train (the figure's x-axis)."""
@@ -80,7 +88,8 @@ class Plan:
     return self.sweep_resolutions(train_res)
 
 
-QUICK_TRAIN_RES, QUICK_SEEDS = (16, 24), (0, 1)
+QUICK_TRAIN_RES, QUICK_SEEDS, QUICK_EPOCHS = (16, 24), (0, 1), (1, 2)
+DATASET = 'fixres_synthetic/reproduce'  # the demo's training images, 10,000 validation images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +106,7 @@ def load_config_file(path: epath.Path):
 def base_config(plan: Plan):
   """configs/demo.py, or a tiny model on fixres_synthetic/tiny for --quick."""
   config = load_config_file(REPO / 'configs' / 'demo.py')
+  config.data.name = DATASET
   if plan.quick:
     config.data.name = 'fixres_synthetic/tiny'
     config.data.shuffle_buffer = 256
@@ -109,6 +119,8 @@ def base_config(plan: Plan):
     config.finetune.num_epochs = 1
     config.sweep.batch_size = 32
     config.checkpoint.every_steps = 50
+  if plan.num_epochs:
+    config.train.num_epochs = plan.num_epochs
   config.data.data_dir = plan.data_dir
   config.data.train_split = FIT_SPLIT
   config.data.eval_split = EVAL_SPLIT
@@ -180,6 +192,50 @@ def run_finetune(config, workdir: epath.Path) -> None:
   sweep = config.copy_and_resolve_references()
   sweep.stages = ('sweep',)
   run_once(sweep, workdir)  # main.run finds the fine-tuned checkpoint in the workdir
+
+
+def heldout_top1(workdir: epath.Path) -> float:
+  records = json.loads((workdir / 'sweep.json').read_text())
+  return max(r['top1'] for r in records if r['model'] == 'trained')
+
+
+def select_epochs(plan: Plan, root: epath.Path) -> Plan:
+  """Chooses the training epochs on the held-out slice; returns the plan with them.
+
+  The lowest K_train's first seed is trained with each candidate and swept on the held-out
+  slice; the best top-1 there wins. The winner's run is the grid's run for that K_train and
+  seed (copied, not repeated). The choice is kept in ROOT/epochs.json, so that invocations
+  for other K_train or seeds use it.
+  """
+  record = root / 'epochs.json'
+  if not record.exists():
+    if len(plan.epochs_grid) < 2:
+      return recorded_epochs(plan, root)
+    low, seed = min(plan.train_res), plan.seeds[0]
+    scores = {}
+    for epochs in plan.epochs_grid:
+      candidate = dataclasses.replace(plan, num_epochs=epochs)
+      workdir = root / 'epochs' / f'e{epochs}'
+      run_once(train_config(candidate, low, seed), workdir / 'train')
+      run_once(eval_config(candidate, low, seed, workdir / 'train' / 'checkpoints' / 'train',
+                           plan.select_resolutions(low), split=HELDOUT_SPLIT),
+               workdir / 'select')
+      scores[epochs] = heldout_top1(workdir / 'select')
+    chosen = max(scores, key=lambda e: (scores[e], -e))  # ties: the cheaper
+    grid_run = run_dir(root, low, seed, 'train')
+    if not grid_run.exists():
+      shutil.copytree(root / 'epochs' / f'e{chosen}' / 'train', grid_run)
+    record.write_text(json.dumps({'train_res': low, 'seed': seed, 'chosen': chosen,
+                                  'heldout_top1': {str(e): v for e, v in scores.items()}}))
+  return recorded_epochs(plan, root)
+
+
+def recorded_epochs(plan: Plan, root: epath.Path) -> Plan:
+  """The plan with the epochs chosen before (ROOT/epochs.json), or its only candidate."""
+  record = read_json(root / 'epochs.json')
+  if record:
+    return dataclasses.replace(plan, num_epochs=record['chosen'])
+  return dataclasses.replace(plan, num_epochs=(list(plan.epochs_grid) or [0])[0])
 
 
 def train_all(plan: Plan, root: epath.Path) -> None:
@@ -636,6 +692,7 @@ def write_report(plan: Plan, root: epath.Path, out: epath.Path, seconds: float,
       'analytic': {k: {f: v[f] for f in ('test_res', 'test_res_exact', 'expected_sigma')}
                    for k, v in analytic.items()},
       'train_flops_per_image': flops, 'claims': claims,
+      'epochs_selection': read_json(root / 'epochs.json'),
       'runs': [r for runs in runs_by_res.values() for r in runs]}
   out.mkdir(parents=True, exist_ok=True)
   (out / 'results.json').write_text(json.dumps(results, indent=1))
@@ -680,6 +737,7 @@ def format_report(plan: Plan, results: dict, runs_by_res: Dict[int, list]) -> st
       f"{config.train.num_epochs} epochs at every K_train, batch {config.train.batch_size}, "
       f"{config.train.schedule} schedule, base lr {config.train.base_lr}; "
       f"`{config.data.crop}` RandomResizedCrop.",
+      format_epochs_selection(results['epochs_selection']),
       f"- FixRes fine-tuning: {config.finetune.num_epochs} epochs, batch "
       f"{config.finetune.batch_size}, base lr {config.finetune.base_lr} (per 512), augment "
       f"`{config.finetune.augment}`; the last BN's running statistics and the classifier.",
@@ -697,6 +755,15 @@ def format_report(plan: Plan, results: dict, runs_by_res: Dict[int, list]) -> st
                                                         config.finetune.num_epochs)
   lines += format_tables(results, runs_by_res)
   return '\n'.join(lines) + '\n'
+
+
+def format_epochs_selection(record: Optional[dict]) -> str:
+  if not record:
+    return '- Training epochs: fixed (no choice made).'
+  scores = ', '.join(f'{e} epochs {100 * v:.1f}%' for e, v in record['heldout_top1'].items())
+  return (f"- Training epochs chosen on `{HELDOUT_SPLIT}`: K_train {record['train_res']}, seed "
+          f"{record['seed']}, best held-out top-1 over K_test: {scores}; chosen: "
+          f"{record['chosen']}.")
 
 
 def format_claim_a(claim: dict) -> List[str]:
@@ -800,7 +867,10 @@ def reproduce(plan: Plan, root: epath.Path, out: epath.Path, phase: str = 'all',
   """Runs `phase` of the reproduction; returns results.json's content when it writes one."""
   start = time.perf_counter()
   if phase in ('train', 'all'):
+    plan = select_epochs(plan, root)
     train_all(plan, root)
+  else:
+    plan = recorded_epochs(plan, root)
   if phase == 'all':
     analyse_all(plan, root)
   if phase in ('all', 'report'):
@@ -815,7 +885,9 @@ def main(argv):
   plan = Plan(train_res=[int(k) for k in FLAGS.train_res], seeds=[int(s) for s in FLAGS.seeds],
               quick=FLAGS.quick, data_dir=FLAGS.data_dir,
               compare_res=[int(k) for k in FLAGS.compare_res],
-              long_epochs=0 if FLAGS.quick else FLAGS.long_epochs)
+              long_epochs=0 if FLAGS.quick else FLAGS.long_epochs,
+              epochs_grid=QUICK_EPOCHS if FLAGS.quick and not FLAGS['epochs'].present else
+              [int(e) for e in FLAGS.epochs])
   if FLAGS.quick:  # the tiny grid, unless given explicitly
     plan = dataclasses.replace(
         plan, train_res=plan.train_res if FLAGS['train_res'].present else QUICK_TRAIN_RES,

@@ -34,6 +34,14 @@ def test_quick_reproduction_writes_report(tmp_path, synthetic_data_dir):
     for name in ('ft_selected', 'bn_stats_only', 'cached'):
       assert run['variants'][name]['test_res'] == run['selected_test_res']
     assert run['variants']['cached']['mode'] == 'cached'
+  # The training epochs were chosen on the held-out slice, and every run used them.
+  selection = results['epochs_selection']
+  assert set(map(int, selection['heldout_top1'])) == set(reproduce.QUICK_EPOCHS)
+  assert selection['chosen'] in reproduce.QUICK_EPOCHS
+  configs = list(root.glob('k*_s*/train/config.json'))
+  assert len(configs) == len(results['runs'])
+  for path in configs:
+    assert json.loads(path.read_text())['train']['num_epochs'] == selection['chosen']
   report = (out / 'RESULTS.md').read_text()
   for claim in ('### (a)', '### (b)', '### (c)', "### 'cached'"):
     line = next(l for l in report.splitlines() if l.startswith(claim))
