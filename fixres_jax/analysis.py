@@ -205,15 +205,12 @@ def fit_pooled_features(step_fn, variables: dict, batches, mesh) -> parametric.G
 def analytic_test_res(config, dataset) -> dict:
   """resolution.recommend_test_res for K_train, the train crop sampler and the image shapes.
 
-  The shapes are those of the first SHAPE_IMAGES training images (tfds datasets; JPEG headers
-  only); folder datasets use the default 500x375.
+  The shapes are those of up to SHAPE_IMAGES training images (JPEG headers only), from a tfds
+  dataset or a folder.
   """
-  shapes, note = None, 'default 500x375'
-  if hasattr(dataset, 'builder'):  # a tfds dataset
-    shapes = resolution.read_image_shapes(
-        config.data.name, config.data.train_split, SHAPE_IMAGES, config.data.data_dir or None,
-        config.data.image_key)
-    note = f'{len(shapes)} images of {config.data.train_split}'
+  from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  shapes = sources.read_image_shapes(dataset, config.data.train_split, SHAPE_IMAGES)
+  note = f'{len(shapes)} images of {config.data.train_split}'
   result = resolution.recommend_test_res(config.train.image_size, config.data.crop_pct,
                                          config.data.crop, image_shapes=shapes,
                                          samples=SAMPLER_CROPS, seed=config.seed)

@@ -206,24 +206,15 @@ def read_image_shapes(dataset: str, split: str = 'train', max_images: int = 2000
 
   Reads JPEG headers only (tf.image.extract_jpeg_shape); other formats are decoded.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from fixres_jax.data import synthetic  # pylint: disable=g-import-not-at-top,unused-import
+  from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
         f'tfds dataset {dataset!r} is not prepared in {builder.data_dir}: prepare it first '
         '(see README), or pass --aspect / --image_size instead.')
-  ds = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
-
-  def shape(example):
-    data = example[image_key]
-    return tf.cond(
-        tf.io.is_jpeg(data), lambda: tf.io.extract_jpeg_shape(data)[:2],
-        lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2])
-
-  ds = ds.take(max_images).map(shape, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
-  return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
+  source = sources.TfdsSource(builder, image_key=image_key)
+  return sources.read_image_shapes(source, split, max_images)
 
 
 def parse_image_sizes(sizes: Sequence[str]) -> np.ndarray:

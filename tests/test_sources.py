@@ -104,3 +104,19 @@ def test_cached_reading_gives_the_same_batches(tiny_dataset):
     cached = list(pipeline.eval_batches(tiny_dataset, cache=True, **kwargs))
     for a, b in zip(plain, cached):
       np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_image_shapes_of_a_folder_span_its_classes(tmp_path, tiny_config):
+  root = make_folder(tmp_path / 'data')
+  dataset = pipeline.load_dataset(folder_config(tiny_config, root))
+  shapes = sources.read_image_shapes(dataset, 'train', max_images=6)
+  every = {str(p): Image.open(p).size[::-1] for p in (root / 'train').glob('*/*')}
+  assert shapes.shape == (6, 2) and shapes.dtype == np.int64
+  # Each shape is one of the files' (PNG decoded, JPEG from its header), drawn from more than
+  # the first class folder.
+  assert all(tuple(s) in set(every.values()) for s in shapes)
+  files = dataset.read('train', drop_remainder=False, shuffle_seed=0).take(6)
+  classes = {str(ex['file_name'].numpy().decode()).split('/')[-2] for ex in files}
+  assert len(classes) > 1
+  all_shapes = sources.read_image_shapes(dataset, 'train', max_images=100)
+  assert sorted(map(tuple, all_shapes)) == sorted(every.values())

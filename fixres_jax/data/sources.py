@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -142,6 +143,26 @@ class FolderSource:
     return ds.enumerate().map(lambda i, ex: {
         'image': tf.io.read_file(ex['file_name']), 'label': tf.cast(ex['label'], tf.int64),
         'index': i, 'file_name': ex['file_name']}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_image_shapes(source, split: str, max_images: int) -> np.ndarray:
+  """(height, width) of up to `max_images` images of `split`, as an int64 array [m, 2].
+
+  Reads JPEG headers only (tf.image.extract_jpeg_shape); other formats are decoded. A folder's
+  files are listed class by class, so its (cheap) list of paths is shuffled first and the
+  sample spans the classes; a tfds split is read in order (its records are already mixed).
+  """
+  shuffle_seed = 0 if isinstance(source, FolderSource) else None
+  ds = source.read(split, drop_remainder=False, shuffle_seed=shuffle_seed)
+
+  def shape(example):
+    data = example['image']
+    return tf.cond(
+        tf.io.is_jpeg(data), lambda: tf.io.extract_jpeg_shape(data)[:2],
+        lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2])
+
+  ds = ds.take(max_images).map(shape, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+  return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
 
 
 def parse_slice(split: str) -> Tuple[str, float, float]:
