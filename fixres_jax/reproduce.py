@@ -511,7 +511,23 @@ def claim_b(runs_by_res: Dict[int, list]) -> dict:
         'controls': {name: stats(values) for name, values in controls.items()},
         'compare': comparisons,
         'holds': combine(c['holds'] for c in comparisons.values())}
-  return {'rows': rows, 'holds': combine(r['holds'] for r in rows.values())}
+  return {'rows': rows, 'pooled': sign_tests(rows),
+          'holds': combine(r['holds'] for r in rows.values())}
+
+
+def sign_tests(rows: dict) -> dict:
+  """Per control, over every trained network of the grid: how many are ahead after
+  fine-tuning, and the one-sided sign-test p-value of that count (no effect: p = 1/2 each)."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  pooled = {}
+  for name in next(iter(rows.values()))['compare'] if rows else ():
+    diffs = [d for row in rows.values() for d in row['compare'][name].get('diffs', [])]
+    ahead = sum(d > 0 for d in diffs)
+    pooled[name] = {'ahead': ahead, 'n': len(diffs),
+                    'p': float(scipy_stats.binomtest(ahead, len(diffs), 0.5,
+                                                     alternative='greater').pvalue)
+                    if diffs else None}
+  return pooled
 
 
 def claim_c(runs_by_res: Dict[int, list], flops: Dict[int, float]) -> dict:
@@ -806,6 +822,11 @@ def format_claim_b(claim: dict) -> List[str]:
       lines.append(f"| {k} | {pct(row['top1_ft_selected'])} | {pct(row['top1_ft_analytic'])} "
                    f"| {name} | {pct(row['controls'][name])} | {margin_text(c)} | "
                    f"{verdict(c['holds'])} |")
+  pooled = [f"{name}: {t['ahead']} of {t['n']} (p = {t['p']:.3f})"
+            for name, t in claim.get('pooled', {}).items() if t['n']]
+  if pooled:
+    lines += ['', 'Over every trained network of the grid, fine-tuned networks ahead of each '
+              'alternative (one-sided sign test): ' + '; '.join(pooled) + '.']
   return lines + ['']
 
 
