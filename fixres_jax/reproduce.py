@@ -194,11 +194,6 @@ def run_finetune(config, workdir: epath.Path) -> None:
   run_once(sweep, workdir)  # main.run finds the fine-tuned checkpoint in the workdir
 
 
-def heldout_top1(workdir: epath.Path) -> float:
-  records = json.loads((workdir / 'sweep.json').read_text())
-  return max(r['top1'] for r in records if r['model'] == 'trained')
-
-
 def select_epochs(plan: Plan, root: epath.Path) -> Plan:
   """Chooses the training epochs on the held-out slice; returns the plan with them.
 
@@ -208,9 +203,7 @@ def select_epochs(plan: Plan, root: epath.Path) -> Plan:
   for other K_train or seeds use it.
   """
   record = root / 'epochs.json'
-  if not record.exists():
-    if len(plan.epochs_grid) < 2:
-      return recorded_epochs(plan, root)
+  if not record.exists() and len(plan.epochs_grid) > 1:
     low, seed = min(plan.train_res), plan.seeds[0]
     scores = {}
     for epochs in plan.epochs_grid:
@@ -220,7 +213,7 @@ def select_epochs(plan: Plan, root: epath.Path) -> Plan:
       run_once(eval_config(candidate, low, seed, workdir / 'train' / 'checkpoints' / 'train',
                            plan.select_resolutions(low), split=HELDOUT_SPLIT),
                workdir / 'select')
-      scores[epochs] = heldout_top1(workdir / 'select')
+      scores[epochs] = best_heldout(workdir / 'select')['top1']
     chosen = max(scores, key=lambda e: (scores[e], -e))  # ties: the cheaper
     grid_run = run_dir(root, low, seed, 'train')
     if not grid_run.exists():
@@ -253,10 +246,11 @@ def analytic_test_res(plan: Plan, train_res: int) -> dict:
                                        image_shapes=shapes, samples=20_000)
 
 
-def best_heldout(workdir: epath.Path) -> int:
+def best_heldout(workdir: epath.Path) -> dict:
+  """The trained network's best record of a held-out sweep (ties: the lower loss)."""
   records = json.loads((workdir / 'sweep.json').read_text())
   trained = [r for r in records if r['model'] == 'trained']
-  return max(trained, key=lambda r: (r['top1'], -r['loss']))['test_res']
+  return max(trained, key=lambda r: (r['top1'], -r['loss']))
 
 
 def has_cached() -> bool:
@@ -270,7 +264,7 @@ def analyse_one(plan: Plan, root: epath.Path, train_res: int, seed: int, k_star:
   select_dir = run_dir(root, train_res, seed, 'select')
   run_once(eval_config(plan, train_res, seed, trained, plan.select_resolutions(train_res),
                        split=HELDOUT_SPLIT), select_dir)
-  best = best_heldout(select_dir)
+  best = best_heldout(select_dir)['test_res']
   grid = plan.sweep_resolutions(train_res)
   sweep_config = eval_config(plan, train_res, seed, trained, grid + [train_res, k_star, best],
                              parametric=True)
@@ -371,7 +365,7 @@ def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Opt
   if select:
     run['heldout'] = [{k: r[k] for k in ('test_res', 'top1', 'loss')}
                       for r in select if r['model'] == 'trained']
-    run['selected_test_res'] = best_heldout(workdir('select'))
+    run['selected_test_res'] = best_heldout(workdir('select'))['test_res']
   sweep = read_json(workdir('sweep') / 'sweep.json')
   if sweep:
     run['sweep'] = [{k: r[k] for k in ('model', 'test_res', 'top1', 'zero_fraction')}
