@@ -25,6 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 HAS_TORCH = (importlib.util.find_spec('torch') is not None
              and importlib.util.find_spec('torchvision') is not None)
 
+pytestmark = pytest.mark.slow
+
 
 def run(command, **kwargs):
   completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,

@@ -9,10 +9,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from fixres_jax import checkpoint
 
 REPO = pathlib.Path(__file__).parent.parent
+
+pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:

@@ -46,6 +46,7 @@ def wait_for_checkpoint(directory, process, timeout=300):
   raise TimeoutError('no checkpoint appeared')
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(tmp_path, synthetic_data_dir):
   reference = tmp_path / 'reference'
   subprocess.run(main_command(reference, synthetic_data_dir, *TRAIN_ONLY), cwd=REPO,
@@ -70,6 +71,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path, synthetic_data_dir):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path, synthetic_data_dir):
   workdir = tmp_path / 'run'
   process = subprocess.Popen(
@@ -141,6 +143,7 @@ def test_stages_given_as_a_comma_separated_list():
   assert config_lib.parse_stages(('train', 'sweep')) == ('train', 'sweep')
 
 
+@pytest.mark.slow
 def test_misspelt_field_is_refused_before_anything_runs(tmp_path):
   result = subprocess.run(
       main_command(tmp_path / 'w', tmp_path, '--config.train.batchsize=64'), cwd=REPO,

@@ -6,9 +6,13 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from fixres_jax import reproduce
 
 REPO = pathlib.Path(__file__).parent.parent
+
+pytestmark = pytest.mark.slow
 
 
 def run_quick(out, root, data_dir):
