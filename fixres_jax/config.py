@@ -97,6 +97,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def split_names(spec: str) -> list:
+  """The splits a tfds split spec reads: 'train[:90%]+validation' -> ['train', 'validation']."""
+  return [part.split('[')[0].strip() for part in spec.split('+')]
+
+
 def parse_stages(stages) -> tuple:
   """Accepts --config.stages=finetune,sweep as well as the tuple ('finetune', 'sweep')."""
   return tuple(s.strip() for entry in stages for s in entry.split(',') if s.strip())
@@ -143,10 +148,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
       problems.append(f'config.{name}={value} is not a positive multiple of the '
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
   problems += finetune_mode_problems(config.finetune)
-  train_name = config.data.train_split.split('[')[0]
+  train_name = split_names(config.data.train_split)[0]
   for name in ('finetune.auto_split', 'sweep.parametric_split'):
     section, field = name.split('.')
-    if config[section][field].split('[')[0] != train_name:
+    if set(split_names(config[section][field])) != {train_name}:
       problems.append(f'config.{name}={config[section][field]!r} must be a slice of the '
                       f'training split {train_name!r} (e.g. {train_name}[-10%:]): choices '
                       'made on the validation split would bias its accuracy.')

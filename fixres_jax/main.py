@@ -51,6 +51,9 @@ def run(config, workdir: str) -> dict:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     dataset = pipeline.load_dataset(config)
     pipeline.log_dataset(dataset, (config.data.train_split, config.data.eval_split))
+    not_held_out = pipeline.trained_on_selection(dataset, config)
+    if not_held_out:
+      logging.warning('%s', not_held_out)
     model = train.create_model(config, dataset.num_classes)
     workdir_lib.check_writable(workdir, checkpoint.estimate_bytes(model, config))
     return run_stages(config, workdir, dataset, model)

@@ -7,7 +7,7 @@ resumed run sees exactly the example order and augmentations it would have seen.
 """
 
 import math
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 from absl import logging
 import jax
@@ -189,6 +189,36 @@ def num_eval_batches(dataset: Dataset, split: str, global_batch: int) -> int:
 def log_dataset(dataset: Dataset, splits) -> None:
   counts = {split: dataset.num_examples(split) for split in splits}
   logging.info('Dataset %s: %d classes, %s', dataset.name, dataset.num_classes, counts)
+
+
+def trained_on_selection(dataset: Dataset, config) -> Optional[str]:
+  """One warning line when a choice said to be held out reads images the train stage uses.
+
+  K_test selection (finetune.test_res='auto' on finetune.auto_split) and the parametric fit
+  (sweep.parametric_split) are meant for images the network did not train on; a slice of
+  config.data.train_split itself makes them favour what the network memorised.
+
+  Returns:
+    The warning, or None when every selection slice is disjoint from train_split.
+  """
+  uses = []
+  if 'finetune' in config.stages and config.finetune.test_res == 'auto':
+    uses.append(('K_test selection', 'finetune.auto_split'))
+  if 'sweep' in config.stages and config.sweep.parametric:
+    uses.append(('the parametric fit', 'sweep.parametric_split'))
+  train_split = config.data.train_split
+  found = []
+  for what, field in uses:
+    spec = config[field.split('.')[0]][field.split('.')[1]]
+    shared = sources.split_overlap(dataset, spec, train_split)
+    if shared:
+      found.append(f'{what} (config.{field}={spec!r}) reads {shared} of its '
+                   f'{dataset.num_examples(spec)} images from the training images')
+  if not found:
+    return None
+  return (f"Not held out: {'; '.join(found)} (config.data.train_split={train_split!r}). "
+          "To select on unseen images, train on the complement, e.g. "
+          "train_split='train[:90%]' with auto_split and parametric_split 'train[90%:]'.")
 
 
 _CACHED = {}

@@ -4,8 +4,9 @@ Both sources read encoded image bytes (decoding happens later, cropped, in prepr
 yield {'image': bytes, 'label': int64, 'index': position in the shard, 'file_name': str}.
 """
 
+import collections.abc
 import os
-import re
+import types
 from typing import List, Optional, Tuple
 
 from absl import logging
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fixres_jax.config import split_names
 from fixres_jax.data import synthetic  # registers fixres_synthetic with tfds
 
 SYNTHETIC_NAME = 'fixres_synthetic'
@@ -56,6 +58,9 @@ class TfdsSource:
   def num_examples(self, split: str) -> int:
     return self.builder.info.splits[split].num_examples
 
+  def ranges(self, split: str) -> List[Tuple[str, int, int]]:
+    return resolve_split(split, self.builder.info.splits)
+
   def read(self, split: str, shard: int = 0, num_shards: int = 1, drop_remainder: bool = True,
            shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
     """Shard `shard` of `num_shards` equal parts of `split`, file order shuffled if seeded."""
@@ -75,8 +80,11 @@ class FolderSource:
   """Images in ROOT/SPLIT/CLASS/*.{jpg,png,...}: custom and transfer-learning datasets.
 
   Classes are the sorted subfolders of the first split read (config.data.train_split's
-  folder); every other split must use the same class names. Sub-splits such as
-  'train[:90%]' are supported.
+  folder); every other split must use the same class names. Splits take tfds's grammar
+  ('train', 'train[:90%]', 'train[-1000:]', 'train[:50%]+validation'), applied to a fixed,
+  seeded, class-stratified order of each split's files (stratified_order): every slice
+  holds every class in proportion, so 'train[:90%]' and 'train[90%:]' are disjoint, make up
+  the whole split, and both hold every class, whatever the number of processes.
   """
 
   def __init__(self, root: str, class_split: str):
@@ -104,9 +112,8 @@ class FolderSource:
                               'CLASS/*.jpg (one subfolder per class).')
     return path
 
-  def files(self, split: str) -> Tuple[List[str], List[int]]:
-    """Sorted file paths and labels of `split` (with optional [a%:b%] slicing)."""
-    name, start, end = parse_slice(split)
+  def _split_files(self, name: str) -> Tuple[List[str], List[int]]:
+    """Every file of split folder `name` and its label, in stratified order (cached)."""
     if name not in self._files:
       paths, labels = [], []
       for class_name in sorted(tf.io.gfile.listdir(self._split_dir(name))):
@@ -122,10 +129,21 @@ class FolderSource:
           raise ValueError(f'Class folder {folder} holds no images ({IMAGE_EXTENSIONS}).')
         paths += [os.path.join(folder, f) for f in images]
         labels += [self.classes.index(class_name)] * len(images)
-      self._files[name] = (paths, labels)
-    paths, labels = self._files[name]
-    lo, hi = round(len(paths) * start), round(len(paths) * end)
-    return paths[lo:hi], labels[lo:hi]
+      order = stratified_order(np.array(labels))
+      self._files[name] = ([paths[i] for i in order], [labels[i] for i in order])
+    return self._files[name]
+
+  def ranges(self, split: str) -> List[Tuple[str, int, int]]:
+    return resolve_split(split, FolderSplitSizes(self))
+
+  def files(self, split: str) -> Tuple[List[str], List[int]]:
+    """File paths and labels of `split` (any tfds split spec), in stratified order."""
+    paths, labels = [], []
+    for name, start, stop in self.ranges(split):
+      split_paths, split_labels = self._split_files(name)
+      paths += split_paths[start:stop]
+      labels += split_labels[start:stop]
+    return paths, labels
 
   def num_examples(self, split: str) -> int:
     return len(self.files(split)[0])
@@ -145,15 +163,36 @@ class FolderSource:
         'index': i, 'file_name': ex['file_name']}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+class FolderSplitSizes(collections.abc.Mapping):
+  """Split name -> its size, as tfds's slicing reads it; counts only the splits it is asked for."""
+
+  def __init__(self, source: FolderSource):
+    self.source = source
+
+  def __getitem__(self, name: str) -> types.SimpleNamespace:
+    count = len(self.source._split_files(name)[0])  # pylint: disable=protected-access
+    return types.SimpleNamespace(num_examples=count, shard_lengths=[count])
+
+  def __contains__(self, name) -> bool:
+    return tf.io.gfile.isdir(os.path.join(self.source.root, name))
+
+  def __iter__(self):
+    root = self.source.root
+    return iter(sorted(d.rstrip('/') for d in tf.io.gfile.listdir(root)
+                       if tf.io.gfile.isdir(os.path.join(root, d))))
+
+  def __len__(self) -> int:
+    return len(list(iter(self)))
+
+
 def read_image_shapes(source, split: str, max_images: int) -> np.ndarray:
   """(height, width) of up to `max_images` images of `split`, as an int64 array [m, 2].
 
-  Reads JPEG headers only (tf.image.extract_jpeg_shape); other formats are decoded. A folder's
-  files are listed class by class, so its (cheap) list of paths is shuffled first and the
-  sample spans the classes; a tfds split is read in order (its records are already mixed).
+  Reads JPEG headers only (tf.image.extract_jpeg_shape); other formats are decoded. Reads in
+  order: a folder split's order is class-stratified and a tfds split's records are mixed, so
+  the first images span the classes.
   """
-  shuffle_seed = 0 if isinstance(source, FolderSource) else None
-  ds = source.read(split, drop_remainder=False, shuffle_seed=shuffle_seed)
+  ds = source.read(split, drop_remainder=False)
 
   def shape(example):
     data = example['image']
@@ -165,20 +204,48 @@ def read_image_shapes(source, split: str, max_images: int) -> np.ndarray:
   return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
 
 
-def parse_slice(split: str) -> Tuple[str, float, float]:
-  """'train[10%:-10%]' -> ('train', 0.1, 0.9); 'train' -> ('train', 0.0, 1.0)."""
-  match = re.fullmatch(r'(\w+)(?:\[(-?\d+)?%?:(-?\d+)?%?\])?', split)
-  if not match:
-    raise ValueError(f'Cannot read split {split!r}: use NAME or NAME[a%:b%].')
-  name, start, end = match.groups()
-  return name, _fraction(start, 0.0), _fraction(end, 1.0)
+def resolve_split(split: str, split_infos) -> List[Tuple[str, int, int]]:
+  """A tfds split spec as absolute (split name, start, stop) ranges, by tfds's own rules.
+
+  Args:
+    split: e.g. 'train', 'train[:90%]', 'train[-1000:]', 'train[10:20]+validation'.
+    split_infos: split name -> object with num_examples (and shard_lengths).
+
+  Raises:
+    ValueError: the spec does not parse, or names a split that does not exist.
+  """
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
+  except (ValueError, NotImplementedError) as e:
+    raise ValueError(f'Cannot read split {split!r}: {e}\nSplits use tfds\'s grammar, e.g. '
+                     "'train', 'train[:90%]', 'train[-1000:]', 'train[:50%]+validation'."
+                     ) from None
+  return [(i.splitname, i.from_ or 0,
+           split_infos[i.splitname].num_examples if i.to is None else i.to)
+          for i in instructions]
 
 
-def _fraction(percent: Optional[str], default: float) -> float:
-  if percent is None:
-    return default
-  value = int(percent) / 100
-  return value + 1 if value < 0 else value
+def stratified_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+  """A fixed permutation of range(len(labels)) whose every contiguous slice is stratified.
+
+  Each class's members are shuffled (seeded) and spread evenly over [0, 1): the j-th of n
+  gets the key (j + 0.5) / n. Sorting all keys interleaves the classes so that any slice of
+  the order holds each class in proportion to its size, to within a couple of images.
+  """
+  rng = np.random.default_rng(seed)
+  keys = np.zeros(len(labels))
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    keys[members] = (np.arange(len(members)) + 0.5) / len(members)
+  class_rank = rng.permutation(int(labels.max()) + 1)[labels] if len(labels) else labels
+  return np.lexsort((class_rank, keys))
+
+
+def split_overlap(source, split_a: str, split_b: str) -> int:
+  """How many examples two split specs of `source` share."""
+  return sum(max(0, min(stop_a, stop_b) - max(start_a, start_b))
+             for name_a, start_a, stop_a in source.ranges(split_a)
+             for name_b, start_b, stop_b in source.ranges(split_b) if name_a == name_b)
 
 
 def load_source(config):
@@ -189,7 +256,7 @@ def load_source(config):
   """
   data = config.data
   if data.name == FOLDER_NAME:
-    return FolderSource(data.folder, data.train_split.split('[')[0])
+    return FolderSource(data.folder, split_names(data.train_split)[0])
   data_dir = data.data_dir or None
   builder = tfds.builder(data.name, data_dir=data_dir)
   if data.name.split('/')[0] == SYNTHETIC_NAME:
