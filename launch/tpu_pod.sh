@@ -84,15 +84,13 @@ if [ "$DRY_RUN" -eq 0 ]; then
   wait_until_ready
 fi
 
-# The main command, every argument quoted for the worker's shell.
-main_args=$(printf ' %q' --config="$CONFIG" --workdir="$WORKDIR" "${EXTRA[@]}")
-log_copy="$(printf %q "$WORKDIR")/logs/"
-# setsid + nohup: no SIGHUP when ssh drops; all three fds redirected, so ssh returns at once
-# (`cd` apart: `cd && cmd &` would background a subshell that keeps ssh's output open).
-start="cd ~/fixres_jax || exit 1; TFDS_DATA_DIR=$(printf %q "$TFDS_DATA_DIR") setsid nohup bash -c \
-$(printf %q "~/fixres_venv/bin/python3 -m fixres_jax.main$main_args; status=\$?; \
-gcloud storage cp run.log $log_copy\$(hostname).log \
-|| { mkdir -p $log_copy && cp run.log $log_copy\$(hostname).log; }; exit \$status") > run.log 2>&1 < /dev/null &"
+# The main command, every argument quoted for the worker's shell. setsid + nohup: no SIGHUP
+# when ssh drops; all three fds redirected, so that ssh returns at once (`cd` apart: in
+# `cd && cmd &` a backgrounded subshell would keep ssh's output open).
+args=$(printf ' %q' --config="$CONFIG" --workdir="$WORKDIR" "${EXTRA[@]}")
+start="cd ~/fixres_jax || exit 1; TFDS_DATA_DIR=$(printf %q "$TFDS_DATA_DIR") setsid nohup \
+bash launch/tpu_worker.sh $(printf %q "$WORKDIR") ~/fixres_venv/bin/python3 -m fixres_jax.main$args \
+> run.log 2>&1 < /dev/null &"
 
 run "${tpu[@]}" scp --recurse --zone="$ZONE" --worker=all . "$TPU_NAME":fixres_jax
 run "${ssh[@]}" --command="cd ~/fixres_jax && $(install_line tpu)"
