@@ -129,10 +129,9 @@ def main(argv):
   logging.info('JAX on %s.', devices.describe())
   try:
     devices.check_platform(FLAGS.config)
-  except devices.PlatformError as e:
-    sys.exit(f'error: {e}')
-  try:
     run(FLAGS.config, FLAGS.workdir)
+  except (devices.PlatformError, storage.StorageError) as e:  # the message says what to do
+    sys.exit(f'error: {e}')
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.EXIT_CODE)

@@ -142,3 +142,11 @@ def test_train_killed_resumed_finetuned_and_swept_on_gcs(gcs, emulator_url,
   assert max(r['step'] for r in records if r['stage'] == 'train') == 16
   assert {r['stage'] for r in records} >= {'train', 'finetune_cache'}
   assert json.loads((gcs / 'config.json').read_text())['finetune']['mode'] == 'cached'
+
+
+def test_on_disk_feature_cache_on_gcs_is_refused_with_the_fix(tiny_config):
+  from fixres_jax import cached_finetune  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='set config.finetune.cache_dir to a local disk'):
+    cached_finetune.cache_location(tiny_config, 'gs://bucket/run')
+  tiny_config.finetune.cache_dir = '/tmp/features'
+  assert cached_finetune.cache_location(tiny_config, 'gs://bucket/run') == '/tmp/features'
