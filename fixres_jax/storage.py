@@ -8,7 +8,8 @@ serves every non-array write, on Cloud Storage and on a local emulator alike:
 
   STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT   gcsfs's endpoint (epath, metrics, the lock)
   TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:PORT  tensorstore's (orbax's arrays); set from
-                                                 STORAGE_EMULATOR_HOST when absent
+                                                 STORAGE_EMULATOR_HOST when absent, with
+                                                 GOOGLE_AUTH_TOKEN_FOR_TESTING (no login)
 
 Object storage cannot append, so files written a line at a time (metrics.jsonl, TensorBoard
 events, profiles) are written to a local staging directory and uploaded by `Staging.sync`.
@@ -56,6 +57,7 @@ def check_ready(workdir) -> None:
   emulator = os.environ.get('STORAGE_EMULATOR_HOST')
   if emulator:
     os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', emulator)
+    os.environ.setdefault('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')  # tensorstore's: no login
     logging.info('Cloud Storage emulator at %s (checkpoint arrays: %s).', emulator,
                  os.environ['TENSORSTORE_GCS_HTTP_URL'])
   else:

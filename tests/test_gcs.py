@@ -52,6 +52,14 @@ def test_missing_gcsfs_says_what_to_install(monkeypatch):
     storage.check_ready('gs://some-bucket/run')
 
 
+def test_emulator_host_alone_points_checkpoints_there_too(gcs, emulator_url, monkeypatch):
+  monkeypatch.delenv('TENSORSTORE_GCS_HTTP_URL')
+  monkeypatch.delenv('GOOGLE_AUTH_TOKEN_FOR_TESTING')
+  storage.check_ready(gcs)
+  assert os.environ['TENSORSTORE_GCS_HTTP_URL'] == emulator_url
+  assert os.environ['GOOGLE_AUTH_TOKEN_FOR_TESTING']
+
+
 def test_missing_bucket_is_named(gcs):
   storage.check_ready(gcs)  # the emulator's bucket exists
   with pytest.raises(storage.StorageError, match='gs://no-such-bucket does not exist'):
