@@ -12,6 +12,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.stages = STAGES
   config.deterministic = True
+  config.allow_cpu_with_gpu = False  # True: train on the CPU even where a GPU is visible
   config.init_from = ''  # an orbax checkpoint or a `fixres_jax.convert` output directory
   config.init_head = True  # False: a new classifier (transfer to another number of classes)
 

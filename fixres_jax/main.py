@@ -21,9 +21,11 @@ from ml_collections import config_flags
 from fixres_jax import analysis
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
+from fixres_jax import devices
 from fixres_jax import finetune
 from fixres_jax import parallel
 from fixres_jax import preemption
+from fixres_jax import storage
 from fixres_jax import train
 from fixres_jax import workdir as workdir_lib
 from fixres_jax.data import pipeline
@@ -44,6 +46,7 @@ def run(config, workdir: str) -> dict:
   """Runs config.stages in order; returns {'trained': variables, 'finetuned': ...}."""
   config.stages = config_lib.parse_stages(config.stages)
   config_lib.validate(config, jax.device_count())
+  storage.check_ready(workdir)
   workdir = epath.Path(workdir)
   workdir_lib.check_writable(workdir, needed_bytes=0)
   with workdir_lib.WorkdirLock(workdir):
@@ -114,20 +117,24 @@ def initialize_distributed() -> None:
 
 
 def quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO lines out of the run's log (warnings still show)."""
+  """Keeps orbax's per-save and fsspec's per-read INFO lines out of the log (warnings show)."""
   def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+    return record.levelno >= std_logging.WARNING or not any(
+        name in record.pathname for name in ('/orbax/', '/fsspec/', '/gcsfs/'))
   logging.get_absl_handler().addFilter(keep)
 
 
 def main(argv):
   del argv
   quiet_library_logs()
+  devices.request_determinism(FLAGS.config)  # read when jax creates its backend: first
   initialize_distributed()
-  logging.info('JAX process %d/%d, %d local / %d global devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info('JAX on %s.', devices.describe())
   try:
+    devices.check_platform(FLAGS.config)
     run(FLAGS.config, FLAGS.workdir)
+  except (devices.PlatformError, storage.StorageError) as e:  # the message says what to do
+    sys.exit(f'error: {e}')
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.EXIT_CODE)

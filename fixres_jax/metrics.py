@@ -5,23 +5,40 @@ Only process 0 writes; every process may call these.
 
 import datetime
 import json
+import os
 import time
 
 from absl import logging
 from etils import epath
 import jax
 
+from fixres_jax import storage
+
 
 class MetricWriter:
-  """Appends {'stage', 'step', ...metrics} records to metrics.jsonl and TensorBoard."""
+  """Appends {'stage', 'step', ...metrics} records to metrics.jsonl and TensorBoard.
+
+  On a remote (gs://) workdir both are written to a local staging copy and uploaded every
+  SYNC_EVERY_S seconds, at each `sync` (the training loop calls it after each checkpoint) and
+  at `close`: object storage cannot append, and uploading on every write would send the whole
+  file each time. A kill loses at most the records after the last checkpoint, which the
+  resumed run writes again.
+  """
+
+  SYNC_EVERY_S = 60
 
   def __init__(self, workdir, stage: str):
     self.stage = stage
     self.enabled = jax.process_index() == 0
+    self.staging = storage.Staging(workdir)  # every process's: profiles are per process
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.path = epath.Path(workdir) / 'metrics.jsonl'
-      self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard' / stage))
+      self.path = self.staging.local('metrics.jsonl')
+      self.tensorboard = SummaryWriter(str(self.staging.root / 'tensorboard' / stage))
+
+  def local_dir(self, *parts: str) -> epath.Path:
+    """A local directory for WORKDIR/parts, uploaded with the metrics (e.g. profiles)."""
+    return epath.Path(os.path.join(str(self.staging.root), *parts))
 
   def write(self, step: int, values: dict, line: str = '') -> None:
     """Records `values` at `step`; logs `line`, or the values when no line is given."""
@@ -34,12 +51,20 @@ class MetricWriter:
       if isinstance(value, (int, float)):
         self.tensorboard.add_scalar(f'{self.stage}/{name}', value, step)
     self.tensorboard.flush()
+    self.staging.sync(every_s=self.SYNC_EVERY_S)
     logging.info('[%s] %s', self.stage, line or f'step {step}: ' + ', '.join(
         f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items()))
+
+  def sync(self) -> None:
+    """Uploads what a remote workdir has not received yet."""
+    if self.enabled:
+      self.tensorboard.flush()
+    self.staging.sync()
 
   def close(self) -> None:
     if self.enabled:
       self.tensorboard.close()
+    self.staging.close()
 
 
 class Progress:

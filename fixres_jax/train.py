@@ -247,7 +247,7 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
   progress = metrics_lib.Progress(total_steps, global_batch, start_step)
   guard = preemption.PreemptionGuard()
   # A few steps after the start, once compiled: config.train.profile_steps of them.
-  trace = metrics_lib.TraceWindow(epath.Path(workdir) / 'profile' / stage, start_step + 3,
+  trace = metrics_lib.TraceWindow(writer.local_dir('profile', stage), start_step + 3,
                                   config.train.profile_steps)
   try:
     for step in range(start_step + 1, total_steps + 1):
@@ -268,6 +268,7 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
         if not all_finite((state.params, state.batch_stats)):
           check_finite(float('nan'), step, manager.directory, what='model (a parameter)')
         checkpoint.save_state(manager, step, state)
+        writer.sync()  # a remote workdir's metrics, up to this checkpoint
       if guard.should_stop(step):
         checkpoint.save_state(manager, step, state, force=True)
         manager.wait_until_finished()

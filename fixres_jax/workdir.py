@@ -9,6 +9,8 @@ from absl import logging
 from etils import epath
 import jax
 
+from fixres_jax import storage
+
 LOCK_NAME = '.lock'
 
 
@@ -42,16 +44,16 @@ def check_writable(workdir: epath.Path, needed_bytes: int) -> None:
 class WorkdirLock:
   """An exclusive lock on a local workdir, so that two runs never interleave in it.
 
-  Only process 0 takes it (the processes of one run share the workdir). Remote workdirs
-  (gs://) cannot be locked this way; the lock is skipped with a warning.
+  Only process 0 takes it (the processes of one run share the workdir). A remote (gs://)
+  workdir is locked by storage.RemoteLock.
   """
 
   def __init__(self, workdir: epath.Path):
     self.file = None
     if jax.process_index() != 0:
       return
-    if '://' in str(workdir):
-      logging.warning('Not locking the remote workdir %s: run one job per workdir.', workdir)
+    if storage.is_remote(workdir):  # object storage has no flock: an object with a heartbeat
+      self.file = storage.RemoteLock(workdir, LOCK_NAME, WorkdirError)
       return
     path = os.path.join(os.fspath(workdir), LOCK_NAME)
     self.file = open(path, 'a+')  # pylint: disable=consider-using-with
@@ -70,6 +72,9 @@ class WorkdirLock:
     self.file.flush()
 
   def release(self) -> None:
+    if isinstance(self.file, storage.RemoteLock):
+      self.file.release()
+      self.file = None
     if self.file is not None:
       fcntl.flock(self.file, fcntl.LOCK_UN)
       self.file.close()

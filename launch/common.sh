@@ -38,3 +38,9 @@ run() {
     "$@"
   fi
 }
+
+# The install command of a target (cpu, gpu or tpu): its line in launch/install.txt, which
+# README's "Install" section shows.
+install_line() {
+  sed -n "s/^$1: //p" launch/install.txt
+}
