@@ -23,13 +23,26 @@ import orbax.checkpoint as ocp
 VARIABLES_ITEM = 'variables'
 
 
+class CheckpointManager(ocp.CheckpointManager):
+  """orbax's manager, leaving jax's preemption sync point to the training loop.
+
+  orbax asks the sync point about the step it saves, also from its finalizing thread; jax's
+  sync manager remembers only the last number it was asked, so those calls would move the stop
+  step that preemption.PreemptionGuard agrees on with the other processes.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 def create_manager(directory, max_to_keep: int = 3, async_save: bool = True
                    ) -> ocp.CheckpointManager:
   """An orbax CheckpointManager over `directory` (local path or gs:// URL)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          enable_async_checkpointing=async_save,
                                          create=True)
-  return ocp.CheckpointManager(epath.Path(directory), options=options)
+  return CheckpointManager(epath.Path(directory), options=options)
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any,

@@ -8,7 +8,6 @@ resumes an interrupted one from its last checkpoint.
 """
 
 import logging as std_logging
-import os
 import sys
 
 from absl import app
@@ -20,6 +19,7 @@ from ml_collections import config_flags
 
 from fixres_jax import analysis
 from fixres_jax import checkpoint
+from fixres_jax import cluster
 from fixres_jax import config as config_lib
 from fixres_jax import devices
 from fixres_jax import finetune
@@ -34,8 +34,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.DEFINE_string('coordinator_address', None,
-                    'host:port of process 0, for multi-process runs outside Cloud TPU and '
-                    'SLURM (which are detected automatically). Env: JAX_COORDINATOR_ADDRESS.')
+                    'host:port of process 0, for multi-process runs outside the clusters jax '
+                    'detects (SLURM, Cloud TPU, Open MPI, Kubernetes). Env: '
+                    'JAX_COORDINATOR_ADDRESS.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (env: JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 '
                      '(env: JAX_PROCESS_ID).')
@@ -103,17 +104,8 @@ def load_trained(config, workdir: epath.Path, model) -> dict:
 
 
 def initialize_distributed() -> None:
-  """Joins a multi-process run when one is configured; a single process needs nothing."""
-  address = FLAGS.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
-  if address:
-    num_processes = FLAGS.num_processes or int(os.environ['JAX_NUM_PROCESSES'])
-    process_id = (FLAGS.process_id if FLAGS.process_id is not None
-                  else int(os.environ['JAX_PROCESS_ID']))
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(address, num_processes, process_id)
-  elif (int(os.environ.get('SLURM_NTASKS', '1')) > 1
-        or 'TPU_WORKER_HOSTNAMES' in os.environ or 'CLOUD_TPU_TASK_ID' in os.environ):
-    jax.distributed.initialize()  # reads SLURM's or the TPU VM's environment
+  """Joins a multi-process run (flags, JAX_* env or a detected cluster); one process needs nothing."""
+  cluster.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
 def quiet_library_logs() -> None:
@@ -128,6 +120,7 @@ def main(argv):
   del argv
   quiet_library_logs()
   devices.request_determinism(FLAGS.config)  # read when jax creates its backend: first
+  workdir_lib.enable_compilation_cache(FLAGS.workdir)  # before anything compiles
   initialize_distributed()
   logging.info('JAX on %s.', devices.describe())
   try:

@@ -252,7 +252,8 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
   try:
     for step in range(start_step + 1, total_steps + 1):
       trace.before_step(step)
-      state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
+      with jax.profiler.StepTraceAnnotation(stage, step_num=step):  # step times in profiles
+        state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
       trace.after_step(step, state)
       save = step % config.checkpoint.every_steps == 0 or step == total_steps
       if save or step % config.train.log_every_steps == 0:
@@ -270,7 +271,8 @@ def run_steps(stage: str, config, workdir, state, step_fn: Callable, batches, to
         checkpoint.save_state(manager, step, state)
         writer.sync()  # a remote workdir's metrics, up to this checkpoint
       if guard.should_stop(step):
-        checkpoint.save_state(manager, step, state, force=True)
+        if step not in manager.all_steps():  # a periodic save may have just written it
+          checkpoint.save_state(manager, step, state, force=True)
         manager.wait_until_finished()
         raise preemption.Preempted(stage, step)
     if evaluate_fn and start_step < total_steps:

@@ -45,7 +45,8 @@ class WorkdirLock:
   """An exclusive lock on a local workdir, so that two runs never interleave in it.
 
   Only process 0 takes it (the processes of one run share the workdir). A remote (gs://)
-  workdir is locked by storage.RemoteLock.
+  workdir is locked by storage.RemoteLock; on filesystems without flock (Lustre mounted
+  noflock, NFS without lockd) the lock is skipped with a warning.
   """
 
   def __init__(self, workdir: epath.Path):
@@ -66,6 +67,12 @@ class WorkdirLock:
       raise WorkdirError(
           f'--workdir={workdir} is in use by {owner}. Two runs in one workdir would overwrite '
           'each other: wait for it to finish, stop it, or choose another workdir.') from e
+    except OSError as e:  # e.g. Lustre mounted noflock, NFS without lockd: ENOLCK, EOPNOTSUPP
+      self.file.close()
+      self.file = None
+      logging.warning('Not locking --workdir=%s: its filesystem does not support flock (%s). '
+                      'Run one job per workdir.', workdir, e)
+      return
     self.file.seek(0)
     self.file.truncate()
     self.file.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
@@ -85,3 +92,14 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def enable_compilation_cache(workdir) -> None:
+  """Keeps compiled programs in WORKDIR/compilation_cache so that a resumed run skips compiling.
+
+  jax's own JAX_COMPILATION_CACHE_DIR wins when set (a shared path, or '' to turn it off);
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS sets which compilations are worth keeping.
+  """
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return
+  jax.config.update('jax_compilation_cache_dir', str(epath.Path(workdir) / 'compilation_cache'))

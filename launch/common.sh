@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # CONFIG, WORKDIR, EXTRA are read by the launchers
-# Shared by the launchers: argument parsing and --dry-run. Source it; do not run it.
+# Shared by the launchers: argument parsing, quoting and --dry-run. Source it; do not run it.
 # Sets CONFIG, WORKDIR, DRY_RUN and EXTRA (the remaining arguments, passed on to main).
+# Keep arguments in arrays ("${EXTRA[@]}") end to end; where a command line must become one
+# string (sbatch scripts, ssh --command), build it with `quote`, never with ${EXTRA[*]}.
 
 usage() {
   sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
@@ -29,11 +31,17 @@ parse_args() {
   WORKDIR="${POSITIONAL[1]}"
 }
 
+# Prints its arguments as one bash command line that reproduces them word for word
+# (e.g. "--config.stages=('finetune','sweep')" survives a shell that re-reads it).
+quote() {
+  local out
+  printf -v out ' %q' "$@"
+  printf '%s\n' "${out# }"
+}
+
 # Prints the command; runs it unless --dry-run.
 run() {
-  printf '+'
-  printf ' %q' "$@"
-  printf '\n'
+  printf '+ %s\n' "$(quote "$@")"
   if [ "$DRY_RUN" -eq 0 ]; then
     "$@"
   fi

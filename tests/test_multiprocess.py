@@ -1,11 +1,19 @@
-"""The real main as 2 processes (gloo CPU collectives on 127.0.0.1) equals a 1-process run."""
+"""The real main as 2 and 4 processes (gloo CPU collectives on 127.0.0.1).
+
+Two processes equal one; processes found from SLURM's environment alone; SIGTERM to every
+process or to one of them stops all at one step, with a checkpoint and exit 143, and the
+re-runs resume to the uninterrupted result.
+"""
 
 import json
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -17,6 +25,18 @@ REPO = pathlib.Path(__file__).parent.parent
 
 pytestmark = pytest.mark.slow
 
+# 4 data shards: 1, 2 and 4 processes read the same global batches.
+TRAIN = ('--config.data.num_shards=4', "--config.stages=('train',)",
+         '--config.train.num_epochs=4')
+
+
+# The signal comes as the loop starts (so that it always lands before the end): the processes
+# stop within a few steps of it, whatever the machine's speed. From SIGTERM to exit: the
+# notice, the first step (compiled first), the save: seconds on an idle machine; bounded
+# loosely for loaded CI machines (4 processes took 181 s on 2 cores at load average 20).
+STEPS_TO_STOP = 8
+SECONDS_TO_STOP = 300
+
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -26,14 +46,73 @@ def free_port() -> int:
 
 def main_command(workdir, data_dir, *extra):
   return [sys.executable, '-m', 'fixres_jax.main', '--config=tests/tiny_config.py',
-          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          '--config.data.num_shards=2', "--config.stages=('train',)", *extra]
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TRAIN, *extra]
 
 
-def environment(devices_per_process):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
-  return env
+def environment(devices_per_process, **extra):
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+              **extra)
+
+
+def slurm_environment(job_id: int, num_tasks: int, task: int) -> dict:
+  """What srun gives each task of a one-node job (jax.distributed reads these itself)."""
+  return environment(1, SLURM_JOB_ID=str(job_id), SLURM_NTASKS=str(num_tasks),
+                     SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
+                     SLURM_STEP_NODELIST='localhost', SLURM_STEP_NUM_NODES='1',
+                     SLURM_NODEID='0')
+
+
+def free_slurm_job_id() -> int:
+  """A job id whose coordinator port (jax: 61440 + id % 4096) is free here."""
+  for job_id in range(os.getpid() % 4096, os.getpid() % 4096 + 4096):
+    try:
+      with socket.socket() as s:
+        s.bind(('127.0.0.1', 61440 + job_id % 4096))
+      return job_id
+    except OSError:
+      continue
+  raise RuntimeError('no free port in 61440-65535')
+
+
+class Processes:
+  """n processes of main, their output in files (so a test can watch it while they run)."""
+
+  def __init__(self, workdir, data_dir, n, log_dir, *extra):
+    address = f'127.0.0.1:{free_port()}'
+    self.logs = [log_dir / f'process{i}.log' for i in range(n)]
+    self.processes = []
+    for i, log in enumerate(self.logs):
+      with open(log, 'wb') as out:
+        self.processes.append(subprocess.Popen(
+            main_command(workdir, data_dir, f'--coordinator_address={address}',
+                         f'--num_processes={n}', f'--process_id={i}', *extra),
+            cwd=REPO, env=environment(1), stdout=out, stderr=subprocess.STDOUT))
+
+  def output(self, i) -> str:
+    return self.logs[i].read_text(errors='replace')
+
+  def wait_for(self, i, text, timeout=300) -> None:
+    start = time.time()
+    while text not in self.output(i):
+      assert all(p.poll() is None for p in self.processes), self.output(i)[-3000:]
+      assert time.time() - start < timeout, f'{text!r} never logged'
+      time.sleep(0.1)
+
+  def wait(self, timeout=600) -> list:
+    for p in self.processes:
+      p.wait(timeout=timeout)
+    return [p.returncode for p in self.processes]
+
+
+def preempted_steps(processes) -> list:
+  return [int(re.search(r'preempted at step (\d+)', processes.output(i)).group(1))
+          for i in range(len(processes.logs))]
+
+
+def saved_steps(workdir) -> list:
+  return sorted(int(p.name) for p in (workdir / 'checkpoints' / 'train').iterdir()
+                if p.name.isdigit())
 
 
 def final_train_loss(workdir):
@@ -41,26 +120,83 @@ def final_train_loss(workdir):
   return [r['loss'] for r in records if r['stage'] == 'train' and 'loss' in r][-1]
 
 
-def test_two_processes_match_one(tmp_path, synthetic_data_dir):
-  one = tmp_path / 'one'
-  subprocess.run(main_command(one, synthetic_data_dir), cwd=REPO, env=environment(2),
-                 check=True, timeout=600, capture_output=True)
+def assert_same_variables(a_dir, b_dir, rtol, atol):
+  a = checkpoint.load_variables(a_dir / 'checkpoints' / 'train')
+  b = checkpoint.load_variables(b_dir / 'checkpoints' / 'train')
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
-  two = tmp_path / 'two'
-  address = f'127.0.0.1:{free_port()}'
+
+@pytest.fixture(scope='module')
+def slurm_run(tmp_path_factory, synthetic_data_dir):
+  """An uninterrupted 2-process run that finds its peers from SLURM's variables alone."""
+  workdir = tmp_path_factory.mktemp('slurm_env') / 'run'
+  job_id = free_slurm_job_id()
   processes = [subprocess.Popen(
-      main_command(two, synthetic_data_dir, f'--coordinator_address={address}',
-                   '--num_processes=2', f'--process_id={i}'),
-      cwd=REPO, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for i in range(2)]
+      main_command(workdir, synthetic_data_dir), cwd=REPO,
+      env=slurm_environment(job_id, 2, i) | {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
   outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
   for p, out in zip(processes, outputs):
     assert p.returncode == 0, out[-3000:]
-  assert 'JAX process 1/2' in outputs[1]
+  return workdir, outputs
 
+
+def test_slurm_variables_alone_bring_up_two_processes(slurm_run):
+  workdir, outputs = slurm_run
+  for i, out in enumerate(outputs):
+    assert f'1 local / 2 global devices, process {i} of 2' in out, out[-3000:]
+  # Compiled programs are kept for the next (re-queued) run.
+  assert any((workdir / 'compilation_cache').iterdir())
+
+
+def test_two_processes_match_one(tmp_path, synthetic_data_dir, slurm_run):
+  one = tmp_path / 'one'
+  subprocess.run(main_command(one, synthetic_data_dir), cwd=REPO, env=environment(2),
+                 check=True, timeout=600, capture_output=True)
+  two, _ = slurm_run
   np.testing.assert_allclose(final_train_loss(two), final_train_loss(one), rtol=1e-4)
-  a = checkpoint.load_variables(one / 'checkpoints' / 'train')
-  b = checkpoint.load_variables(two / 'checkpoints' / 'train')
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+  assert_same_variables(one, two, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize('num_processes', [2, 4])
+def test_sigterm_stops_every_process_at_one_step_and_resumes(
+    num_processes, tmp_path, synthetic_data_dir, slurm_run):
+  workdir = tmp_path / 'run'
+  last = num_processes - 1
+
+  # (a) Every process gets SIGTERM, as from SLURM or a TPU maintenance event.
+  (tmp_path / 'a').mkdir()
+  run = Processes(workdir, synthetic_data_dir, num_processes, tmp_path / 'a')
+  run.wait_for(last, 'Training 32 steps')
+  sent = time.time()
+  for p in run.processes:
+    p.send_signal(signal.SIGTERM)
+  assert run.wait() == [143] * num_processes, run.output(0)[-3000:]
+  assert time.time() - sent < SECONDS_TO_STOP
+  first = preempted_steps(run)
+  assert len(set(first)) == 1 and first[0] <= STEPS_TO_STOP
+  assert saved_steps(workdir)[-1] == first[0]
+
+  # (b) Only the last process gets it: the others learn it through jax's coordination service.
+  (tmp_path / 'b').mkdir()
+  run = Processes(workdir, synthetic_data_dir, num_processes, tmp_path / 'b')
+  run.wait_for(last, 'Training 32 steps')
+  sent = time.time()
+  run.processes[last].send_signal(signal.SIGTERM)
+  assert run.wait() == [143] * num_processes, run.output(0)[-3000:]
+  assert time.time() - sent < SECONDS_TO_STOP
+  second = preempted_steps(run)
+  assert len(set(second)) == 1 and first[0] < second[0] <= first[0] + STEPS_TO_STOP
+  assert f'Resumed from {workdir / "checkpoints" / "train"} at step {first[0]}' in run.output(0)
+  assert saved_steps(workdir)[-1] == second[0]
+
+  # The re-run finishes where an uninterrupted run does.
+  (tmp_path / 'c').mkdir()
+  run = Processes(workdir, synthetic_data_dir, num_processes, tmp_path / 'c')
+  assert run.wait() == [0] * num_processes, run.output(0)[-3000:]
+  reference, _ = slurm_run
+  exact = num_processes == 2  # same processes, same reductions
+  assert_same_variables(reference, workdir, rtol=1e-6 if exact else 1e-3,
+                        atol=1e-7 if exact else 1e-5)
