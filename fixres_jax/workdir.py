@@ -9,11 +9,13 @@ from absl import logging
 from etils import epath
 import jax
 
+from fixres_jax import errors
+
 LOCK_NAME = '.lock'
 
 
-class WorkdirError(RuntimeError):
-  pass
+class WorkdirError(errors.UserError, RuntimeError):
+  """The workdir: not writable, too small, or in use by another run."""
 
 
 def check_writable(workdir: epath.Path, needed_bytes: int) -> None:
