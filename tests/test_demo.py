@@ -74,7 +74,8 @@ def test_report_states_each_claim_from_every_seed(tmp_path):
                                ('finetuned', 64): 0.68, ('finetuned', 96): 0.76 + gain},
               generated=seed == 0)
   readme = tmp_path / 'README.md'
-  readme.write_text(f'intro\n{measure_demo.README_START}\nSTALE TABLE\n{measure_demo.README_END}\nend\n')
+  readme.write_text(
+      f'intro\n{measure_demo.README_START}\nSTALE TABLE\n{measure_demo.README_END}\nend\n')
   result = measure_demo.write_report(root, [0, 1, 2, 3], tmp_path / 'docs', 'cmd',
                                      readme=epath.Path(readme))
   assert [r['seed'] for r in result['runs']] == [0, 1, 2]  # seed 3 has not run
