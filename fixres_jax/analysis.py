@@ -277,6 +277,52 @@ def format_table(records: list) -> str:
   return '\n'.join(lines)
 
 
+def finetuned_test_res(config, workdir) -> tuple:
+  """(K_test the fine-tuned model was made at, how it was chosen), from the workdir's record."""
+  path = epath.Path(workdir) / 'auto_test_res.json'
+  choice = json.loads(path.read_text()) if path.exists() else None
+  if choice and config.finetune.test_res in (AUTO, choice['test_res']):
+    return choice['test_res'], f"chosen on the held-out {choice['split']}"
+  if config.finetune.test_res == AUTO:
+    return None, 'not chosen yet'
+  return int(config.finetune.test_res), 'config.finetune.test_res'
+
+
+def describe_outputs(config, workdir, records: list) -> str:
+  """The end of a run's output: where its files are and, in words, what the table shows."""
+  workdir = epath.Path(workdir)
+  names = list(dict.fromkeys(r['model'] for r in records))
+  k_test, how = finetuned_test_res(config, workdir)
+  columns = {'trained': f'the network trained at K_train={config.train.image_size}',
+             'finetuned': f'the same network after FixRes fine-tuning at K_test={k_test} '
+                          f'({how})',
+             'parametric': 'the trained network with the parametric adaptation'}
+  shown = '; '.join(f"'{n}' is {columns.get(n, n)}" for n in names)
+  lines = [
+      f'The table: top-1 on {config.data.eval_split} at each test resolution K_test; {shown}.',
+      best_sentence(records, config.train.image_size),
+      f'Table: {workdir / "sweep.csv"} (and sweep.json). Plot: {workdir / "sweep.png"} (and '
+      f'features.png). Checkpoints: {workdir / "checkpoints"} (train, finetune).']
+  return '\n'.join(line for line in lines if line)
+
+
+def best_sentence(records: list, train_res: int) -> str:
+  """Where the trained network tests best, and what fine-tuning does there."""
+  trained = [r for r in records if r['model'] == 'trained']
+  if not trained:
+    return ''
+  best = max(trained, key=lambda r: r['top1'])
+  at_train = next((r for r in trained if r['test_res'] == train_res), None)
+  text = f"The trained network tests best at K_test={best['test_res']} ({100 * best['top1']:.2f}%"
+  text += f", {100 * at_train['top1']:.2f}% at K_train)." if at_train else ').'
+  finetuned = [r for r in records if r['model'] == 'finetuned']
+  if finetuned:
+    top = max(finetuned, key=lambda r: r['top1'])
+    text += (f" The fine-tuned network's best is {100 * top['top1']:.2f}% at "
+             f"K_test={top['test_res']}.")
+  return text
+
+
 CSV_FIELDS = ('model', 'test_res', 'top1', 'top5', 'loss', 'zero_fraction', 'num_images')
 
 

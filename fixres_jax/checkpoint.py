@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fixres_jax import errors
+
 VARIABLES_ITEM = 'variables'
 
 
@@ -96,7 +98,7 @@ def load_variables(directory) -> dict:
     with ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler()) as manager:
       step = manager.latest_step()
       if step is None:
-        raise FileNotFoundError(
+        raise errors.NotFoundError(
             f'No checkpoint in {path}: config.init_from must be a directory written by '
             '`python -m fixres_jax.convert` or a checkpoint directory of a finished stage '
             '(e.g. WORKDIR/checkpoints/train).')

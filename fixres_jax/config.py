@@ -3,6 +3,8 @@
 import ml_collections
 from ml_collections import config_dict
 
+from fixres_jax import errors
+
 STAGES = ('train', 'finetune', 'sweep')
 
 
@@ -124,7 +126,7 @@ def get_imagenet_config(train_res: int, test_res: int,
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
-  """Raises ValueError naming the field and the fix, before anything is compiled."""
+  """Raises errors.ConfigError naming the field and the fix, before anything is compiled."""
   problems = []
   unknown = set(config.stages) - set(STAGES)
   if unknown:
@@ -157,7 +159,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
                       f'training split {train_name!r} (e.g. {train_name}[-10%:]): choices '
                       'made on the validation split would bias its accuracy.')
   if problems:
-    raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+    raise errors.ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
 def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:

@@ -34,7 +34,8 @@ import numpy as np
 from fixres_jax import checkpoint
 from fixres_jax import models
 
-INSTALL_HINT = 'Install the converter dependencies with `pip install -r requirements-torch.txt`.'
+INSTALL_HINT = ('Install the converter dependencies with '
+                '`pip install -r requirements-torch.txt -c requirements.lock`.')
 # PyTorch OIHW conv kernels -> Flax HWIO; PyTorch (out, in) dense weights -> Flax (in, out).
 # Grouped convs need nothing special: both layouts keep in/groups on the input axis.
 _TO_FLAX_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}

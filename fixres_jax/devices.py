@@ -12,6 +12,8 @@ import subprocess
 
 import jax
 
+from fixres_jax import errors
+
 INSTALL_LINES = pathlib.Path(__file__).parent.parent / 'launch' / 'install.txt'
 # Where an NVIDIA driver shows its GPUs (module-level so that tests can point them elsewhere).
 NVIDIA_PROC = '/proc/driver/nvidia/gpus'
@@ -21,8 +23,8 @@ NVIDIA_DEVICE = '/dev/nvidia0'
 DETERMINISTIC_XLA_FLAG = '--xla_gpu_deterministic_ops=true'
 
 
-class PlatformError(RuntimeError):
-  pass
+class PlatformError(errors.UserError, RuntimeError):
+  """A jax platform that does not match the machine; the message says the fix."""
 
 
 def install_line(target: str) -> str:

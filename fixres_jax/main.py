@@ -22,6 +22,7 @@ from fixres_jax import checkpoint
 from fixres_jax import cluster
 from fixres_jax import config as config_lib
 from fixres_jax import devices
+from fixres_jax import errors
 from fixres_jax import finetune
 from fixres_jax import parallel
 from fixres_jax import preemption
@@ -53,7 +54,7 @@ def run(config, workdir: str) -> dict:
   with workdir_lib.WorkdirLock(workdir):
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    dataset = pipeline.load_dataset(config)
+    dataset = load_dataset(config)
     pipeline.log_dataset(dataset, (config.data.train_split, config.data.eval_split))
     not_held_out = pipeline.trained_on_selection(dataset, config)
     if not_held_out:
@@ -61,6 +62,16 @@ def run(config, workdir: str) -> dict:
     model = train.create_model(config, dataset.num_classes)
     workdir_lib.check_writable(workdir, checkpoint.estimate_bytes(model, config))
     return run_stages(config, workdir, dataset, model)
+
+
+def load_dataset(config):
+  """pipeline.load_dataset; a dataset or folder that is not there is the user's to fix."""
+  try:
+    return pipeline.load_dataset(config)
+  except FileNotFoundError as e:  # its message says how to prepare the data
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.NotFoundError(*e.args) from e
 
 
 def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
@@ -81,6 +92,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     result = analysis.sweep(config, dataset, mesh, models, model)
     analysis.write_sweep(workdir, result)
     print(analysis.format_table(result.records), flush=True)
+    print(analysis.describe_outputs(config, workdir, result.records), flush=True)
   return models
 
 
@@ -98,7 +110,7 @@ def load_trained(config, workdir: epath.Path, model) -> dict:
     return variables
   if config.init_from:
     return train.load_initial_variables(config, model, config.train.image_size)
-  raise ValueError(
+  raise errors.ConfigError(
       f"config.stages={tuple(config.stages)} has no 'train' stage and {trained} holds no "
       'checkpoint: add the train stage or set config.init_from to a checkpoint.')
 
@@ -116,6 +128,36 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
+def exit_with(message: str) -> None:
+  """A user's mistake: its message alone on stderr (no traceback), exit errors.EXIT_CODE."""
+  print(f'Error: {message}', file=sys.stderr, flush=True)
+  sys.exit(errors.EXIT_CODE)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, where a misspelt --config.FIELD ends with its message alone."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    # ml_collections: "'imge_size'\nDid you mean "image_size" instead of "imge_size"?"
+    text = e
+    while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError(str))
+      text = text.args[0]
+    field, *hint = str(text).split('\n')
+    field = field.strip('\'"')
+    culprits = [o for o in overrides if field and field in o.split('.')]
+    if not culprits:
+      raise  # not an override of ours: an error in the config file itself, a bug
+    exit_with(f'{culprits[0]} names no config field: {field!r} does not exist. '
+              f"{' '.join(hint)} The fields are those of {argv_config(argv)} "
+              '(defaults in fixres_jax/config.py).'.replace('  ', ' '))
+
+
+def argv_config(argv) -> str:
+  return next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), 'the config')
+
+
 def main(argv):
   del argv
   quiet_library_logs()
@@ -126,12 +168,12 @@ def main(argv):
   try:
     devices.check_platform(FLAGS.config)
     run(FLAGS.config, FLAGS.workdir)
-  except (devices.PlatformError, storage.StorageError) as e:  # the message says what to do
-    sys.exit(f'error: {e}')
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.EXIT_CODE)
+  except errors.UserError as e:  # anything else is a bug: its traceback stays
+    exit_with(errors.message(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

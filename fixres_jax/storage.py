@@ -28,6 +28,8 @@ import uuid
 from absl import logging
 from etils import epath
 
+from fixres_jax import errors
+
 # Before any gs:// path is resolved: epath caches its backend choice on first use.
 os.environ.setdefault('EPATH_USE_TF', 'false')
 
@@ -35,8 +37,8 @@ LOCK_LEASE_S = 300  # a lock whose heartbeat is older than this is abandoned
 LOCK_HEARTBEAT_S = 60
 
 
-class StorageError(RuntimeError):
-  pass
+class StorageError(errors.UserError, RuntimeError):
+  """A gs:// workdir that cannot work: packages, credentials or bucket; the message says the fix."""
 
 
 def is_remote(path) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from fixres_jax import checkpoint
+from fixres_jax import errors
 from fixres_jax import metrics as metrics_lib
 from fixres_jax import models
 from fixres_jax import parallel
@@ -52,7 +53,7 @@ def create_learning_rate_fn(cfg, steps_per_epoch: int, global_batch: int) -> opt
                   for e in cfg.lr_decay_epochs}
     decay = optax.piecewise_constant_schedule(peak, boundaries)
   else:
-    raise ValueError(f"config.train.schedule={cfg.schedule!r}: use 'cosine' or 'step'.")
+    raise errors.ConfigError(f"config.train.schedule={cfg.schedule!r}: use 'cosine' or 'step'.")
   warmup = optax.linear_schedule(0.0, peak, warmup_steps)
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
@@ -163,7 +164,7 @@ def check_same_shapes(expected: dict, loaded: dict, source: str) -> None:
     if any(p.startswith('params/fc/') for p in problems):
       hint = ('\nThe classifier differs (another number of classes?): set '
               'config.init_head=False to start with a new head.')
-    raise ValueError(f'{source} does not fit config.model:\n  ' + '\n  '.join(problems[:20])
+    raise errors.ConfigError(f'{source} does not fit config.model:\n  ' + '\n  '.join(problems[:20])
                      + hint)
 
 

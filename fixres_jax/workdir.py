@@ -9,13 +9,14 @@ from absl import logging
 from etils import epath
 import jax
 
+from fixres_jax import errors
 from fixres_jax import storage
 
 LOCK_NAME = '.lock'
 
 
-class WorkdirError(RuntimeError):
-  pass
+class WorkdirError(errors.UserError, RuntimeError):
+  """The workdir: not writable, too small, or in use by another run."""
 
 
 def check_writable(workdir: epath.Path, needed_bytes: int) -> None:

@@ -96,7 +96,7 @@ def test_main_stops_before_compiling_when_a_gpu_is_idle(fake_gpu, tmp_path, synt
   del env['JAX_PLATFORMS']
   result = subprocess.run(main_command(tmp_path / 'run', synthetic_data_dir), cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.returncode == 2, result.stderr[-3000:]  # errors.EXIT_CODE: a user's error
   assert 'JAX on cpu: 2 x cpu' in result.stderr  # XLA accepted the determinism flag too
   assert devices.install_line('gpu') in result.stderr
   assert 'Traceback' not in result.stderr and 'Training' not in result.stderr

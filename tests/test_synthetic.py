@@ -1,6 +1,7 @@
 """The embedded dataset: a real tfds builder, deterministic, with size-dependent textures."""
 
 import dataclasses
+import hashlib
 import io
 
 import numpy as np
@@ -154,3 +155,36 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     _build(tmp_path, seed=0, num_validation=0)
   with pytest.raises(ValueError, match='label must be in'):
     render.sample_object(np.random.default_rng(0), 10, 200, 200)
+
+
+# sha256 over the JPEG bytes of the first FINGERPRINT_EXAMPLES examples of each split, per
+# builder config. The bytes come from NumPy's generators (the scene) and Pillow (resizing
+# and its libjpeg-turbo encoder): a new NumPy or Pillow that would silently change the
+# embedded dataset, and so every accuracy in the docs, fails here instead. When a change is
+# meant (render.py edited, a pinned version bumped on purpose), bump FixresSynthetic.VERSION
+# (prepared copies on disk are otherwise reused) and replace the digest.
+FINGERPRINT_EXAMPLES = 4
+DATA_FINGERPRINTS = {
+    'default': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
+    'reproduce': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
+    'small': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
+    'tiny': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
+}
+
+
+def _fingerprint(seed: int) -> str:
+  digest = hashlib.sha256()
+  for split in ('train', 'validation'):
+    for index in range(FINGERPRINT_EXAMPLES):
+      digest.update(synthetic.generate_example(seed, split, index)['image'])
+  return digest.hexdigest()
+
+
+@pytest.mark.parametrize('config', synthetic.FixresSynthetic.BUILDER_CONFIGS,
+                         ids=lambda c: c.name)
+def test_generated_bytes_are_pinned(config):
+  assert _fingerprint(config.seed) == DATA_FINGERPRINTS[config.name], (
+      f'fixres_synthetic/{config.name} generates different JPEG bytes than before (NumPy '
+      f'{np.__version__}, Pillow {Image.__version__}). Install the locked versions '
+      '(requirements.lock); if the change is meant, bump FixresSynthetic.VERSION and update '
+      'DATA_FINGERPRINTS.')

@@ -14,6 +14,7 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fixres_jax import errors
 from fixres_jax.data import preprocess
 from fixres_jax.data import sources
 
@@ -28,13 +29,13 @@ def load_dataset(config) -> Dataset:
 
   Raises:
     FileNotFoundError: the dataset is not prepared, with instructions to prepare it.
-    ValueError: a split is empty.
+    errors.DataError: a split is empty.
   """
   dataset = sources.load_source(config)
   for split in (config.data.train_split, config.data.eval_split):
     if dataset.num_examples(split) == 0:
-      raise ValueError(f'Split {split!r} of {dataset.name} is empty: check '
-                       'config.data.train_split / eval_split.')
+      raise errors.DataError(f'Split {split!r} of {dataset.name} is empty: check '
+                             'config.data.train_split / eval_split.')
   return dataset
 
 
@@ -67,8 +68,8 @@ def data_shards(num_shards: int = 0) -> range:
   """
   num_shards = num_shards or jax.process_count()
   if num_shards % jax.process_count():
-    raise ValueError(f'config.data.num_shards={num_shards} must be a multiple of the '
-                     f'{jax.process_count()} processes.')
+    raise errors.ConfigError(f'config.data.num_shards={num_shards} must be a multiple of the '
+                             f'{jax.process_count()} processes.')
   per_process = num_shards // jax.process_count()
   return range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
@@ -106,8 +107,9 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
   shard_batch = global_batch // num_shards
   steps = steps_per_epoch(dataset, split, global_batch, num_shards)
   if steps == 0:
-    raise ValueError(f'Split {split!r} has {dataset.num_examples(split)} examples, fewer than '
-                     f'one global batch of {global_batch}: lower the batch size.')
+    raise errors.ConfigError(f'Split {split!r} has {dataset.num_examples(split)} examples, '
+                             f'fewer than one global batch of {global_batch}: lower the batch '
+                             'size.')
   tf_dtype = tf.dtypes.as_dtype(dtype)
   epoch, skip = divmod(start_step, steps)
   while True:
@@ -265,13 +267,13 @@ def _iterate(ds: tf.data.Dataset, dataset: Dataset, split: str) -> Iterator[dict
     yield from tfds.as_numpy(ds)
   except tf.errors.InvalidArgumentError as e:
     if LABEL_ERROR in str(e):
-      raise ValueError(
+      raise errors.DataError(
           f'A label of {dataset.name} split {split!r} is outside [0, {dataset.num_classes}): '
           'check config.data.label_key, or the class folders of the splits.') from None
     corrupt = find_corrupt_images(dataset, split)
     if not corrupt:
       raise
-    raise ValueError(
+    raise errors.DataError(
         f'Cannot decode {len(corrupt)} image(s) of {dataset.name} split {split!r}: '
         f'{", ".join(corrupt[:10])}. Remove or re-encode them, or set '
         'config.data.skip_corrupt=True to skip them (each is logged).') from None

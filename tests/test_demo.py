@@ -1,0 +1,95 @@
+"""The demo: K_test chosen on held-out training images, an output that says what it shows, and
+the seed report (fixres_jax/measure_demo.py) that docs/DEMO.md and README's table come from."""
+
+import json
+import pathlib
+
+from etils import epath
+import pytest
+
+from fixres_jax import analysis
+from fixres_jax import config as config_lib
+from fixres_jax import measure_demo
+from fixres_jax import reproduce
+from fixres_jax.data import sources
+
+REPO = pathlib.Path(__file__).parent.parent
+
+
+def test_demo_chooses_k_test_on_images_it_never_trains_on():
+  config = reproduce.load_config_file(epath.Path(REPO / 'configs' / 'demo.py'))
+  config_lib.validate(config, device_count=8)
+  assert config.finetune.test_res == analysis.AUTO
+  name, train_start, train_end = sources.parse_slice(config.data.train_split)
+  for split in (config.finetune.auto_split, config.sweep.parametric_split):
+    held_name, held_start, held_end = sources.parse_slice(split)
+    assert held_name == name and held_end > held_start
+    assert held_start >= train_end or held_end <= train_start, (split, config.data.train_split)
+
+
+def records(top1: dict) -> list:
+  """sweep.json records from {(model, test_res): top1}."""
+  return [{'model': m, 'test_res': k, 'top1': v} for (m, k), v in top1.items()]
+
+
+def test_the_output_says_where_things_are_and_what_the_table_shows(tmp_path, tiny_config):
+  tiny_config.finetune.test_res = analysis.AUTO
+  (tmp_path / 'auto_test_res.json').write_text(json.dumps(
+      {'test_res': 40, 'split': 'train[90%:]', 'resolutions': [32, 40], 'records': []}))
+  text = analysis.describe_outputs(tiny_config, tmp_path, records({
+      ('trained', 32): 0.5, ('trained', 40): 0.6, ('finetuned', 32): 0.4,
+      ('finetuned', 40): 0.7}))
+  assert "'finetuned' is the same network after FixRes fine-tuning at K_test=40 (chosen on " \
+         'the held-out train[90%:])' in text
+  assert 'tests best at K_test=40 (60.00%, 50.00% at K_train)' in text
+  assert "fine-tuned network's best is 70.00% at K_test=40" in text
+  for name in ('sweep.csv', 'sweep.png', 'checkpoints'):
+    assert str(tmp_path / name) in text
+
+
+def write_run(root, seed, selected, top1, generated=False):
+  """A finished demo workdir as measure_demo.run_seed and fixres_jax.main leave it."""
+  workdir = root / f'seed_{seed}'
+  workdir.mkdir(parents=True)
+  (workdir / 'config.json').write_text(json.dumps({'train': {'image_size': 64}}))
+  (workdir / 'auto_test_res.json').write_text(json.dumps(
+      {'test_res': selected, 'split': 'train[90%:]', 'resolutions': [64, 96], 'records': []}))
+  (workdir / 'sweep_meta.json').write_text(json.dumps(
+      {'analytic_test_res': {'test_res': 88}, 'eval_split': 'validation'}))
+  (workdir / 'sweep.json').write_text(json.dumps(records(top1)))
+  (workdir / 'demo.log').write_text(
+      'I1129 builder.py:110] Generated fixres_synthetic/default/1.0.0 in 41.5 s.\n'
+      if generated else 'no generation\n')
+  (workdir / measure_demo.TIME_FILE).write_text(json.dumps(
+      {'seed': seed, 'wall_seconds': 300.0, 'cpu_seconds': 400.0 + seed,
+       'generated_dataset': generated, 'load_average_5min': [1.0, 2.0], 'command': 'x'}))
+
+
+def test_report_states_each_claim_from_every_seed(tmp_path):
+  root = tmp_path / 'runs'
+  # Seed 2's fine-tuned network falls behind the trained one at the chosen K_test.
+  gains = {0: 0.02, 1: 0.03, 2: -0.01}
+  for seed, gain in gains.items():
+    write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): 0.76,
+                               ('finetuned', 64): 0.68, ('finetuned', 96): 0.76 + gain},
+              generated=seed == 0)
+  readme = tmp_path / 'README.md'
+  readme.write_text(
+      f'intro\n{measure_demo.README_START}\nSTALE TABLE\n{measure_demo.README_END}\nend\n')
+  result = measure_demo.write_report(root, [0, 1, 2, 3], tmp_path / 'docs', 'cmd',
+                                     readme=epath.Path(readme))
+  assert [r['seed'] for r in result['runs']] == [0, 1, 2]  # seed 3 has not run
+  claims = result['summary']['claims']
+  assert claims['selected_above_train_res'] is True
+  assert claims['selected_vs_train_res']['diffs'] == pytest.approx([0.06] * 3)
+  assert claims['finetuned_vs_trained']['diffs'] == pytest.approx(list(gains.values()))
+  doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
+  assert 'K_train = 64**: every seed chose K_test above it on the held-out slice ([96, 96, 96])' \
+         ': HOLDS' in doc
+  assert '+1.33 pts' in doc and 'per seed +2.0, +3.0, -1.0): DOES NOT HOLD' in doc
+  assert '| 96 | 76.00 ± 0.00 | 77.33 ± 2.08 |' in doc  # the sweep, mean ± std
+  assert 'of which generating the dataset 42 s wall' in doc
+  text = readme.read_text()
+  assert text.startswith('intro\n') and text.endswith('end\n') and 'STALE' not in text
+  assert '(2 of 3 seeds ahead)' in text and 'vary with the processor' in text
+  assert json.loads((tmp_path / 'docs' / 'demo.json').read_text())['command'] == 'cmd'
