@@ -237,18 +237,155 @@ def render_gap(name: str, result: dict) -> str:
   return '\n\n'.join(parts)
 
 
+# The GPU step each CPU transform feeds: transform name -> (step, resolution).
+FEEDS = {'train@128': ('train', 128), 'train@160': ('train', 160), 'train@224': ('train', 224),
+         'finetune@288': ('finetune', 288), 'test@224': ('eval', 224),
+         'test@288': ('eval', 288)}
+
+
+def gpu_rates(results: list) -> dict:
+  """(step, resolution) -> (images/s, device kind, file) of every GPU steps JSON."""
+  rates = {}
+  for name, result in results:
+    if result.get('kind') == 'steps' and result['machine']['platform'] != 'cpu':
+      for r in result['records']:
+        if r['framework'] == 'flax' and r.get('images_per_s'):
+          rates[(r['step'], r['resolution'])] = (r['images_per_s'],
+                                                 result['machine']['device_kind'], name)
+  return rates
+
+
+def render_input(name: str, result: dict, rates: dict) -> str:
+  """Per-core input throughput, the cores one GPU needs, the downscaled copies."""
+  machine = result['machine']
+  mix = result.get('mix')
+  mix_text = ('an ImageNet-like mix of sizes: ' + ', '.join(
+      f'{f * 100:.0f}% {w}x{h}' for f, w, h in mix) if mix else 'the given images')
+  rows, core_rows = [], []
+  for transform, r in result['results'].items():
+    if ' copy ' in transform:
+      continue
+    rows.append([transform, number(r['fast_img_per_cpu_s'], 0), number(r['fast_img_per_s'], 0),
+                 number(r['baseline_img_per_cpu_s'], 0), number(r['cpu_ratio']),
+                 number(r['ratio'])])
+    rate = rates.get(FEEDS.get(transform))
+    if rate:
+      core_rows.append([transform, f'{FEEDS[transform][0]}_step@{FEEDS[transform][1]}',
+                        number(rate[0], 0), number(r['fast_img_per_cpu_s'], 0),
+                        number(rate[0] / r['fast_img_per_cpu_s'], 1)])
+    else:
+      core_rows.append([transform, f'{FEEDS[transform][0]}_step@{FEEDS[transform][1]}',
+                        'not measured', number(r['fast_img_per_cpu_s'], 0), 'n/a'])
+  copy_rows = [[t.split(' copy ')[1].replace('s', 'shorter side ', 1) + ' px',
+                number(result['copies']['mean_jpeg_kib'].get(t.split(' copy s')[1]), 1),
+                number(r['baseline_img_per_cpu_s'], 0), number(r['fast_img_per_cpu_s'], 0),
+                number(r['cpu_ratio']), number(r['ratio'])]
+               for t, r in result['results'].items() if ' copy ' in t]
+  decode = result.get('decode_img_per_cpu_s', {})
+  full = decode.get('1/1')
+  devices = sorted({v[1] for v in rates.values()})
+  parts = [
+      f'## {name}: input pipeline throughput per CPU core',
+      f"Machine: CPU {machine['cpu_model']}, {machine['cpu_affinity']} cores, TensorFlow "
+      f"{machine['tensorflow']}; {machine['date']}, load average "
+      f"{result['load_average_before_after'][0]} -> {result['load_average_before_after'][1]} "
+      '(other jobs shared the cores: images per CPU second is the figure that does not '
+      'depend on them).',
+      f"{result['images']} photo-like JPEGs (quality 90, mean {result['mean_jpeg_kib']} KiB, "
+      f"median {result['median_size'][0]}x{result['median_size'][1]}, mean "
+      f"{result['mean_megapixels']} Mpixel) in {mix_text}; encoded bytes in memory; tf.data "
+      f"parallel map, batch {result['batch_size']}; median of {result['rounds']} rounds of "
+      f"{result['seconds_per_run']} s, the fast path and the full-decode baseline alternating.",
+      table(['transform', 'fast path img/CPU-s', 'fast path img/s (wall)',
+             'full decode img/CPU-s', 'fast / full (CPU)', 'fast / full (wall)'], rows),
+      '### CPU cores needed to feed one GPU',
+      'Cores = the GPU step rate (images/s) / the fast path\'s images per CPU second, '
+      'assuming per-core throughput scales with cores (tf.data\'s parallel map does, short of '
+      'memory bandwidth).'
+      + (f" GPU rates: {', '.join(devices)} from "
+         f"{', '.join(sorted({v[2] for v in rates.values()}))}." if rates else
+         ' No GPU step rates found (benchmarks/gpu.sh writes them).'),
+      table(['transform', 'feeds', 'GPU img/s', 'img/CPU-s', 'cores needed'], core_rows)]
+  if copy_rows:
+    parts += ['### train@128 on downscaled copies',
+              'The same images through fixres_jax.data.prepare.downscale_image (shorter side '
+              f"capped, JPEG quality {result['copies']['quality']}), the fast path on both, "
+              'in the same rounds.',
+              table(['copy', 'mean JPEG KiB', 'originals img/CPU-s', 'copy img/CPU-s',
+                     'copy / originals (CPU)', 'copy / originals (wall)'], copy_rows)]
+  if full:
+    parts += ['### Where a decode\'s time goes',
+              'Whole-image decode at each DCT scale (libjpeg), images per CPU second: '
+              + ', '.join(f'{k}: {number(v, 0)} ({number(v / full)}x)'
+                          for k, v in decode.items())
+              + '. The 1/8 decode skips nearly all of the inverse DCT, upsampling and colour '
+              'conversion but none of the entropy (Huffman) decoding, so it bounds what any '
+              'decode-side trick can gain over a full decode of the same file; only fewer '
+              'coded coefficients (a smaller or lower-quality file: a downscaled copy) or '
+              'another decoder (nvJPEG on the GPU) go below it.']
+  return '\n\n'.join(parts)
+
+
+def render_loop(name: str, result: dict) -> str:
+  ms, config = result['ms_per_step'], result['config']
+  return '\n\n'.join([
+      f'## {name}: the training loop is not the bottleneck',
+      f"train.run_steps with a tiny ResNet ({config['model']}) at {config['image_size']} px, "
+      f"batch {config['batch']}, {result['devices']} CPU device(s), {result['cpu_count']} "
+      f"cores; {result['date']}, load average {result['load_average_before_after'][0]} -> "
+      f"{result['load_average_before_after'][1]}; median of {config['rounds']} rounds of "
+      f"{config['steps']} steps (python -m benchmarks.loop_overhead).",
+      table(['fed by', 'ms per step'],
+            [['one batch already on the device', number(ms['device'])],
+             ['NumPy batches in memory, through prefetch_to_devices', number(ms['host'])],
+             [f"the real pipeline ({config['dataset']} JPEGs), through prefetch_to_devices",
+              number(ms['pipeline'])],
+             ['the real pipeline alone, no model (ms per batch)', number(ms['pipeline alone'])]]),
+      f"Host-to-device transfer and prefetching cost {number(result['transfer_and_prefetch_ms'])}"
+      f" ms per step. Fed by the real pipeline, a step takes "
+      f"{number(result['pipeline_over_bound_ms'])} ms more than the slower of the step alone "
+      'and the pipeline alone; on this CPU the two share the same cores, so that excess is '
+      'mostly their contention, which a GPU host does not have.'])
+
+
+def render_service(name: str, result: dict) -> str:
+  config = result['config']
+  return '\n\n'.join([
+      f'## {name}: training batches through the tf.data service',
+      f"{config['transform']} on {config['dataset']}, batch {config['batch']}, "
+      f"{config['seconds']} s per run; a dispatcher and its workers on 127.0.0.1 in another "
+      f"process, on the same {result['cpu_count']} cores as the trainer; {result['date']}, load "
+      f"average {result['load_average_before_after'][0]} -> "
+      f"{result['load_average_before_after'][1]} (python -m benchmarks.service_throughput). "
+      'The batches are the same as the local ones (tests/test_service.py); on one machine the '
+      'workers compete with each other for the same cores, so this shows the overhead, not '
+      'the speed-up of workers on other hosts.',
+      table(['workers', 'service img/s', 'local img/s (same round)', 'service / local'],
+            [[r['workers'], number(r['service_img_per_s'], 0), number(r['local_img_per_s'], 0),
+              number(r['ratio'])] for r in result['runs']])])
+
+
 def render(results: list) -> str:
   sections = ['# Performance',
               'Generated by `python -m benchmarks.report` from '
               + ', '.join(f'docs/benchmarks/{name}' for name, _ in results)
               + '; do not edit by hand. Commands: `python -m benchmarks.steps --torch '
               '--out=docs/benchmarks/cpu.json` (CPU), `bash benchmarks/gpu.sh OUT_DIR` (GPU), '
-              '`python -m benchmarks.torch_cpu` (the CPU study).']
+              '`python -m benchmarks.torch_cpu` (the CPU study), `python -m benchmarks.input_pipeline '
+              '--out=docs/benchmarks/input_cpu.json`, `python -m benchmarks.loop_overhead '
+              '--out=docs/benchmarks/loop_cpu.json`, `python -m benchmarks.service_throughput '
+              '--out=docs/benchmarks/service_cpu.json`.']
   for name, result in results:
     if result.get('kind') == 'steps':
       sections.append(render_steps(name, result))
     elif result.get('kind') == 'cpu_gap':
       sections.append(render_gap(name, result))
+    elif result.get('kind') == 'input_pipeline':
+      sections.append(render_input(name, result, gpu_rates(results)))
+    elif result.get('kind') == 'loop_overhead':
+      sections.append(render_loop(name, result))
+    elif result.get('kind') == 'service':
+      sections.append(render_service(name, result))
   return '\n\n'.join(sections) + '\n'
 
 
