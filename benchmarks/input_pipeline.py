@@ -27,7 +27,6 @@ targets >= 1.3x for train@128 and >= 1.35x for test@224).
 """
 
 import io
-import json
 import math
 import os
 import pathlib
@@ -41,6 +40,7 @@ from PIL import Image
 from PIL import ImageDraw
 import tensorflow as tf
 
+from benchmarks import output
 from fixres_jax.data import preprocess
 
 flags.DEFINE_string('data_dir', None, 'Folder of JPEGs (searched recursively); generated if unset.')
@@ -265,11 +265,7 @@ def main(argv):
       'train_crops_by_dct_scale': dct_ratio_shares(shapes),
       'load_average_before_after': [round(load_before, 2), round(os.getloadavg()[0], 2)],
       'targets': {'train@128': 1.3, 'test@224': 1.35}, 'results': results}
-  text = json.dumps(report, indent=2)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      f.write(text + '\n')
+  output.emit(report, FLAGS.out)
 
 
 if __name__ == '__main__':

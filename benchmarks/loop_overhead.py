@@ -18,7 +18,6 @@ both share, so pipeline - max(...) is what the loop adds when the input is the b
 """
 
 import itertools
-import json
 import os
 import tempfile
 import time
@@ -28,6 +27,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import output
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import parallel
@@ -126,11 +126,7 @@ def main(argv):
       'transfer_and_prefetch_ms': round(median['host'] - median['device'], 2),
       'pipeline_over_bound_ms': round(
           median['pipeline'] - max(median['device'], median['pipeline alone']), 2)}
-  text = json.dumps(result, indent=2)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      f.write(text + '\n')
+  output.emit(result, FLAGS.out)
 
 
 if __name__ == '__main__':

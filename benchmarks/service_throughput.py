@@ -12,9 +12,7 @@ overhead and that its batches keep flowing, not a speed-up (that needs workers o
 cores or hosts).
 """
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +20,10 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import output
 from fixres_jax import config as config_lib
 from fixres_jax.data import pipeline
+from fixres_jax.data import service
 
 flags.DEFINE_string('data_dir', '', 'tfds data dir holding fixres_synthetic.')
 flags.DEFINE_string('dataset', 'fixres_synthetic/reproduce', 'The dataset read.')
@@ -35,18 +35,8 @@ flags.DEFINE_string('out', '', 'Also write the JSON here.')
 FLAGS = flags.FLAGS
 
 
-def free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def start_service(num_workers: int):
-  port, *worker_ports = free_ports(num_workers + 1)
+  port, *worker_ports = service.free_local_ports(num_workers + 1)
   process = subprocess.Popen(
       [sys.executable, '-m', 'fixres_jax.data.service', f'--port={port}',
        '--workers=' + ','.join(f'127.0.0.1:{p}' for p in worker_ports)],
@@ -92,11 +82,7 @@ def main(argv):
             'config': {'dataset': FLAGS.dataset, 'transform': f'train@{FLAGS.image_size}',
                        'batch': FLAGS.batch, 'seconds': FLAGS.seconds},
             'runs': runs}
-  text = json.dumps(result, indent=2)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      f.write(text + '\n')
+  output.emit(result, FLAGS.out)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,6 @@ training batches, the same ones in the same order; evaluation stays local and ex
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -21,20 +20,10 @@ pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).parent.parent
 
 
-def free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.fixture(scope='module')
 def dispatcher():
   """`python -m fixres_jax.data.service` with two workers; yields the dispatcher address."""
-  port, *worker_ports = free_ports(3)
+  port, *worker_ports = service.free_local_ports(3)
   workers = ','.join(f'127.0.0.1:{p}' for p in worker_ports)
   process = subprocess.Popen(
       [sys.executable, '-m', 'fixres_jax.data.service', f'--port={port}',

@@ -92,6 +92,17 @@ def in_step_order(batches: Iterator[dict], first_step: int, num_steps: int
         'the run (it continues from its last checkpoint).')
 
 
+def free_local_ports(count: int) -> List[int]:
+  """`count` TCP ports free on 127.0.0.1 right now (for a dispatcher and its workers)."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
 def is_local(address: str) -> bool:
   host = address.rsplit(':', 1)[0]
   return host in LOCAL_HOSTS + (socket.gethostname(), socket.getfqdn())
