@@ -11,8 +11,9 @@ schedule, preemption guard) runs a tiny ResNet's jitted train step at --image_si
             (adds host-to-device transfer and the prefetch queue);
   pipeline: the real pipeline (pipeline.train_batches on the embedded dataset's JPEGs)
             through prefetch_to_devices, as the train stage feeds it.
-and the pipeline alone (no model): its time per batch. Rounds alternate the variants; medians
-of milliseconds per step are reported. host - device is what transfer and prefetching cost
+and the pipeline alone (no model): its time per batch. Rounds alternate the variants; the
+fastest round of each (the one other jobs disturbed least) and the medians are reported, in
+milliseconds per step. host - device is what transfer and prefetching cost
 per step; pipeline is bounded below by max(device, pipeline alone) on a machine whose cores
 both share, so pipeline - max(...) is what the loop adds when the input is the bound.
 """
@@ -38,8 +39,8 @@ flags.DEFINE_string('data_dir', '', 'tfds data dir holding (or receiving) fixres
 flags.DEFINE_string('dataset', 'fixres_synthetic/reproduce', 'The dataset read.')
 flags.DEFINE_integer('image_size', 64, 'K_train.')
 flags.DEFINE_integer('batch', 64, 'Global batch.')
-flags.DEFINE_integer('steps', 40, 'Timed steps per variant and round.')
-flags.DEFINE_integer('rounds', 3, 'Rounds (each runs every variant once).')
+flags.DEFINE_integer('steps', 30, 'Timed steps per variant and round.')
+flags.DEFINE_integer('rounds', 5, 'Rounds (each runs every variant once).')
 flags.DEFINE_string('out', '', 'Also write the JSON here.')
 FLAGS = flags.FLAGS
 
@@ -113,7 +114,8 @@ def main(argv):
         next(alone)
       times['pipeline alone'].append((time.perf_counter() - start) / FLAGS.steps * 1e3)
     manager.close()
-  median = {name: float(np.median(t)) for name, t in times.items()}
+  # The fastest round is the one other jobs on the machine disturbed least.
+  fastest = {name: float(np.min(t)) for name, t in times.items()}
   result = {
       'kind': 'loop_overhead', 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
       'cpu_count': os.cpu_count(), 'devices': jax.device_count(),
@@ -121,11 +123,12 @@ def main(argv):
       'config': {'dataset': FLAGS.dataset, 'image_size': FLAGS.image_size,
                  'batch': FLAGS.batch, 'steps': FLAGS.steps, 'rounds': FLAGS.rounds,
                  'model': 'resnet, basic blocks, stage_sizes (1, 1), 8 filters'},
-      'ms_per_step': {k: round(v, 2) for k, v in median.items()},
+      'ms_per_step': {k: round(v, 2) for k, v in fastest.items()},
+      'median_ms_per_step': {k: round(float(np.median(v)), 2) for k, v in times.items()},
       'rounds_ms_per_step': {k: [round(x, 2) for x in v] for k, v in times.items()},
-      'transfer_and_prefetch_ms': round(median['host'] - median['device'], 2),
+      'transfer_and_prefetch_ms': round(fastest['host'] - fastest['device'], 2),
       'pipeline_over_bound_ms': round(
-          median['pipeline'] - max(median['device'], median['pipeline alone']), 2)}
+          fastest['pipeline'] - max(fastest['device'], fastest['pipeline alone']), 2)}
   output.emit(result, FLAGS.out)
 
 

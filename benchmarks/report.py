@@ -339,19 +339,27 @@ def render_loop(name: str, result: dict) -> str:
       f"train.run_steps with a tiny ResNet ({config['model']}) at {config['image_size']} px, "
       f"batch {config['batch']}, {result['devices']} CPU device(s), {result['cpu_count']} "
       f"cores; {result['date']}, load average {result['load_average_before_after'][0]} -> "
-      f"{result['load_average_before_after'][1]}; median of {config['rounds']} rounds of "
-      f"{config['steps']} steps (python -m benchmarks.loop_overhead).",
-      table(['fed by', 'ms per step'],
-            [['one batch already on the device', number(ms['device'])],
-             ['NumPy batches in memory, through prefetch_to_devices', number(ms['host'])],
-             [f"the real pipeline ({config['dataset']} JPEGs), through prefetch_to_devices",
-              number(ms['pipeline'])],
-             ['the real pipeline alone, no model (ms per batch)', number(ms['pipeline alone'])]]),
-      f"Host-to-device transfer and prefetching cost {number(result['transfer_and_prefetch_ms'])}"
-      f" ms per step. Fed by the real pipeline, a step takes "
-      f"{number(result['pipeline_over_bound_ms'])} ms more than the slower of the step alone "
-      'and the pipeline alone; on this CPU the two share the same cores, so that excess is '
-      'mostly their contention, which a GPU host does not have.'])
+      f"{result['load_average_before_after'][1]}; the fastest (the least disturbed by other jobs) "
+      f"and the median of {config['rounds']} rounds of {config['steps']} steps (python -m "
+      'benchmarks.loop_overhead).',
+      table(['fed by', 'ms per step, fastest round', 'median'],
+            [[what, number(ms[key]), number(result['median_ms_per_step'][key])]
+             for what, key in (
+                 ('one batch already on the device', 'device'),
+                 ('NumPy batches in memory, through prefetch_to_devices', 'host'),
+                 (f"the real pipeline ({config['dataset']} JPEGs), through "
+                  'prefetch_to_devices', 'pipeline'),
+                 ('the real pipeline alone, no model (ms per batch)', 'pipeline alone'))]),
+      f"Host-to-device transfer and prefetching: {signed_ms(result['transfer_and_prefetch_ms'])}"
+      ' per step over the batch already on the device (fastest rounds). Fed by the real '
+      f"pipeline, a step takes {signed_ms(result['pipeline_over_bound_ms'])} than the slower "
+      'of the step alone and the pipeline alone. On this CPU the step and the pipeline share '
+      'the same cores (a GPU host does not), and differences of a few milliseconds are within '
+      "the rounds' spread on a loaded machine."])
+
+
+def signed_ms(value: float) -> str:
+  return f"{number(abs(value))} ms {'more' if value >= 0 else 'less'}"
 
 
 def render_service(name: str, result: dict) -> str:
