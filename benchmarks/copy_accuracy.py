@@ -94,7 +94,11 @@ def collect(root: epath.Path, seeds) -> dict:
 
 def format_table(results: dict, command: str) -> str:
   k = FLAGS.train_res
-  pct = lambda s: 'n/a' if s['mean'] is None else f"{s['mean'] * 100:.2f} ± {s['std'] * 100:.2f}"
+  def pct(s):  # no spread from a single seed
+    if s['mean'] is None:
+      return 'n/a'
+    return f"{s['mean'] * 100:.2f}" + (f" ± {s['std'] * 100:.2f}" if s['n'] > 1 else '')
+
   lines = [
       '# Accuracy cost of a downscaled copy',
       '',
@@ -121,13 +125,15 @@ def format_table(results: dict, command: str) -> str:
   paired = sorted(set(by_seed['original']) & set(by_seed['copy']))
   diffs = [by_seed['copy'][s]['top1_selected'] - by_seed['original'][s]['top1_selected']
            for s in paired]
-  lines += ['']
+  missing = [s for s in FLAGS.seeds if int(s) not in paired]
+  lines += ['', f'Seeds without both runs finished: {missing}.' if missing else '']
   if diffs:
-    spread = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float('nan')
+    spread = (f'spread {np.std(diffs, ddof=1) * 100:.2f}' if len(diffs) > 1 else
+              'one seed: no spread')
     lines.append(
         f'Copy minus original at each one\'s selected K_test: {np.mean(diffs) * 100:+.2f} pts '
-        f'(per seed {", ".join(f"{d * 100:+.2f}" for d in diffs)}; spread {spread * 100:.2f}) '
-        f'over seeds {paired}.')
+        f'(per seed {", ".join(f"{d * 100:+.2f}" for d in diffs)}; {spread}) over seeds '
+        f'{paired}.')
     moved = [s for s in paired if by_seed['copy'][s]['selected_test_res'] !=
              by_seed['original'][s]['selected_test_res']]
     lines.append(f'The selected K_test moved for {len(moved)} of {len(paired)} seeds'

@@ -334,6 +334,7 @@ def render_input(name: str, result: dict, rates: dict) -> str:
 
 def render_loop(name: str, result: dict) -> str:
   ms, config = result['ms_per_step'], result['config']
+  rounds = result['rounds_ms_per_step']
   return '\n\n'.join([
       f'## {name}: the training loop is not the bottleneck',
       f"train.run_steps with a tiny ResNet ({config['model']}) at {config['image_size']} px, "
@@ -354,8 +355,9 @@ def render_loop(name: str, result: dict) -> str:
       ' per step over the batch already on the device (fastest rounds). Fed by the real '
       f"pipeline, a step takes {signed_ms(result['pipeline_over_bound_ms'])} than the slower "
       'of the step alone and the pipeline alone. On this CPU the step and the pipeline share '
-      'the same cores (a GPU host does not), and differences of a few milliseconds are within '
-      "the rounds' spread on a loaded machine."])
+      'the same cores (a GPU host does not). The step fed by the device batch ranged '
+      f"{number(min(rounds['device']))}-{number(max(rounds['device']))} ms over the rounds: "
+      'differences below that spread are not resolved by this run.'])
 
 
 def signed_ms(value: float) -> str:
