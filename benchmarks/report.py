@@ -237,18 +237,171 @@ def render_gap(name: str, result: dict) -> str:
   return '\n\n'.join(parts)
 
 
+# The GPU step each CPU transform feeds: transform name -> (step, resolution).
+FEEDS = {'train@128': ('train', 128), 'train@160': ('train', 160), 'train@224': ('train', 224),
+         'finetune@288': ('finetune', 288), 'test@224': ('eval', 224),
+         'test@288': ('eval', 288)}
+
+
+def gpu_rates(results: list) -> dict:
+  """(step, resolution) -> (images/s, device kind, file) of every GPU steps JSON."""
+  rates = {}
+  for name, result in results:
+    if result.get('kind') == 'steps' and result['machine']['platform'] != 'cpu':
+      for r in result['records']:
+        if r['framework'] == 'flax' and r.get('images_per_s'):
+          rates[(r['step'], r['resolution'])] = (r['images_per_s'],
+                                                 result['machine']['device_kind'], name)
+  return rates
+
+
+def render_input(name: str, result: dict, rates: dict) -> str:
+  """Per-core input throughput, the cores one GPU needs, the downscaled copies."""
+  machine = result['machine']
+  mix = result.get('mix')
+  mix_text = ('an ImageNet-like mix of sizes: ' + ', '.join(
+      f'{f * 100:.0f}% {w}x{h}' for f, w, h in mix) if mix else 'the given images')
+  rows, core_rows = [], []
+  for transform, r in result['results'].items():
+    if ' copy ' in transform:
+      continue
+    rows.append([transform, number(r['fast_img_per_cpu_s'], 0), number(r['fast_img_per_s'], 0),
+                 number(r['baseline_img_per_cpu_s'], 0), number(r['cpu_ratio']),
+                 number(r['ratio'])])
+    rate = rates.get(FEEDS.get(transform))
+    if rate:
+      core_rows.append([transform, f'{FEEDS[transform][0]}_step@{FEEDS[transform][1]}',
+                        number(rate[0], 0), number(r['fast_img_per_cpu_s'], 0),
+                        number(rate[0] / r['fast_img_per_cpu_s'], 1)])
+    else:
+      core_rows.append([transform, f'{FEEDS[transform][0]}_step@{FEEDS[transform][1]}',
+                        'not measured', number(r['fast_img_per_cpu_s'], 0), 'n/a'])
+  copy_rows = [[t.split(' copy ')[1].replace('s', 'shorter side ', 1) + ' px',
+                number(result['copies']['mean_jpeg_kib'].get(t.split(' copy s')[1]), 1),
+                number(r['baseline_img_per_cpu_s'], 0), number(r['fast_img_per_cpu_s'], 0),
+                number(r['cpu_ratio']), number(r['ratio'])]
+               for t, r in result['results'].items() if ' copy ' in t]
+  decode = result.get('decode_img_per_cpu_s', {})
+  full = decode.get('1/1')
+  devices = sorted({v[1] for v in rates.values()})
+  parts = [
+      f'## {name}: input pipeline throughput per CPU core',
+      f"Machine: CPU {machine['cpu_model']}, {machine['cpu_affinity']} cores, TensorFlow "
+      f"{machine['tensorflow']}; {machine['date']}, load average "
+      f"{result['load_average_before_after'][0]} -> {result['load_average_before_after'][1]} "
+      '(other jobs shared the cores: images per CPU second is the figure that does not '
+      'depend on them).',
+      f"{result['images']} photo-like JPEGs (quality 90, mean {result['mean_jpeg_kib']} KiB, "
+      f"median {result['median_size'][0]}x{result['median_size'][1]}, mean "
+      f"{result['mean_megapixels']} Mpixel) in {mix_text}; encoded bytes in memory; tf.data "
+      f"parallel map, batch {result['batch_size']}; median of {result['rounds']} rounds of "
+      f"{result['seconds_per_run']} s, the fast path and the full-decode baseline alternating.",
+      table(['transform', 'fast path img/CPU-s', 'fast path img/s (wall)',
+             'full decode img/CPU-s', 'fast / full (CPU)', 'fast / full (wall)'], rows),
+      '### CPU cores needed to feed one GPU',
+      'Cores = the GPU step rate (images/s) / the fast path\'s images per CPU second, '
+      'assuming per-core throughput scales with cores (tf.data\'s parallel map does, short of '
+      'memory bandwidth).'
+      + (f" GPU rates: {', '.join(devices)} from "
+         f"{', '.join(sorted({v[2] for v in rates.values()}))}." if rates else
+         ' No GPU step rates found (benchmarks/gpu.sh writes them).'),
+      table(['transform', 'feeds', 'GPU img/s', 'img/CPU-s', 'cores needed'], core_rows)]
+  if copy_rows:
+    parts += ['### train@128 on downscaled copies',
+              'The same images through fixres_jax.data.prepare.downscale_image (shorter side '
+              f"capped, JPEG quality {result['copies']['quality']}), the fast path on both, "
+              'in the same rounds.',
+              table(['copy', 'mean JPEG KiB', 'originals img/CPU-s', 'copy img/CPU-s',
+                     'copy / originals (CPU)', 'copy / originals (wall)'], copy_rows)]
+  if full:
+    parts += ['### Where a decode\'s time goes',
+              'Whole-image decode at each DCT scale (libjpeg), images per CPU second: '
+              + ', '.join(f'{k}: {number(v, 0)} ({number(v / full)}x)'
+                          for k, v in decode.items())
+              + '. The 1/8 decode skips nearly all of the inverse DCT, upsampling and colour '
+              'conversion but none of the entropy (Huffman) decoding, so it bounds what any '
+              'decode-side trick can gain over a full decode of the same file; only fewer '
+              'coded coefficients (a smaller or lower-quality file: a downscaled copy) or '
+              'another decoder (nvJPEG on the GPU) go below it.']
+  shares = result.get('train_crops_by_dct_scale')
+  if shares:
+    parts.append('Share of RandomResizedCrops (this mix) that the fast path decodes at each '
+                 'DCT scale (a crop needs both sides >= r x K for scale 1/r): '
+                 + '; '.join(f"{k}: " + ', '.join(f'{r} {v * 100:.0f}%' for r, v in s.items())
+                             for k, s in shares.items()) + '.')
+  return '\n\n'.join(parts)
+
+
+def render_loop(name: str, result: dict) -> str:
+  ms, config = result['ms_per_step'], result['config']
+  rounds = result['rounds_ms_per_step']
+  return '\n\n'.join([
+      f'## {name}: the training loop is not the bottleneck',
+      f"train.run_steps with a tiny ResNet ({config['model']}) at {config['image_size']} px, "
+      f"batch {config['batch']}, {result['devices']} CPU device(s), {result['cpu_count']} "
+      f"cores; {result['date']}, load average {result['load_average_before_after'][0]} -> "
+      f"{result['load_average_before_after'][1]}; the fastest (the least disturbed by other jobs) "
+      f"and the median of {config['rounds']} rounds of {config['steps']} steps (python -m "
+      'benchmarks.loop_overhead).',
+      table(['fed by', 'ms per step, fastest round', 'median'],
+            [[what, number(ms[key]), number(result['median_ms_per_step'][key])]
+             for what, key in (
+                 ('one batch already on the device', 'device'),
+                 ('NumPy batches in memory, through prefetch_to_devices', 'host'),
+                 (f"the real pipeline ({config['dataset']} JPEGs), through "
+                  'prefetch_to_devices', 'pipeline'),
+                 ('the real pipeline alone, no model (ms per batch)', 'pipeline alone'))]),
+      f"Host-to-device transfer and prefetching: {signed_ms(result['transfer_and_prefetch_ms'])}"
+      ' per step over the batch already on the device (fastest rounds). Fed by the real '
+      f"pipeline, a step takes {signed_ms(result['pipeline_over_bound_ms'])} than the slower "
+      'of the step alone and the pipeline alone. On this CPU the step and the pipeline share '
+      'the same cores (a GPU host does not). The step fed by the device batch ranged '
+      f"{number(min(rounds['device']))}-{number(max(rounds['device']))} ms over the rounds: "
+      'differences below that spread are not resolved by this run.'])
+
+
+def signed_ms(value: float) -> str:
+  return f"{number(abs(value))} ms {'more' if value >= 0 else 'less'}"
+
+
+def render_service(name: str, result: dict) -> str:
+  config = result['config']
+  return '\n\n'.join([
+      f'## {name}: training batches through the tf.data service',
+      f"{config['transform']} on {config['dataset']}, batch {config['batch']}, "
+      f"{config['seconds']} s per run; a dispatcher and its workers on 127.0.0.1 in another "
+      f"process, on the same {result['cpu_count']} cores as the trainer; {result['date']}, load "
+      f"average {result['load_average_before_after'][0]} -> "
+      f"{result['load_average_before_after'][1]} (python -m benchmarks.service_throughput). "
+      'The batches are the same as the local ones (tests/test_service.py); on one machine the '
+      'workers compete with each other for the same cores, so this shows the overhead, not '
+      'the speed-up of workers on other hosts.',
+      table(['workers', 'service img/s', 'local img/s (same round)', 'service / local'],
+            [[r['workers'], number(r['service_img_per_s'], 0), number(r['local_img_per_s'], 0),
+              number(r['ratio'])] for r in result['runs']])])
+
+
 def render(results: list) -> str:
   sections = ['# Performance',
               'Generated by `python -m benchmarks.report` from '
               + ', '.join(f'docs/benchmarks/{name}' for name, _ in results)
               + '; do not edit by hand. Commands: `python -m benchmarks.steps --torch '
               '--out=docs/benchmarks/cpu.json` (CPU), `bash benchmarks/gpu.sh OUT_DIR` (GPU), '
-              '`python -m benchmarks.torch_cpu` (the CPU study).']
+              '`python -m benchmarks.torch_cpu` (the CPU study), `python -m benchmarks.input_pipeline '
+              '--out=docs/benchmarks/input_cpu.json`, `python -m benchmarks.loop_overhead '
+              '--out=docs/benchmarks/loop_cpu.json`, `python -m benchmarks.service_throughput '
+              '--out=docs/benchmarks/service_cpu.json`.']
   for name, result in results:
     if result.get('kind') == 'steps':
       sections.append(render_steps(name, result))
     elif result.get('kind') == 'cpu_gap':
       sections.append(render_gap(name, result))
+    elif result.get('kind') == 'input_pipeline':
+      sections.append(render_input(name, result, gpu_rates(results)))
+    elif result.get('kind') == 'loop_overhead':
+      sections.append(render_loop(name, result))
+    elif result.get('kind') == 'service':
+      sections.append(render_service(name, result))
   return '\n\n'.join(sections) + '\n'
 
 
@@ -311,12 +464,32 @@ def summarize_gap(result: dict) -> str:
   return text + '.'
 
 
+def summarize_input(result: dict, rates: dict) -> str:
+  """One README bullet: per-core rates, cores per GPU, the copies' gain."""
+  r = result['results']
+  facts = [f"{t} {number(v['fast_img_per_cpu_s'], 0)} img/CPU-s (fast/full decode "
+           f"{number(v['cpu_ratio'])})" for t, v in r.items() if ' copy ' not in t]
+  cores = [f"{t}: {number(rates[FEEDS[t]][0] / r[t]['fast_img_per_cpu_s'], 1)}"
+           for t in r if t in FEEDS and FEEDS[t] in rates]
+  copies = [f"short side {t.split(' copy s')[1]}: {number(v['cpu_ratio'])}x"
+            for t, v in r.items() if ' copy ' in t]
+  text = (f"- Input pipeline ({result['machine']['cpu_model']}, ImageNet-like JPEG sizes, "
+          f"median {result['median_size'][0]}x{result['median_size'][1]}): " + ', '.join(facts))
+  if cores:
+    text += '; cores to feed one ' + sorted({v[1] for v in rates.values()})[0] + ': ' + ', '.join(cores)
+  if copies:
+    text += '; train@128 on a downscaled copy, per CPU second over the originals: ' + ', '.join(copies)
+  return text + '.'
+
+
 def readme_block(results: list) -> str:
   lines = ['## Performance', '',
            'Measured by `benchmarks/`, generated by `python -m benchmarks.report`; tables and '
            'machines in [docs/PERFORMANCE.md](docs/PERFORMANCE.md).', '']
   lines += [summarize_steps(r) for _, r in results if r.get('kind') == 'steps']
   lines += [summarize_gap(r) for _, r in results if r.get('kind') == 'cpu_gap']
+  lines += [summarize_input(r, gpu_rates(results)) for _, r in results
+            if r.get('kind') == 'input_pipeline']
   return '\n'.join(lines) + '\n'
 
 

@@ -35,6 +35,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # batches when the number of processes changes (e.g. resuming on another slice).
   data.num_shards = 0
   data.dtype = 'float32'  # images as they leave tf.data
+  # A tf.data service dispatcher (HOST:PORT; `python -m fixres_jax.data.service` starts one):
+  # its workers make the training batches, the same ones in the same order. '' = locally.
+  data.service = ''
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'resnet50'

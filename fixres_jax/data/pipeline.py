@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from fixres_jax import errors
 from fixres_jax.data import preprocess
+from fixres_jax.data import service as service_lib
 from fixres_jax.data import sources
 
 # The accelerators belong to JAX: hide them from TensorFlow.
@@ -49,7 +50,8 @@ def train_options(config) -> dict:
   """train_batches' keyword arguments that come from the config, for every stage."""
   return dict(shuffle_buffer=config.data.shuffle_buffer, num_shards=config.data.num_shards,
               deterministic=config.deterministic, dtype=config.data.dtype,
-              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
+              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache,
+              service=config.data.get('service', ''))
 
 
 def eval_options(config) -> dict:
@@ -85,7 +87,8 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
                   crop: str = 'torchvision', crop_pct: float = 0.875, augment: str = 'flip',
                   shuffle_buffer: int = 10_000, num_shards: int = 0,
                   deterministic: bool = True, dtype: str = 'float32',
-                  skip_corrupt: bool = False, cache: bool = False) -> Iterator[dict]:
+                  skip_corrupt: bool = False, cache: bool = False, service: str = ''
+                  ) -> Iterator[dict]:
   """Endless per-process training batches, resumable at any step.
 
   Args:
@@ -95,6 +98,8 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
     num_shards: see data_shards.
     skip_corrupt: skip (and log) undecodable images instead of stopping with their names.
     cache: keep the encoded images in memory after the first epoch.
+    service: a tf.data service dispatcher address: its workers decode and transform, and
+      the batches are the same, in the same order (service.remote_batches).
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
@@ -106,6 +111,9 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
                      f'{num_shards} data shards.')
   shard_batch = global_batch // num_shards
   steps = steps_per_epoch(dataset, split, global_batch, num_shards)
+  if service and skip_corrupt:
+    raise ValueError('config.data.service cannot skip corrupt images (a skipped image would '
+                     'shift every later batch): set config.data.skip_corrupt=False.')
   if steps == 0:
     raise errors.ConfigError(f'Split {split!r} has {dataset.num_examples(split)} examples, '
                              f'fewer than one global batch of {global_batch}: lower the batch '
@@ -113,7 +121,7 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
   tf_dtype = tf.dtypes.as_dtype(dtype)
   epoch, skip = divmod(start_step, steps)
   while True:
-    streams = []
+    streams, raw_streams, transforms = [], [], []
     for shard in shards:
       # Seeds depend only on (run seed, epoch, shard, position): resumable and reproducible.
       shard_seed = (seed * 100_003 + epoch) * 1_009 + shard
@@ -132,15 +140,26 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
                                                  dtype=tf_dtype)
         return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
+      raw_streams.append(ds)
+      transforms.append(_checked(transform_fn, dataset.num_classes))
       ds = _decode(ds, dataset, transform_fn, skip_corrupt)
       if skip_corrupt:  # refill what was skipped, so that every epoch has `steps` steps
         ds = ds.repeat()
       streams.append(ds.batch(shard_batch, drop_remainder=True))
-    ds = tf.data.Dataset.zip(tuple(streams)).map(
-        lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]})
-    ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
-    yield from _iterate(ds.with_options(_options(deterministic)), dataset, split)
+    if service:  # the same batches, made by the service's workers
+      batches = service_lib.remote_batches(raw_streams, transforms, shard_batch, skip,
+                                           steps - skip, service, _options(deterministic))
+      yield from _iterate(batches, dataset, split)
+    else:
+      ds = tf.data.Dataset.zip(tuple(streams)).map(concat_batches)
+      ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
+      yield from _iterate(ds.with_options(_options(deterministic)), dataset, split)
     epoch, skip = epoch + 1, 0
+
+
+def concat_batches(*batches) -> dict:
+  """One batch from the same-step batches of several data shards, in shard order."""
+  return {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
 
 
 def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
@@ -246,25 +265,28 @@ LABEL_ERROR = 'label out of range'
 def _decode(ds: tf.data.Dataset, dataset: Dataset, transform_fn, skip_corrupt: bool
             ) -> tf.data.Dataset:
   """Applies transform_fn after checking the label; optionally skips undecodable images."""
-  num_classes = dataset.num_classes
+  ds = ds.map(_checked(transform_fn, dataset.num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_corrupt:
+    ds = ds.ignore_errors(log_warning=True)  # each skipped image is logged
+  return ds
 
+
+def _checked(transform_fn, num_classes: int):
+  """transform_fn, failing with LABEL_ERROR on a label outside [0, num_classes)."""
+  @tf.autograph.experimental.do_not_convert  # no Python control flow to convert
   def checked(ex):
     with tf.control_dependencies([
         tf.debugging.assert_non_negative(ex['label'], message=LABEL_ERROR),
         tf.debugging.assert_less(ex['label'], tf.constant(num_classes, tf.int64),
                                  message=LABEL_ERROR)]):
       return transform_fn(ex)
-
-  ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE)
-  if skip_corrupt:
-    ds = ds.ignore_errors(log_warning=True)  # each skipped image is logged
-  return ds
+  return checked
 
 
-def _iterate(ds: tf.data.Dataset, dataset: Dataset, split: str) -> Iterator[dict]:
+def _iterate(ds, dataset: Dataset, split: str) -> Iterator[dict]:
   """NumPy batches; a data error becomes a message that names the problem and the fix."""
   try:
-    yield from tfds.as_numpy(ds)
+    yield from tfds.as_numpy(ds) if isinstance(ds, tf.data.Dataset) else ds
   except tf.errors.InvalidArgumentError as e:
     if LABEL_ERROR in str(e):
       raise errors.DataError(
