@@ -54,7 +54,7 @@ def run(config, workdir: str) -> dict:
   with workdir_lib.WorkdirLock(workdir):
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    dataset = load_dataset(config)
+    dataset = pipeline.load_dataset(config)
     pipeline.log_dataset(dataset, (config.data.train_split, config.data.eval_split))
     not_held_out = pipeline.trained_on_selection(dataset, config)
     if not_held_out:
@@ -62,16 +62,6 @@ def run(config, workdir: str) -> dict:
     model = train.create_model(config, dataset.num_classes)
     workdir_lib.check_writable(workdir, checkpoint.estimate_bytes(model, config))
     return run_stages(config, workdir, dataset, model)
-
-
-def load_dataset(config):
-  """pipeline.load_dataset; a dataset or folder that is not there is the user's to fix."""
-  try:
-    return pipeline.load_dataset(config)
-  except FileNotFoundError as e:  # its message says how to prepare the data
-    if isinstance(e, errors.UserError):
-      raise
-    raise errors.NotFoundError(*e.args) from e
 
 
 def run_stages(config, workdir: epath.Path, dataset, model) -> dict:

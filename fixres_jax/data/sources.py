@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fixres_jax import errors
 from fixres_jax.config import split_names
 from fixres_jax.data import synthetic  # registers fixres_synthetic with tfds
 
@@ -44,7 +45,7 @@ class TfdsSource:
     features = builder.info.features
     for key in (image_key, label_key):
       if key not in features:
-        raise KeyError(f'{builder.name} has no feature {key!r} (it has {list(features)}): set '
+        raise errors.ConfigError(f'{builder.name} has no feature {key!r} (it has {list(features)}): set '
                        'config.data.image_key / label_key.')
 
   @property
@@ -90,7 +91,7 @@ class FolderSource:
   def __init__(self, root: str, class_split: str):
     self.root = root
     if not tf.io.gfile.isdir(root):
-      raise FileNotFoundError(
+      raise errors.NotFoundError(
           f'config.data.folder={root!r} is not a directory: it must hold one folder per '
           'split (train/, validation/), each with one subfolder of images per class.')
     self.classes = sorted(tf.io.gfile.listdir(self._split_dir(class_split)))
@@ -108,7 +109,7 @@ class FolderSource:
   def _split_dir(self, split: str) -> str:
     path = os.path.join(self.root, split)
     if not tf.io.gfile.isdir(path):
-      raise FileNotFoundError(f'Split folder {path} is missing: expected {self.root}/{split}/'
+      raise errors.NotFoundError(f'Split folder {path} is missing: expected {self.root}/{split}/'
                               'CLASS/*.jpg (one subfolder per class).')
     return path
 
@@ -119,14 +120,14 @@ class FolderSource:
       for class_name in sorted(tf.io.gfile.listdir(self._split_dir(name))):
         class_name = class_name.rstrip('/')
         if class_name not in self.classes:
-          raise ValueError(f'Class folder {self.root}/{name}/{class_name} is not a class of the '
+          raise errors.DataError(f'Class folder {self.root}/{name}/{class_name} is not a class of the '
                            f'training split ({len(self.classes)} classes): its label would be '
                            'out of range. Rename or remove it.')
         folder = os.path.join(self.root, name, class_name)
         images = sorted(f for f in tf.io.gfile.listdir(folder)
                         if f.lower().endswith(IMAGE_EXTENSIONS))
         if not images:
-          raise ValueError(f'Class folder {folder} holds no images ({IMAGE_EXTENSIONS}).')
+          raise errors.DataError(f'Class folder {folder} holds no images ({IMAGE_EXTENSIONS}).')
         paths += [os.path.join(folder, f) for f in images]
         labels += [self.classes.index(class_name)] * len(images)
       order = stratified_order(np.array(labels))
@@ -217,7 +218,7 @@ def resolve_split(split: str, split_infos) -> List[Tuple[str, int, int]]:
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
   except (ValueError, NotImplementedError) as e:
-    raise ValueError(f'Cannot read split {split!r}: {e}\nSplits use tfds\'s grammar, e.g. '
+    raise errors.ConfigError(f'Cannot read split {split!r}: {e}\nSplits use tfds\'s grammar, e.g. '
                      "'train', 'train[:90%]', 'train[-1000:]', 'train[:50%]+validation'."
                      ) from None
   return [(i.splitname, i.from_ or 0,
@@ -267,8 +268,8 @@ def load_source(config):
     builder = tfds.builder(data.name, data_dir=data_dir)
   elif not builder.is_prepared():
     if data.name.startswith('imagenet2012'):
-      raise FileNotFoundError(IMAGENET_INSTRUCTIONS.format(data_dir=builder.data_dir_root))
-    raise FileNotFoundError(
+      raise errors.NotFoundError(IMAGENET_INSTRUCTIONS.format(data_dir=builder.data_dir_root))
+    raise errors.NotFoundError(
         f'Dataset {data.name!r} is not prepared in {builder.data_dir_root}. Prepare it '
         f"with `tfds build {data.name} --data_dir=DIR` and set config.data.data_dir=DIR.")
   logging.info('Reading %s from %s.', builder.info.full_name, builder.data_dir)
