@@ -43,17 +43,22 @@ import tensorflow as tf
 from benchmarks import output
 from fixres_jax.data import preprocess
 
-flags.DEFINE_string('data_dir', None, 'Folder of JPEGs (searched recursively); generated if unset.')
-flags.DEFINE_integer('num_images', 200, 'Images to generate when --data_dir is unset.')
-flags.DEFINE_string('image_size', '', 'WIDTHxHEIGHT of every generated image; "" = '
-                    'IMAGENET_LIKE_MIX.')
-flags.DEFINE_list('copy_short_sides', ['160', '256'], 'Shorter-side caps of the downscaled '
-                  'copies measured at train@128.')
-flags.DEFINE_integer('copy_quality', 90, 'JPEG quality of the downscaled copies.')
-flags.DEFINE_string('out', '', 'Also write the JSON here (docs/benchmarks/input_cpu.json).')
-flags.DEFINE_float('seconds', 2.0, 'Seconds timed per run.')
-flags.DEFINE_integer('rounds', 3, 'Alternating baseline/fast rounds per transform.')
-flags.DEFINE_integer('batch_size', 32, 'Batch size of the tf.data pipeline.')
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (tests import this module beside others)."""
+  flags.DEFINE_string('data_dir', None, 'Folder of JPEGs (searched recursively); generated if unset.')
+  flags.DEFINE_integer('num_images', 200, 'Images to generate when --data_dir is unset.')
+  flags.DEFINE_string('image_size', '', 'WIDTHxHEIGHT of every generated image; "" = '
+                      'IMAGENET_LIKE_MIX.')
+  flags.DEFINE_list('copy_short_sides', ['160', '256'], 'Shorter-side caps of the downscaled '
+                    'copies measured at train@128.')
+  flags.DEFINE_integer('copy_quality', 90, 'JPEG quality of the downscaled copies.')
+  flags.DEFINE_string('out', '', 'Also write the JSON here (docs/benchmarks/input_cpu.json).')
+  flags.DEFINE_float('seconds', 2.0, 'Seconds timed per run.')
+  flags.DEFINE_integer('rounds', 3, 'Alternating baseline/fast rounds per transform.')
+  flags.DEFINE_integer('batch_size', 32, 'Batch size of the tf.data pipeline.')
+
+
 FLAGS = flags.FLAGS
 
 CROP_PCT = 0.875
@@ -269,4 +274,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
