@@ -61,8 +61,11 @@ def apply_overrides(config, name: str, plan: reproduce.Plan):
     section, field = key.split('.')
     config[section][field] = value
   factor = config.data.ra_len_factor
-  config.train.num_epochs = plan.num_epochs / factor
-  config.train.warmup_epochs = config.train.warmup_epochs / factor
+  for field in ('num_epochs', 'warmup_epochs'):  # the same steps: epochs are longer
+    value = (plan.num_epochs if field == 'num_epochs' else config.train[field]) / factor
+    with config.unlocked():
+      del config.train[field]  # typed int in the base config
+      config.train[field] = value
   return config
 
 

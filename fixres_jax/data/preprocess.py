@@ -287,10 +287,10 @@ def resized_size(height, width, size: int, crop_pct: float, resize: str):
   'official': the FixRes repository's own Resize(S): the HEIGHT becomes S and the width
   int(S * width / height), whatever the orientation.
   """
-  short = float(math.floor(size / crop_pct))
+  short = tf.constant(math.floor(size / crop_pct), tf.float64)
   h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
   if resize == 'official':
-    return tf.constant(short, tf.float32), tf.cast(tf.floor(short * w / h), tf.float32)
+    return tf.cast(short, tf.float32), tf.cast(tf.floor(short * w / h), tf.float32)
   shorter = tf.minimum(h, w)
   new_h = tf.where(h <= w, short, tf.floor(short * h / shorter))
   new_w = tf.where(h <= w, tf.floor(short * w / shorter), short)
