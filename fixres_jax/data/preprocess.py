@@ -211,7 +211,7 @@ def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: boo
   decode='fast': JPEGs (grayscale and CMYK included) take decode_and_resize_jpeg (only the
   window, at a reduced DCT scale when possible); PNG, GIF (first frame) and BMP are decoded
   whole. decode='exact': every image is decoded whole at full scale, as PIL does, then
-  cropped and resized by the same antialiased filter. Every output is RGB.
+  cropped and resized by the same antialiased filter (decode_whole). Every output is RGB.
 
   Returns:
     float32 [size, size, 3], RGB in [0, 255].
@@ -236,8 +236,18 @@ def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: boo
 
 
 def decode_whole(image_bytes):
-  """The whole image at full scale, RGB uint8 (libjpeg's default IDCT, as PIL's)."""
-  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  """The whole image at full scale, RGB uint8: for JPEGs libjpeg's accurate integer IDCT,
+  PIL's (bit-identical pixels on real photos; TensorFlow's default, the fast IDCT, differs
+  by up to 20/255)."""
+  def jpeg():
+    return tf.io.decode_jpeg(image_bytes, channels=3, dct_method='INTEGER_ACCURATE')
+
+  def other():
+    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
 
 
 def _check_decode(decode: str) -> None:
