@@ -122,9 +122,30 @@ def parse_stages(stages) -> tuple:
 
 def get_imagenet_config(train_res: int, test_res: int,
                         resolutions) -> ml_collections.ConfigDict:
-  """The paper's ResNet-50 ImageNet recipe at K_train, with the official v2 fine-tuning."""
+  """The paper's ResNet-50 ImageNet recipe at K_train, with the official v2 fine-tuning.
+
+  Training follows the official code (facebookresearch/FixRes, imnet_resnet50_scratch/ and
+  main_resnet50_scratch.py, 8 GPUs x 64): RASampler(repetitions=3, len_factor=2.0), so an
+  epoch is 5,005 steps of 512 and 120 epochs 600,600 steps; SGD momentum 0.9, weight decay
+  1e-4 on every parameter, lr 8 x 0.02 x 512 / 512 = 0.16, x0.1 every 30 epochs, no warm-up;
+  RandomResizedCrop + flip + ColorJitter(0.3, 0.3, 0.3) on PIL's full decode; per-GPU
+  BatchNorm over 64 images (DDP without SyncBN), in fine-tuning too (main_finetune.py
+  --batch 64 --num-tasks 8).
+  """
   config = get_base_config()
   config.train.image_size = train_res
+  config.train.batch_size = 512
+  config.train.num_epochs = 120
+  config.train.base_lr = 0.08  # per 256 images: 0.16 at 512
+  config.train.schedule = 'step'
+  config.train.lr_decay_epochs = (30, 60, 90)
+  config.train.warmup_epochs = 0
+  config.data.ra_repetitions = 3
+  config.data.ra_len_factor = 2.0
+  config.data.color_jitter = 0.3
+  config.data.train_decode = 'exact'
+  config.model.bn_group_size = 64
+  config.finetune.bn_group_size = 64
   config.finetune.test_res = test_res
   config.finetune.augment = 'v2'
   config.finetune.num_epochs = 31

@@ -180,7 +180,8 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   cfg = config.train
   model = create_model(config, dataset.num_classes)
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
-                                             config.data.num_shards, config.data.ra_len_factor)
+                                             config.data.num_shards, config.data.ra_len_factor,
+                                             config.data.ra_repetitions)
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
   variables = load_initial_variables(config, model, cfg.image_size)

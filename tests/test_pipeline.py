@@ -1,6 +1,7 @@
 """The tf.data pipelines on the embedded dataset: exact eval, resumable training order."""
 
 import itertools
+import math
 
 import jax
 import numpy as np
@@ -74,9 +75,10 @@ def test_repeated_augmentation_stream(tiny_dataset, num_shards):
   kwargs = dict(split='train', image_size=32, global_batch=batch, seed=5, shuffle_buffer=1024,
                 num_shards=num_shards, repetitions=reps, len_factor=3.0,
                 groups=groups // num_shards)
-  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', batch, num_shards, len_factor=3.0)
+  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', batch, num_shards, len_factor=3.0,
+                                   repetitions=reps)
   per_shard = tiny_dataset.num_examples('train') // num_shards
-  assert steps == per_shard * 3 // shard_batch
+  assert steps == math.ceil(per_shard * 3 / shard_batch)
   stream_kwargs = dict(shuffle_buffer=1024, repetitions=reps, shard_batch=shard_batch,
                        groups=groups // num_shards)
   rows = [shard_indices(tiny_dataset, 5, 0, shard, num_shards, steps * shard_batch,
@@ -103,3 +105,18 @@ def test_repeated_augmentation_stream(tiny_dataset, num_shards):
     got = next(resumed)
     np.testing.assert_array_equal(got['label'], expected['label'])
     np.testing.assert_array_equal(got['image'], expected['image'])
+
+
+class _ImageNetSized:
+  def num_examples(self, split):
+    del split
+    return 1_281_167
+
+
+@pytest.mark.parametrize('num_shards', [1, 8, 64])
+def test_official_recipe_epoch_is_5005_steps(num_shards):
+  """RASampler(len_factor=2) epochs of the official recipe: 5,005 steps of 512 (x120 =
+  600,600), whatever the number of data shards; without RA, the full batches of the split."""
+  dataset = _ImageNetSized()
+  assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards, 2.0, 3) == 5005
+  assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards) == 2502

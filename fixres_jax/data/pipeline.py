@@ -76,12 +76,15 @@ def data_shards(num_shards: int = 0) -> range:
 
 
 def steps_per_epoch(dataset: Dataset, split: str, global_batch: int, num_shards: int = 0,
-                    len_factor: float = 1.0) -> int:
-  """Full global batches per epoch; an epoch is len_factor x the split (repeated
-  augmentation's epochs are longer, as the official RASampler's)."""
+                    len_factor: float = 1.0, repetitions: int = 1) -> int:
+  """Global batches per epoch: the full ones of the split, or with repeated augmentation
+  (repetitions > 1) len_factor x the split rounded up, as the official recipe's 5,005 steps
+  of 512 per epoch on ImageNet (its sampler pads the stream to fill the last batch; ours
+  runs on into the next permutation)."""
   num_shards = num_shards or jax.process_count()
+  shard_batch = global_batch // num_shards
   draws = int(dataset.num_examples(split) // num_shards * len_factor)
-  return draws // (global_batch // num_shards)
+  return -(-draws // shard_batch) if repetitions > 1 else draws // shard_batch
 
 
 def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
@@ -118,7 +121,7 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
     raise ValueError(f'The global batch {global_batch} must split evenly into the '
                      f'{num_shards} data shards.')
   shard_batch = global_batch // num_shards
-  steps = steps_per_epoch(dataset, split, global_batch, num_shards, len_factor)
+  steps = steps_per_epoch(dataset, split, global_batch, num_shards, len_factor, repetitions)
   if steps == 0:
     raise ValueError(f'Split {split!r} has {dataset.num_examples(split)} examples, fewer than '
                      f'one global batch of {global_batch}: lower the batch size.')
