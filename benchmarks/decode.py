@@ -84,7 +84,7 @@ def measure_psnr(photos: dict, resolutions=RESOLUTIONS) -> list:
   return rows
 
 
-def measure_speed(photos: dict, size: int, images: int = 600, rounds: int = 3) -> dict:
+def measure_speed(photos: dict, size: int, images: int = 300, rounds: int = 3) -> dict:
   """images/s of the test transform at `size`, exact and fast, alternated over rounds."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from fixres_jax.data import preprocess  # pylint: disable=g-import-not-at-top
