@@ -4,7 +4,12 @@ Every op is plain TensorFlow, graph-compatible (it runs eagerly and inside tf.da
 and stateless: randomness comes from a `seed` tensor of shape [2], so a seed gives the same
 image every time (deterministic input pipelines, resumable epochs).
 
-Speed. JPEGs are not decoded whole: the crop window (plus, for the test transform, the
+Decoding. decode='exact' decodes the whole image as PIL does (libjpeg's accurate IDCT) and
+then resizes, the pixels torchvision and so FixRes saw; decode='fast' is described next.
+resize='official' reproduces the official FixRes test Resize (height to K / crop_pct, black
+columns on narrow portraits) instead of the paper's shorter-side resize.
+
+Speed (decode='fast'). JPEGs are not decoded whole: the crop window (plus, for the test transform, the
 margin the resize filter reads) is located in the original image from the JPEG header
 alone, and only that window is decoded (tf.io.decode_and_crop_jpeg). When the window is at
 least 2, 4 or 8 times larger than the target on both sides, libjpeg's DCT-domain scaling
