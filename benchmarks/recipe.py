@@ -136,8 +136,9 @@ def format_report(results: dict, plan: reproduce.Plan, seconds: float) -> str:
       'K_test chosen on the held-out train[90%:] (exact decoding); top-1 on '
       f'{EVAL_SPLIT}, mean ± std over seeds. Margins: variant minus baseline per seed, '
       f'"beyond" when the mean exceeds {reproduce.SIGMAS:g} std of the per-seed differences. '
-      f'Measured on a shared, loaded 2-core CPU machine ({seconds / 60:.0f} min of runs '
-      'this invocation).',
+      'Measured on a shared, loaded 2-core CPU machine'
+      + (f' ({seconds / 60:.0f} min of runs this invocation).' if seconds else '.')
+      + ' "not run": no finished run of that variant (the measurement was stopped).',
       '',
       '| variant | seeds | top-1 at K_train (exact) | K_test chosen | top-1 at K_test (exact) '
       '| vs baseline | exact - fast decoding at K_test |',
@@ -176,7 +177,8 @@ def main(argv):
   out = epath.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / 'recipe.json').write_text(json.dumps(results, indent=2))
-  (out / 'RECIPE.md').write_text(format_report(results, plan, time.perf_counter() - start))
+  seconds = time.perf_counter() - start if FLAGS.phase == 'all' else None
+  (out / 'RECIPE.md').write_text(format_report(results, plan, seconds))
 
 
 if __name__ == '__main__':
