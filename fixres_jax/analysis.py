@@ -151,8 +151,8 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
   cfg, train_res = config.sweep, config.train.image_size
   models = {name: parallel.replicate(v, mesh) for name, v in models.items()}
   step_fn = jax.jit(functools.partial(sweep_step, model))  # traced once per resolution
-  batches = functools.partial(pipeline.eval_batches, global_batch=cfg.batch_size,
-                              crop_pct=config.data.crop_pct, dtype=config.data.dtype)
+  options = dict(pipeline.eval_options(config), skip_corrupt=False, cache=False)
+  batches = functools.partial(pipeline.eval_batches, global_batch=cfg.batch_size, **options)
   fits = {}
 
   def fit_at(test_res):  # the trained model's features on a training slice
@@ -250,7 +250,7 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
   records = []
   for test_res in resolutions:
     batches = pipeline.eval_batches(dataset, cfg.auto_split, test_res, config.sweep.batch_size,
-                                    config.data.crop_pct, dtype=config.data.dtype)
+                                    **pipeline.eval_options(config))
     metrics, _ = summarize(evaluate_models(step_fn, entries, batches, mesh)['trained']['plain'])
     records.append({'test_res': test_res, **metrics})
     logging.info('auto K_test: top1 %.4f at %d on %s', metrics['top1'], test_res,

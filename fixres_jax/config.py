@@ -38,11 +38,28 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A tf.data service dispatcher (HOST:PORT; `python -m fixres_jax.data.service` starts one):
   # its workers make the training batches, the same ones in the same order. '' = locally.
   data.service = ''
+  # The official recipe's training extras (see configs/r50_224.py): ColorJitter(x, x, x) after
+  # the crop and flip (0: none), and repeated augmentation (RASampler: each image drawn
+  # ra_repetitions times in a row, an epoch is ra_len_factor x the split; 1, 1.0: off).
+  data.color_jitter = 0.0
+  data.ra_repetitions = 1
+  data.ra_len_factor = 1.0
+  # 'exact': full decode, then the antialiased resize (PIL's pixels); 'fast': decode only the
+  # window, DCT-scaled when it is >= 2x the output (see preprocess.py and README).
+  data.decode = 'exact'  # test and fine-tuning transforms
+  data.train_decode = 'fast'  # the train transform (random crops)
+  # Test / fine-tuning resize: 'shorter' (shorter side to K_test / crop_pct, the paper) or
+  # 'official' (the FixRes repository's: height to K_test / crop_pct, black columns on
+  # narrow portraits), to evaluate converted official weights on the official pixels.
+  data.test_resize = 'shorter'
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'resnet50'
   model.dtype = 'float32'  # computation dtype; 'bfloat16' keeps float32 parameters
   model.zero_init_residual = False
+  # BatchNorm statistics over groups of this many images of the global batch, as per-GPU BN
+  # in PyTorch DDP (0: over the whole global batch, i.e. synchronised BN).
+  model.bn_group_size = 0
   # Only for name='resnet' (custom depth and width):
   model.stage_sizes = (2, 2, 2, 2)
   model.block = 'basic'
@@ -81,6 +98,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.weight_decay = 1e-4
   finetune.augment = 'flip'
   finetune.train_bn_affine = False
+  finetune.bn_group_size = 0  # the last BN's statistics over groups of this many (0: batch)
   # 'sgd': the official procedure (batch statistics in the last BN, head trained on live
   # batches). 'cached': two forward passes, then the head on stored features, for a fraction
   # of the cost; needs augment 'none' or 'flip' and train_bn_affine=False (cached_finetune.py).
@@ -115,9 +133,30 @@ def parse_stages(stages) -> tuple:
 
 def get_imagenet_config(train_res: int, test_res: int,
                         resolutions) -> ml_collections.ConfigDict:
-  """The paper's ResNet-50 ImageNet recipe at K_train, with the official v2 fine-tuning."""
+  """The paper's ResNet-50 ImageNet recipe at K_train, with the official v2 fine-tuning.
+
+  Training follows the official code (facebookresearch/FixRes, imnet_resnet50_scratch/ and
+  main_resnet50_scratch.py, 8 GPUs x 64): RASampler(repetitions=3, len_factor=2.0), so an
+  epoch is 5,005 steps of 512 and 120 epochs 600,600 steps; SGD momentum 0.9, weight decay
+  1e-4 on every parameter, lr 8 x 0.02 x 512 / 512 = 0.16, x0.1 every 30 epochs, no warm-up;
+  RandomResizedCrop + flip + ColorJitter(0.3, 0.3, 0.3) on PIL's full decode; per-GPU
+  BatchNorm over 64 images (DDP without SyncBN), in fine-tuning too (main_finetune.py
+  --batch 64 --num-tasks 8).
+  """
   config = get_base_config()
   config.train.image_size = train_res
+  config.train.batch_size = 512
+  config.train.num_epochs = 120
+  config.train.base_lr = 0.08  # per 256 images: 0.16 at 512
+  config.train.schedule = 'step'
+  config.train.lr_decay_epochs = (30, 60, 90)
+  config.train.warmup_epochs = 0
+  config.data.ra_repetitions = 3
+  config.data.ra_len_factor = 2.0
+  config.data.color_jitter = 0.3
+  config.data.train_decode = 'exact'
+  config.model.bn_group_size = 64
+  config.finetune.bn_group_size = 64
   config.finetune.test_res = test_res
   config.finetune.augment = 'v2'
   config.finetune.num_epochs = 31
@@ -154,6 +193,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
       problems.append(f'config.{name}={value} is not a positive multiple of the '
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
   problems += finetune_mode_problems(config.finetune)
+  problems += recipe_problems(config)
   train_name = split_names(config.data.train_split)[0]
   for name in ('finetune.auto_split', 'sweep.parametric_split'):
     section, field = name.split('.')
@@ -178,7 +218,37 @@ def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
   if cfg.train_bn_affine:
     problems.append("config.finetune.train_bn_affine=True: mode='cached' trains the "
                     "classifier only; set it to False or use mode='sgd'.")
+  if cfg.bn_group_size:
+    problems.append(f"config.finetune.bn_group_size={cfg.bn_group_size}: mode='cached' "
+                    "takes the last BN's statistics over the whole set; set it to 0 or use "
+                    "mode='sgd'.")
   if cfg.cache_dtype not in ('bfloat16', 'float32'):
     problems.append(f"config.finetune.cache_dtype={cfg.cache_dtype!r}: use 'bfloat16' or "
                     "'float32'.")
+  return problems
+
+
+def recipe_problems(config: ml_collections.ConfigDict) -> list:
+  """What is wrong with the data options and BatchNorm groups."""
+  data, problems = config.data, []
+  choices = {'decode': ('exact', 'fast'), 'train_decode': ('exact', 'fast'),
+             'test_resize': ('shorter', 'official')}
+  problems += [f'config.data.{k}={data[k]!r}: use one of {v}.'
+               for k, v in choices.items() if data[k] not in v]
+  if not 0 <= data.color_jitter:
+    problems.append(f'config.data.color_jitter={data.color_jitter}: use a strength >= 0 '
+                    '(0.3 in the official recipe, 0 for none).')
+  if not (isinstance(data.ra_repetitions, int) and data.ra_repetitions >= 1):
+    problems.append(f'config.data.ra_repetitions={data.ra_repetitions}: use an integer >= 1 '
+                    '(1: no repeated augmentation, 3 in the official recipe).')
+  if not data.ra_len_factor > 0:
+    problems.append(f'config.data.ra_len_factor={data.ra_len_factor}: use a positive '
+                    'epoch length factor (2.0 in the official recipe).')
+  for name, batch in (('model.bn_group_size', config.train.batch_size),
+                      ('finetune.bn_group_size', config.finetune.batch_size)):
+    section, field = name.split('.')
+    size = config[section][field]
+    if size < 0 or (size and batch % size):
+      problems.append(f'config.{name}={size} must divide the global batch {batch} '
+                      '(0: statistics over the whole batch).')
   return problems

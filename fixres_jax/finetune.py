@@ -102,7 +102,7 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
     return cached_finetune.finetune_cached(config, workdir, dataset, mesh, variables)
   from fixres_jax.data import pipeline  # only the loop, not the step, needs TensorFlow
   cfg = config.finetune
-  model = train.create_model(config, dataset.num_classes)
+  model = train.create_model(config, dataset.num_classes, bn_group_size=cfg.bn_group_size)
   names = trainable_names(model.last_bn_path, cfg.train_bn_affine)
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
                                              config.data.num_shards)
@@ -121,7 +121,8 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.test_res, cfg.batch_size, config.seed + 1,
       start_step=start_step, transform='finetune', crop_pct=config.data.crop_pct,
-      augment=cfg.augment, **pipeline.train_options(config)), mesh)
+      augment=cfg.augment, decode=config.data.decode, resize=config.data.test_resize,
+      **pipeline.train_options(config)), mesh)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)
   state = train.run_steps('finetune', config, workdir, state, step_fn, batches, total_steps,
                           cfg.batch_size, learning_rate, manager)

@@ -27,12 +27,15 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def create_model(config, num_classes: int):
+def create_model(config, num_classes: int, bn_group_size: Optional[int] = None):
+  """config.model's network; BatchNorm groups of config.model.bn_group_size unless given."""
   m = config.model
   return models.create_model(m.name, num_classes, dtype=m.dtype,
                              zero_init_residual=m.zero_init_residual,
                              stage_sizes=m.stage_sizes, block=m.block,
-                             num_filters=m.num_filters)
+                             num_filters=m.num_filters,
+                             bn_group_size=m.bn_group_size if bn_group_size is None
+                             else bn_group_size)
 
 
 def init_variables(model, image_size: int, seed: int) -> dict:
@@ -178,7 +181,8 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   cfg = config.train
   model = create_model(config, dataset.num_classes)
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
-                                             config.data.num_shards)
+                                             config.data.num_shards, config.data.ra_len_factor,
+                                             config.data.ra_repetitions)
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
   variables = load_initial_variables(config, model, cfg.image_size)
@@ -196,7 +200,8 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
                          donate_argnums=0)
   batches = parallel.prefetch_to_devices(pipeline.train_batches(
       dataset, config.data.train_split, cfg.image_size, cfg.batch_size, config.seed,
-      start_step=start_step, crop=config.data.crop, **pipeline.train_options(config)), mesh)
+      start_step=start_step, crop=config.data.crop, **pipeline.train_options(config),
+      **recipe_options(config)), mesh)
   logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
                total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
   eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0
@@ -206,6 +211,17 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
       evaluate_fn=lambda state: evaluate_state(config, state, dataset, mesh))
   manager.close()
   return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def recipe_options(config) -> dict:
+  """train_batches' options of the train stage only: jitter, decoding, repeated augmentation
+  with the copies of an image spread over the BatchNorm groups."""
+  data, group_size = config.data, config.model.bn_group_size
+  num_shards = data.num_shards or jax.process_count()
+  groups = config.train.batch_size // group_size // num_shards if group_size else 1
+  return dict(color_jitter=data.color_jitter, decode=data.train_decode,
+              repetitions=data.ra_repetitions, len_factor=data.ra_len_factor,
+              groups=max(groups, 1))
 
 
 def evaluate_state(config, state: TrainState, dataset, mesh) -> dict:

@@ -67,7 +67,7 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   k_train = config.train.image_size
   batches = pipeline.eval_batches(tiny_dataset, config.data.eval_split, k_train,
-                                  config.sweep.batch_size, config.data.crop_pct)
+                                  config.sweep.batch_size, **pipeline.eval_options(config))
   expected = train.evaluate(model.apply, variables['trained'], batches, mesh)
   for key in ('top1', 'top5', 'zero_fraction', 'num_images'):
     assert by_key[('trained', k_train)][key] == pytest.approx(expected[key], abs=1e-6)

@@ -55,7 +55,8 @@ def finished(synthetic_data_dir, tmp_path_factory):
   moments = cached_finetune.population_moments(  # reads the finished pass 1
       config, workdir, dataset, parallel.create_mesh(), model, variables)
   batches = list(pipeline.eval_batches(dataset, config.data.train_split,
-                                       config.finetune.test_res, BATCH))
+                                       config.finetune.test_res, BATCH,
+                                       **pipeline.eval_options(config)))
   return types.SimpleNamespace(config=config, dataset=dataset, model=model,
                                variables=variables, workdir=workdir, result=result,
                                moments=moments, batches=batches)

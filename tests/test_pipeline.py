@@ -1,5 +1,8 @@
 """The tf.data pipelines on the embedded dataset: exact eval, resumable training order."""
 
+import itertools
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -52,3 +55,68 @@ def test_train_batches_resume_at_any_step(tiny_dataset):
   again = pipeline.train_batches(tiny_dataset, start_step=steps, **kwargs)
   epoch2 = np.concatenate([next(again)['label'] for _ in range(steps)])
   assert not np.array_equal(epoch1, epoch2)
+
+
+def shard_indices(dataset, seed, epoch, shard, num_shards, draws, **kwargs):
+  """The example indices of a shard's training stream, in batch-row order."""
+  stream = pipeline.shard_stream(dataset, 'train', shard, num_shards,
+                                 pipeline.epoch_shard_seed(seed, epoch, shard), cache=False,
+                                 **kwargs)
+  return np.array([int(ex['index']) for ex in stream.take(draws).as_numpy_iterator()])
+
+
+@pytest.mark.parametrize('num_shards', [1, 2])
+def test_repeated_augmentation_stream(tiny_dataset, num_shards):
+  """Every image 3 times an epoch (len_factor = repetitions), the copies in different BN
+  groups of the same step with different crops; resuming mid-epoch gives the same stream."""
+  batch, groups, reps = 24, 8, 3
+  shard_batch = batch // num_shards
+  per_group = shard_batch // (groups // num_shards)
+  kwargs = dict(split='train', image_size=32, global_batch=batch, seed=5, shuffle_buffer=1024,
+                num_shards=num_shards, repetitions=reps, len_factor=3.0,
+                groups=groups // num_shards)
+  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', batch, num_shards, len_factor=3.0,
+                                   repetitions=reps)
+  per_shard = tiny_dataset.num_examples('train') // num_shards
+  assert steps == math.ceil(per_shard * 3 / shard_batch)
+  stream_kwargs = dict(shuffle_buffer=1024, repetitions=reps, shard_batch=shard_batch,
+                       groups=groups // num_shards)
+  rows = [shard_indices(tiny_dataset, 5, 0, shard, num_shards, steps * shard_batch,
+                        **stream_kwargs).reshape(steps, shard_batch)
+          for shard in range(num_shards)]
+  for shard_rows in rows:
+    counts = np.bincount(shard_rows.ravel())
+    whole = per_shard * 3 // shard_batch * shard_batch // 3  # images whose 3 copies fit
+    assert (counts[counts > 0] <= reps).all() and (counts == reps).sum() >= whole - 1
+    for step in shard_rows:  # no image twice in one group of the same step
+      for group in step.reshape(-1, per_group):
+        assert len(set(group)) == len(group)
+  batches = list(itertools.islice(pipeline.train_batches(tiny_dataset, **kwargs), steps))
+  # Shard batches are concatenated; 'index' counts within a shard.
+  global_rows = np.concatenate([r + shard * per_shard for shard, r in enumerate(rows)], axis=1)
+  for step, b in zip(global_rows, batches):
+    for index in np.unique(step):
+      copies = np.flatnonzero(step == index)
+      assert len(set(b['label'][copies])) == 1
+      for i, j in itertools.combinations(copies, 2):  # independent augmentations
+        assert not np.array_equal(b['image'][i], b['image'][j])
+  resumed = pipeline.train_batches(tiny_dataset, start_step=steps // 2, **kwargs)
+  for expected in batches[steps // 2:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got['label'], expected['label'])
+    np.testing.assert_array_equal(got['image'], expected['image'])
+
+
+class _ImageNetSized:
+  def num_examples(self, split):
+    del split
+    return 1_281_167
+
+
+@pytest.mark.parametrize('num_shards', [1, 8, 64])
+def test_official_recipe_epoch_is_5005_steps(num_shards):
+  """RASampler(len_factor=2) epochs of the official recipe: 5,005 steps of 512 (x120 =
+  600,600), whatever the number of data shards; without RA, the full batches of the split."""
+  dataset = _ImageNetSized()
+  assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards, 2.0, 3) == 5005
+  assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards) == 2502

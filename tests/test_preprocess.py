@@ -234,3 +234,119 @@ def test_bad_arguments_are_named():
     preprocess.preprocess_finetune(data, tf.constant([0, 0]), 32, augment='mixup')
   with pytest.raises(ValueError, match='crop_pct'):
     preprocess.preprocess_test(data, 32, crop_pct=1.5)
+
+
+def test_color_jitter_is_torchvision_colorjitter():
+  """Random order, factors uniform in [1 - x, 1 + x]; each op as torchvision's on float
+  tensors, and as PIL's ImageEnhance (what the official recipe ran) up to uint8 rounding."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision.transforms import functional as TF  # pylint: disable=g-import-not-at-top
+  from PIL import ImageEnhance  # pylint: disable=g-import-not-at-top
+  image = make_image(40, 52)
+  torch_ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+  pil_ops = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+  orders, factors = set(), []
+  for i in range(30):
+    seed = tf.constant([i, 7])
+    order, factor = (t.numpy() for t in preprocess.sample_jitter(seed, 0.3, 0.3, 0.3))
+    ours = preprocess.jitter_color(tf.constant(image, tf.float32), seed, 0.3).numpy()
+    tensor = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)
+    pil = Image.fromarray(image)
+    for op in order:
+      tensor = torch_ops[op](tensor, float(factor[op]))
+      pil = pil_ops[op](pil).enhance(float(factor[op]))
+    np.testing.assert_allclose(ours, tensor.permute(1, 2, 0).numpy() * 255, atol=0.05)
+    # PIL truncates to uint8 after each of the three ops (and rounds the mean grey level).
+    pil_error = np.abs(ours - np.asarray(pil, np.float32))
+    assert pil_error.max() <= 4 and pil_error.mean() < 2
+    orders.add(tuple(order))
+    factors.append(factor)
+  assert len(orders) == 6  # every order of the three ops occurs
+  factors = np.array(factors)
+  assert factors.min() >= 0.7 and factors.max() <= 1.3
+  assert stats.kstest(factors.ravel(), 'uniform', args=(0.7, 0.6)).pvalue > 1e-3
+
+
+def test_train_jitter_keeps_crops_and_flips():
+  data = encode(make_image(120, 160), quality=95)
+  seed = tf.constant([3, 4])
+  plain = denormalize(preprocess.preprocess_train(data, seed, 48))
+  jittered = denormalize(preprocess.preprocess_train(data, seed, 48, color_jitter=0.3))
+  assert not np.allclose(plain, jittered, atol=1)
+  # Brightness, contrast, saturation: the jittered image is a per-pixel colour map of the
+  # same crop, so the grey-level ordering of pixels mostly survives.
+  grey = lambda x: x @ np.array([0.299, 0.587, 0.114])
+  assert stats.spearmanr(grey(plain).ravel(), grey(jittered).ravel())[0] > 0.9
+
+
+def reference_official_transform(image, size):
+  """The official FixRes test transform with PIL: Resize(int(256 / 224 * size)) setting the
+  HEIGHT (width int(S * w / h)), then torchvision's CenterCrop, black padding included."""
+  height, width = image.shape[:2]
+  short = int((256 / 224) * size)
+  new_w = int(short * width / height)
+  resized = np.asarray(Image.fromarray(image).resize((new_w, short), Image.BILINEAR),
+                       np.float32)
+  top = int(round((short - size) / 2))
+  out = np.zeros((size, size, 3), np.float32)
+  if new_w >= size:
+    left = int(round((new_w - size) / 2))
+    return resized[top:top + size, left:left + size]
+  pad = (size - new_w) // 2
+  out[:, pad:pad + new_w] = resized[top:top + size]
+  return out
+
+
+@pytest.mark.parametrize('height,width,size,black', [
+    (500, 375, 224, 32), (375, 500, 224, 0), (333, 333, 160, 0), (640, 427, 128, 31),
+    (900, 300, 96, 60)])
+def test_official_resize_matches_the_official_transform(height, width, size, black):
+  data = encode(make_image(height, width), quality=95)
+  decoded = tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE').numpy()
+  ours = denormalize(preprocess.preprocess_test(data, size, resize='official'))
+  expected = reference_official_transform(decoded, size)
+  np.testing.assert_allclose(ours, expected, atol=1.5)
+  is_black = np.all(np.abs(ours) < 1e-3, axis=(0, 2))
+  assert is_black.sum() == black  # the black columns, left and right
+  if black:
+    assert is_black[:black // 2].all() and is_black[-(black - black // 2):].all()
+  # 'shorter' never pads; on portraits the two differ, elsewhere they agree.
+  shorter = denormalize(preprocess.preprocess_test(data, size, decode='exact'))
+  assert np.all(np.abs(shorter) > 1e-3, axis=(0, 2)).any()
+  assert (height > width) == (not np.allclose(ours, shorter, atol=1.5))
+
+
+def test_official_resize_in_finetuning():
+  data = encode(make_image(500, 375), quality=95)
+  seed = tf.constant([1, 1])
+  test = preprocess.preprocess_test(data, 224, resize='official').numpy()
+  none = preprocess.preprocess_finetune(data, seed, 224, augment='none', resize='official')
+  np.testing.assert_array_equal(none, test)
+  v2 = preprocess.preprocess_finetune(data, seed, 224, augment='v2', resize='official')
+  assert v2.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize('name', ['as shipped', 'transposed', ' 2x '])
+def test_exact_decoding_matches_torchvision_on_real_photos(name):
+  """>= 45 dB against PIL decode + torchvision Resize + CenterCrop at every K_test; the
+  fast path (DCT-scaled windows) is measurably further away where it scales."""
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  photos = {k: v for k, v in decode.real_photos().items() if name in k}
+  rows = decode.measure_psnr(photos)
+  assert len(rows) == len(decode.RESOLUTIONS)
+  for row in rows:
+    assert row['exact_db'] >= 45, row
+    assert row['exact_db'] >= row['fast_db'] - 0.5, row
+  assert min(r['fast_db'] for r in rows) < 40  # DCT scaling shows at some K
+
+
+def test_exact_decoding_equals_the_fast_path_without_scaling():
+  data = encode(make_image(200, 300), quality=95)
+  for size in (160, 224):  # crops smaller than 2x: no DCT scaling, only the IDCT differs
+    exact = denormalize(preprocess.preprocess_test(data, size, decode='exact'))
+    fast = denormalize(preprocess.preprocess_test(data, size, decode='fast'))
+    assert np.abs(exact - fast).mean() < 1.0
+  with pytest.raises(ValueError, match='decode'):
+    preprocess.preprocess_test(data, 32, decode='pil')
+  with pytest.raises(ValueError, match='resize'):
+    preprocess.preprocess_test(data, 32, resize='longer')

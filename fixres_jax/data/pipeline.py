@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Union
 
 from absl import logging
 import jax
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -57,7 +58,8 @@ def train_options(config) -> dict:
 def eval_options(config) -> dict:
   """eval_batches' keyword arguments that come from the config."""
   return dict(crop_pct=config.data.crop_pct, dtype=config.data.dtype,
-              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
+              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache,
+              decode=config.data.decode, resize=config.data.test_resize)
 
 
 def data_shards(num_shards: int = 0) -> range:
@@ -76,10 +78,16 @@ def data_shards(num_shards: int = 0) -> range:
   return range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
 
-def steps_per_epoch(dataset: Dataset, split: str, global_batch: int, num_shards: int = 0
-                    ) -> int:
+def steps_per_epoch(dataset: Dataset, split: str, global_batch: int, num_shards: int = 0,
+                    len_factor: float = 1.0, repetitions: int = 1) -> int:
+  """Global batches per epoch: the full ones of the split, or with repeated augmentation
+  (repetitions > 1) len_factor x the split rounded up, as the official recipe's 5,005 steps
+  of 512 per epoch on ImageNet (its sampler pads the stream to fill the last batch; ours
+  runs on into the next permutation)."""
   num_shards = num_shards or jax.process_count()
-  return (dataset.num_examples(split) // num_shards) // (global_batch // num_shards)
+  shard_batch = global_batch // num_shards
+  draws = int(dataset.num_examples(split) // num_shards * len_factor)
+  return -(-draws // shard_batch) if repetitions > 1 else draws // shard_batch
 
 
 def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
@@ -87,7 +95,9 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
                   crop: str = 'torchvision', crop_pct: float = 0.875, augment: str = 'flip',
                   shuffle_buffer: int = 10_000, num_shards: int = 0,
                   deterministic: bool = True, dtype: str = 'float32',
-                  skip_corrupt: bool = False, cache: bool = False, service: str = ''
+                  skip_corrupt: bool = False, cache: bool = False, service: str = '',
+                  color_jitter: float = 0.0, decode: str = 'fast', resize: str = 'shorter',
+                  repetitions: int = 1, len_factor: float = 1.0, groups: int = 1
                   ) -> Iterator[dict]:
   """Endless per-process training batches, resumable at any step.
 
@@ -100,6 +110,13 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
     cache: keep the encoded images in memory after the first epoch.
     service: a tf.data service dispatcher address: its workers decode and transform, and
       the batches are the same, in the same order (service.remote_batches).
+    color_jitter: ColorJitter strength of the 'train' transform (0: none).
+    decode, resize: see preprocess.preprocess_finetune ('finetune' transform; decode also
+      applies to 'train').
+    repetitions, len_factor, groups: repeated augmentation (repetitions > 1), see
+      repeat_examples; an epoch is len_factor x the split, and each shard batch is laid out
+      as `groups` equal groups (the BatchNorm groups) with the copies of an image in
+      different groups.
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
@@ -110,34 +127,39 @@ def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: i
     raise ValueError(f'The global batch {global_batch} must split evenly into the '
                      f'{num_shards} data shards.')
   shard_batch = global_batch // num_shards
-  steps = steps_per_epoch(dataset, split, global_batch, num_shards)
+  steps = steps_per_epoch(dataset, split, global_batch, num_shards, len_factor, repetitions)
   if service and skip_corrupt:
-    raise ValueError('config.data.service cannot skip corrupt images (a skipped image would '
-                     'shift every later batch): set config.data.skip_corrupt=False.')
+    raise errors.ConfigError('config.data.service cannot skip corrupt images (a skipped image '
+                             'would shift every later batch): set config.data.skip_corrupt=False.')
   if steps == 0:
     raise errors.ConfigError(f'Split {split!r} has {dataset.num_examples(split)} examples, '
                              f'fewer than one global batch of {global_batch}: lower the batch '
                              'size.')
+  if shard_batch % groups:
+    raise errors.ConfigError(f'The batch of each data shard ({shard_batch}) must split into '
+                             f'{groups} equal BatchNorm groups: check config.model.bn_group_size.')
   tf_dtype = tf.dtypes.as_dtype(dtype)
   epoch, skip = divmod(start_step, steps)
   while True:
     streams, raw_streams, transforms = [], [], []
     for shard in shards:
-      # Seeds depend only on (run seed, epoch, shard, position): resumable and reproducible.
-      shard_seed = (seed * 100_003 + epoch) * 1_009 + shard
-      ds = _read(dataset, split, shard, num_shards, True, shard_seed, cache)
-      ds = ds.shuffle(shuffle_buffer, seed=shard_seed)
+      shard_seed = epoch_shard_seed(seed, epoch, shard)
+      ds = shard_stream(dataset, split, shard, num_shards, shard_seed, shuffle_buffer, cache,
+                        repetitions, shard_batch, groups)
       ds = ds.take(steps * shard_batch).skip(skip * shard_batch)
 
       def transform_fn(ex, shard_seed=shard_seed):
-        example_seed = tf.stack([tf.constant(shard_seed, tf.int64), ex['index']])
+        # Each repeated copy has its own position, hence its own augmentation.
+        position = ex['position'] if repetitions > 1 else ex['index']
+        example_seed = tf.stack([tf.constant(shard_seed, tf.int64), position])
         if transform == 'train':
           image = preprocess.preprocess_train(ex['image'], example_seed, image_size, crop=crop,
-                                              dtype=tf_dtype)
+                                              dtype=tf_dtype, color_jitter=color_jitter,
+                                              decode=decode)
         else:
           image = preprocess.preprocess_finetune(ex['image'], example_seed, image_size,
                                                  crop_pct=crop_pct, augment=augment,
-                                                 dtype=tf_dtype)
+                                                 dtype=tf_dtype, decode=decode, resize=resize)
         return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
       raw_streams.append(ds)
@@ -162,9 +184,45 @@ def concat_batches(*batches) -> dict:
   return {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
 
 
+def epoch_shard_seed(seed: int, epoch: int, shard: int) -> int:
+  # Seeds depend only on (run seed, epoch, shard, position): resumable and reproducible.
+  return (seed * 100_003 + epoch) * 1_009 + shard
+
+
+def shard_stream(dataset: Dataset, split: str, shard: int, num_shards: int, shard_seed: int,
+                 shuffle_buffer: int, cache: bool, repetitions: int = 1, shard_batch: int = 1,
+                 groups: int = 1) -> tf.data.Dataset:
+  """One epoch's encoded examples of a shard in training order (endless with repetitions)."""
+  ds = _read(dataset, split, shard, num_shards, True, shard_seed, cache)
+  ds = ds.shuffle(shuffle_buffer, seed=shard_seed)
+  if repetitions > 1:
+    ds = repeat_examples(ds, repetitions, shard_batch, groups)
+  return ds
+
+
+def repeat_examples(ds: tf.data.Dataset, repetitions: int, shard_batch: int, groups: int
+                    ) -> tf.data.Dataset:
+  """Repeated augmentation: the official RASampler's stream, laid out over BN groups.
+
+  The shuffled examples (a new shuffle whenever the split is exhausted, as the sampler draws
+  a new permutation) each appear `repetitions` times in a row; each shard batch of
+  consecutive draws is then dealt round-robin to `groups` groups, as
+  indices[rank::num_replicas] deals them to the GPUs, so the copies of an image land in
+  different groups (when groups >= repetitions). Each draw carries its 'position' in the
+  epoch's stream, which seeds its augmentation.
+  """
+  ds = ds.repeat().flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repetitions))
+  ds = ds.enumerate().map(lambda i, ex: dict(ex, position=i))
+  # Row g * n + j of a batch is draw j * groups + g: group g holds draws g, g + groups, ...
+  order = np.arange(shard_batch).reshape(shard_batch // groups, groups).T.reshape(-1)
+  ds = ds.batch(shard_batch, drop_remainder=True)
+  return ds.map(lambda b: {k: tf.gather(v, order) for k, v in b.items()}).unbatch()
+
+
 def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
                  crop_pct: float = 0.875, dtype: str = 'float32', skip_corrupt: bool = False,
-                 cache: bool = False, start_batch: int = 0) -> Iterator[dict]:
+                 cache: bool = False, start_batch: int = 0, decode: str = 'fast',
+                 resize: str = 'shorter') -> Iterator[dict]:
   """Every example of `split` exactly once, at the test transform, padded and masked.
 
   Every process yields the same number of batches (no multi-host hang); padding examples
@@ -173,6 +231,7 @@ def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: in
   Args:
     start_batch: the first batch to yield (to resume a pass); the examples before it are
       skipped without decoding (unless skip_corrupt).
+    decode, resize: see preprocess.preprocess_test.
 
   Yields:
     {'image', 'label', 'mask': float32 [local_batch]}.
@@ -184,7 +243,7 @@ def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: in
 
   def transform_fn(ex):
     image = preprocess.preprocess_test(ex['image'], image_size, crop_pct=crop_pct,
-                                       dtype=tf_dtype)
+                                       dtype=tf_dtype, decode=decode, resize=resize)
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 

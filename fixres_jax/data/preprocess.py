@@ -4,7 +4,12 @@ Every op is plain TensorFlow, graph-compatible (it runs eagerly and inside tf.da
 and stateless: randomness comes from a `seed` tensor of shape [2], so a seed gives the same
 image every time (deterministic input pipelines, resumable epochs).
 
-Speed. JPEGs are not decoded whole: the crop window (plus, for the test transform, the
+Decoding. decode='exact' decodes the whole image as PIL does (libjpeg's accurate IDCT) and
+then resizes, the pixels torchvision and so FixRes saw; decode='fast' is described next.
+resize='official' reproduces the official FixRes test Resize (height to K / crop_pct, black
+columns on narrow portraits) instead of the paper's shorter-side resize.
+
+Speed (decode='fast'). JPEGs are not decoded whole: the crop window (plus, for the test transform, the
 margin the resize filter reads) is located in the original image from the JPEG header
 alone, and only that window is decoded (tf.io.decode_and_crop_jpeg). When the window is at
 least 2, 4 or 8 times larger than the target on both sides, libjpeg's DCT-domain scaling
@@ -40,6 +45,8 @@ STDDEV_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
 DCT_RATIOS = (1, 2, 4, 8)  # The scales libjpeg can decode at, via tf.io.decode_jpeg(ratio=).
 CROPS = ('torchvision', 'inception')
 FINETUNE_AUGMENTS = ('flip', 'v2', 'none')
+DECODES = ('exact', 'fast')
+TEST_RESIZES = ('shorter', 'official')
 
 Box = Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]  # offset_y, offset_x, height, width
 
@@ -202,30 +209,55 @@ def decode_and_resize_jpeg(image_bytes, box, size: int, context: bool = False,
   return tf.switch_case(index, [lambda r=r: decode_at(r) for r in DCT_RATIOS])
 
 
-def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: bool = False):
+def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: bool = False,
+                      decode: str = 'fast'):
   """Decodes any image format and resizes the box `sample_box(height, width)` picks.
 
-  JPEGs (grayscale and CMYK included) take the fast path, decode_and_resize_jpeg. PNG, GIF
-  (first frame) and BMP are decoded whole, then cropped. Every output is RGB.
+  decode='fast': JPEGs (grayscale and CMYK included) take decode_and_resize_jpeg (only the
+  window, at a reduced DCT scale when possible); PNG, GIF (first frame) and BMP are decoded
+  whole. decode='exact': every image is decoded whole at full scale, as PIL does, then
+  cropped and resized by the same antialiased filter (decode_whole). Every output is RGB.
 
   Returns:
     float32 [size, size, 3], RGB in [0, 255].
   """
+  _check_decode(decode)
+
   def jpeg():
     height, width = tf.unstack(tf.io.extract_jpeg_shape(image_bytes)[:2])
     return decode_and_resize_jpeg(image_bytes, sample_box(height, width), size, context)
 
-  def other():
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  def whole():
+    image = decode_whole(image_bytes)
     height, width = tf.unstack(tf.shape(image)[:2])
     box = tf.cast(sample_box(height, width), tf.float32)
     window, box_in_window = _window_for(box, height, width, size, context)
     return resize_box(tf.image.crop_to_bounding_box(image, *tf.unstack(window)),
                       box_in_window, size)
 
-  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image = whole() if decode == 'exact' else tf.cond(tf.io.is_jpeg(image_bytes), jpeg, whole)
   image.set_shape([size, size, 3])
   return image
+
+
+def decode_whole(image_bytes):
+  """The whole image at full scale, RGB uint8: for JPEGs libjpeg's accurate integer IDCT,
+  PIL's (bit-identical pixels on real photos; TensorFlow's default, the fast IDCT, differs
+  by up to 20/255)."""
+  def jpeg():
+    return tf.io.decode_jpeg(image_bytes, channels=3, dct_method='INTEGER_ACCURATE')
+
+  def other():
+    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _check_decode(decode: str) -> None:
+  if decode not in DECODES:
+    raise ValueError(f'Unknown decode {decode!r}: use one of {DECODES} (config.data.decode).')
 
 
 def central_crop_box(height, width, size: int, crop_pct: float = 0.875, shift_x=0):
@@ -238,11 +270,8 @@ def central_crop_box(height, width, size: int, crop_pct: float = 0.875, shift_x=
   Returns:
     float32 [4]: offset_y, offset_x, h, w (fractional).
   """
-  resized_short = math.floor(size / crop_pct)
+  resized_h, resized_w = resized_size(height, width, size, crop_pct, 'shorter')
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  short = tf.minimum(h, w)
-  resized_h = tf.where(h <= w, float(resized_short), tf.floor(resized_short * h / short))
-  resized_w = tf.where(h <= w, tf.floor(resized_short * w / short), float(resized_short))
   top = tf.round((resized_h - size) / 2)
   left = tf.round((resized_w - size) / 2) + tf.cast(shift_x, tf.float32)
   left = tf.clip_by_value(left, 0.0, resized_w - size)
@@ -250,22 +279,76 @@ def central_crop_box(height, width, size: int, crop_pct: float = 0.875, shift_x=
   return tf.stack([top * scale_y, left * scale_x, size * scale_y, size * scale_x])
 
 
-def sample_v2_shift(seed, height, width, size: int, crop_pct: float = 0.875):
+def sample_v2_shift(seed, height, width, size: int, crop_pct: float = 0.875,
+                    resize: str = 'shorter'):
   """FixRes v2's random horizontal shift of the central crop, in resized pixels.
 
   As the official transforms_v2.CenterCrop: with c = the central crop's left offset,
   a jitter uniform in {0, ..., c} with a random sign, so the crop can move anywhere from
-  the left edge to the right edge (no shift on an image as wide as the crop).
+  the left edge to the right edge (no shift on an image as wide as the crop or narrower).
   """
   magnitude_seed, sign_seed = split_seed(seed, 2)
-  resized_short = math.floor(size / crop_pct)
-  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  resized_w = tf.where(h <= w, tf.floor(resized_short * w / tf.minimum(h, w)),
-                       float(resized_short))
-  center_left = tf.cast(tf.round((resized_w - size) / 2), tf.int32)
+  resized_w = resized_size(height, width, size, crop_pct, resize)[1]
+  center_left = tf.maximum(tf.cast(tf.round((resized_w - size) / 2), tf.int32), 0)
   jitter = tf.random.stateless_uniform([], magnitude_seed, 0, center_left + 1, tf.int32)
   sign = 2 * tf.random.stateless_uniform([], sign_seed, 0, 2, tf.int32) - 1
   return sign * jitter
+
+
+def resized_size(height, width, size: int, crop_pct: float, resize: str):
+  """(height, width), float32, of the test transform's resized image before the crop.
+
+  'shorter': the shorter side becomes S = floor(size / crop_pct) (torchvision's Resize(S)).
+  'official': the FixRes repository's own Resize(S): the HEIGHT becomes S and the width
+  int(S * width / height), whatever the orientation.
+  """
+  short = tf.constant(math.floor(size / crop_pct), tf.float64)
+  h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+  if resize == 'official':
+    return tf.cast(short, tf.float32), tf.cast(tf.floor(short * w / h), tf.float32)
+  shorter = tf.minimum(h, w)
+  new_h = tf.where(h <= w, short, tf.floor(short * h / shorter))
+  new_w = tf.where(h <= w, tf.floor(short * w / shorter), short)
+  return tf.cast(new_h, tf.float32), tf.cast(new_w, tf.float32)
+
+
+def resize_official(image_bytes, size: int, crop_pct: float = 0.875,
+                    sample_shift: Callable = lambda h, w: 0):
+  """The official FixRes test transform: Resize (height to S) + CenterCrop(size).
+
+  The whole image is decoded and resized to (S, int(S * width / height)) with the
+  antialiased bilinear filter, S = floor(size / crop_pct); the central size x size crop
+  (plus `sample_shift(height, width)` resized pixels, clamped) is taken. A portrait image narrower than `size`
+  after the resize is centred between black columns, as torchvision's CenterCrop pads it:
+  (size - width) // 2 on the left, the rest on the right.
+
+  Returns:
+    float32 [size, size, 3], RGB in [0, 255].
+  """
+  image = decode_whole(image_bytes)
+  height, width = tf.unstack(tf.shape(image)[:2])
+  new_h, new_w = resized_size(height, width, size, crop_pct, 'official')
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  resized = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(image, tf.float32)[None], size=tf.cast(tf.stack([new_h, new_w]), tf.int32),
+      scale=tf.stack([new_h / h, new_w / w]), translation=tf.zeros([2]),
+      kernel_type='triangle', antialias=True)[0]
+  top = tf.cast(tf.round((new_h - size) / 2), tf.int32)
+  new_w = tf.cast(new_w, tf.int32)
+
+  def crop():
+    left = tf.round(tf.cast(new_w - size, tf.float32) / 2) + tf.cast(
+        sample_shift(height, width), tf.float32)
+    left = tf.cast(tf.clip_by_value(left, 0.0, tf.cast(new_w - size, tf.float32)), tf.int32)
+    return resized[top:top + size, left:left + size]
+
+  def pad():
+    left = (size - new_w) // 2
+    return tf.pad(resized[top:top + size], [[0, 0], [left, size - new_w - left], [0, 0]])
+
+  image = tf.cond(new_w >= size, crop, pad)
+  image.set_shape([size, size, 3])
+  return image
 
 
 def flip_image(image, seed):
@@ -273,31 +356,66 @@ def flip_image(image, seed):
   return tf.image.stateless_random_flip_left_right(image, seed)
 
 
+def sample_jitter(seed, brightness: float, contrast: float, saturation: float):
+  """torchvision ColorJitter.get_params without hue: a random order and three factors.
+
+  Returns:
+    (int32 [3] order of the ops, 0 brightness / 1 contrast / 2 saturation; float32 [3]
+    factors, uniform in [1 - x, 1 + x] (clipped at 0) for x = brightness, contrast,
+    saturation).
+  """
+  order_seed, factor_seed = split_seed(seed, 2)
+  order = tf.argsort(tf.random.stateless_uniform([3], order_seed))
+  strength = tf.constant([brightness, contrast, saturation], tf.float32)
+  unit = tf.random.stateless_uniform([3], factor_seed)
+  factors = tf.maximum(1 - strength, 0.0) + unit * (1 + strength - tf.maximum(1 - strength, 0.0))
+  return tf.cast(order, tf.int32), factors
+
+
+def _grey(image):
+  return tf.image.rgb_to_grayscale(image)  # ITU-R 601-2 luma, as torchvision and PIL
+
+
+def apply_jitter(image, order, factors):
+  """Brightness, contrast and saturation in `order`, as torchvision's functional ops do on
+  float images (PIL's ImageEnhance is the same blend, rounded to uint8 after each op):
+  brightness scales, contrast blends with the image's mean grey level, saturation blends
+  with the per-pixel grey; each result clipped to [0, 255].
+  """
+  def blend(degenerate, factor):
+    return lambda x: tf.clip_by_value(degenerate(x) + factor * (x - degenerate(x)), 0.0, 255.0)
+
+  ops = [blend(tf.zeros_like, factors[0]),
+         blend(lambda x: tf.reduce_mean(_grey(x)), factors[1]),
+         blend(_grey, factors[2])]
+  for i in range(3):
+    image = tf.switch_case(order[i], [lambda op=op, x=image: op(x) for op in ops])
+  return image
+
+
 def jitter_color(image, seed, strength: float = 0.05):
   """torchvision ColorJitter(brightness=contrast=saturation=strength) on [0, 255] RGB.
 
-  Factors uniform in [1 - strength, 1 + strength], as PIL's ImageEnhance does them:
-  brightness scales, contrast blends with the mean grey level, saturation blends with the
-  per-pixel grey. Two simplifications that do not matter at 0.05: a fixed order
-  (torchvision permutes the three), and the mean grey level is the crop's (FixRes jitters
-  the whole resized image before cropping).
+  Factors uniform in [1 - strength, 1 + strength], the three ops in a random order; the mean
+  grey level of the contrast op is that of `image` (torchvision's after RandomResizedCrop:
+  the crop's). Stateless: `seed` decides everything.
   """
-  factors = tf.random.stateless_uniform([3], seed, 1 - strength, 1 + strength)
-  image = tf.clip_by_value(image * factors[0], 0.0, 255.0)
-  mean = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
-  image = tf.clip_by_value(mean + factors[1] * (image - mean), 0.0, 255.0)
-  grey = tf.image.rgb_to_grayscale(image)
-  return tf.clip_by_value(grey + factors[2] * (image - grey), 0.0, 255.0)
+  if strength == 0:
+    return image
+  order, factors = sample_jitter(seed, strength, strength, strength)
+  return apply_jitter(image, order, factors)
 
 
 def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', flip: bool = True,
-                     dtype=tf.float32):
-  """RandomResizedCrop at K_train (crop 'torchvision' or 'inception') + horizontal flip.
+                     dtype=tf.float32, color_jitter: float = 0.0, decode: str = 'fast'):
+  """RandomResizedCrop at K_train (crop 'torchvision' or 'inception') + horizontal flip
+  (+ ColorJitter(color_jitter, color_jitter, color_jitter) when color_jitter > 0).
 
   Args:
     image_bytes: scalar string tensor, an encoded image (JPEG fast path; PNG/GIF/BMP too).
     seed: int [2] stateless seed.
     size: K_train.
+    decode: 'fast' (decode only the crop, DCT-scaled when possible) or 'exact' (full decode).
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
@@ -307,32 +425,46 @@ def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', fl
     raise ValueError(f'Unknown crop {crop!r}: use one of {CROPS}.')
   crop_seed, flip_seed = split_seed(seed, 2)
   sample_box = lambda h, w: tf.stack(samplers[crop](crop_seed, h, w))
-  image = decode_and_resize(image_bytes, sample_box, size)
+  image = decode_and_resize(image_bytes, sample_box, size, decode=decode)
   if flip:
     image = flip_image(image, flip_seed)
+  # Its own seed, so that turning the jitter on leaves the crops and flips unchanged.
+  image = jitter_color(image, tf.random.experimental.stateless_fold_in(seed, 2), color_jitter)
   return normalize_image(image, dtype)
 
 
-def preprocess_test(image_bytes, size: int, crop_pct: float = 0.875, dtype=tf.float32):
-  """Shorter side resized to floor(size / crop_pct), central size x size crop (K_test).
+def preprocess_test(image_bytes, size: int, crop_pct: float = 0.875, dtype=tf.float32,
+                    decode: str = 'fast', resize: str = 'shorter'):
+  """Resize to S = floor(size / crop_pct), central size x size crop (K_test).
 
-  Computed as a decode of the equivalent window of the original image, then one resize.
+  Args:
+    decode: 'fast' or 'exact' (see decode_and_resize); the box of the original image
+      equivalent to the crop is resized once.
+    resize: 'shorter' (the shorter side to S, torchvision's Resize(S) as the paper says) or
+      'official' (the FixRes repository's: the height to S, black columns when a portrait
+      comes out narrower than size; always an exact decode), see resize_official.
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
   """
   _check_crop_pct(crop_pct)
+  _check_resize(resize)
+  if resize == 'official':
+    return normalize_image(resize_official(image_bytes, size, crop_pct), dtype)
   sample_box = lambda h, w: central_crop_box(h, w, size, crop_pct)
-  return normalize_image(decode_and_resize(image_bytes, sample_box, size, context=True), dtype)
+  return normalize_image(decode_and_resize(image_bytes, sample_box, size, context=True,
+                                           decode=decode), dtype)
 
 
 def preprocess_finetune(image_bytes, seed, size: int, crop_pct: float = 0.875,
-                        augment: str = 'flip', dtype=tf.float32):
+                        augment: str = 'flip', dtype=tf.float32, decode: str = 'fast',
+                        resize: str = 'shorter'):
   """The FixRes fine-tuning input: the test transform at K_test, lightly augmented.
 
   Args:
-    augment: 'flip' (horizontal flip, FixRes v1), 'v2' (the official v2 recipe: flip, colour
-      jitter 0.05, random horizontal shift of the central crop) or 'none'.
+    augment: 'flip' (horizontal flip), 'v2' (the official v2 recipe: flip, colour
+      jitter 0.05, random horizontal shift of the central crop) or 'none' (FixRes v1).
+    decode, resize: as preprocess_test.
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
@@ -340,18 +472,28 @@ def preprocess_finetune(image_bytes, seed, size: int, crop_pct: float = 0.875,
   if augment not in FINETUNE_AUGMENTS:
     raise ValueError(f'Unknown finetune augment {augment!r}: use one of {FINETUNE_AUGMENTS}.')
   _check_crop_pct(crop_pct)
+  _check_resize(resize)
   shift_seed, flip_seed, color_seed = split_seed(seed, 3)
 
-  def sample_box(h, w):
-    shift = sample_v2_shift(shift_seed, h, w, size, crop_pct) if augment == 'v2' else 0
-    return central_crop_box(h, w, size, crop_pct, shift_x=shift)
+  def shift(h, w):
+    return sample_v2_shift(shift_seed, h, w, size, crop_pct, resize) if augment == 'v2' else 0
 
-  image = decode_and_resize(image_bytes, sample_box, size, context=True)
+  if resize == 'official':
+    image = resize_official(image_bytes, size, crop_pct, sample_shift=shift)
+  else:
+    sample_box = lambda h, w: central_crop_box(h, w, size, crop_pct, shift_x=shift(h, w))
+    image = decode_and_resize(image_bytes, sample_box, size, context=True, decode=decode)
   if augment != 'none':
     image = flip_image(image, flip_seed)
   if augment == 'v2':
     image = jitter_color(image, color_seed)
   return normalize_image(image, dtype)
+
+
+def _check_resize(resize: str) -> None:
+  if resize not in TEST_RESIZES:
+    raise ValueError(f'Unknown test resize {resize!r}: use one of {TEST_RESIZES} '
+                     '(config.data.test_resize).')
 
 
 def _check_crop_pct(crop_pct):

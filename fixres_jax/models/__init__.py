@@ -30,7 +30,7 @@ BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 def create_model(name: str, num_classes: int, dtype: str = 'float32',
                  zero_init_residual: bool = False, stage_sizes=None, block: str = 'basic',
-                 num_filters: int = 64) -> ResNet:
+                 num_filters: int = 64, bn_group_size: int = 0) -> ResNet:
   """Builds a model by name.
 
   Args:
@@ -39,6 +39,7 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
     num_classes: classifier size.
     dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
     zero_init_residual: zero-initialise the last BN scale of each residual block.
+    bn_group_size: BatchNorm statistics over groups of this many images (0: whole batch).
 
   Returns:
     an unbound flax ResNet module.
@@ -50,4 +51,4 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
   else:
     raise ValueError(f'Unknown model {name!r}: config.model.name must be one of {ARCH_NAMES}.')
   return ResNet(num_classes=num_classes, dtype=jnp.dtype(dtype),
-                zero_init_residual=zero_init_residual, **arch)
+                zero_init_residual=zero_init_residual, bn_group_size=bn_group_size, **arch)

@@ -12,12 +12,17 @@ BatchNorm modes, chosen per call:
                   global pooling (`last_bn_path`), which uses batch statistics and updates
                   its running mean and variance.
   neither         inference.
+
+BatchNorm statistics come from the whole (global, sharded) batch, as synchronised BN, or,
+with `bn_group_size` N > 0, from each group of N consecutive images of the batch, as
+per-GPU BN under PyTorch DDP computes them (GroupBatchNorm).
 """
 
 import functools
 from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 BN_MOMENTUM = 0.9  # == PyTorch momentum 0.1
@@ -84,6 +89,50 @@ class Bottleneck(nn.Module):
 BLOCK_BN_NAMES = ('bn1', 'bn2', 'bn3', 'downsample_bn')
 
 
+class GroupBatchNorm(nn.Module):
+  """BatchNorm whose batch statistics are those of each group of `group_size` images.
+
+  The batch [B, ...] is viewed as [B / group_size, group_size, ...]; every group is
+  normalised with its own mean and (biased) variance over its images and positions, as each
+  GPU's BatchNorm does in PyTorch DDP without SyncBN. Under jax.jit this is a reshape of the
+  global batch, so it gives the same result on any number of devices. The running statistics
+  are updated with the mean over the groups of their means and variances (PyTorch momentum
+  1 - `momentum`); the variance is kept biased, as flax.linen.BatchNorm keeps it. Variables
+  and names are flax.linen.BatchNorm's: params scale, bias; batch_stats mean, var.
+  """
+  group_size: int
+  use_running_average: bool = False
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Any = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    if self.use_running_average:
+      y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    else:
+      if x.shape[0] % self.group_size:
+        raise ValueError(f'A batch of {x.shape[0]} images does not split into BatchNorm groups '
+                         f'of {self.group_size}: make the batch a multiple of the group size.')
+      groups = x32.reshape((x.shape[0] // self.group_size, self.group_size) + x.shape[1:])
+      axes = tuple(range(1, groups.ndim - 1))  # images and positions, per group
+      mean = jnp.mean(groups, axes, keepdims=True)
+      var = jnp.mean(jnp.square(groups - mean), axes, keepdims=True)
+      y = ((groups - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        reduce = lambda v: jnp.mean(v.reshape(-1, features), 0)
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * reduce(mean)
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * reduce(var)
+    return (y * scale + bias).astype(self.dtype)
+
+
 class ResNet(nn.Module):
   """torchvision-layout ResNet.
 
@@ -94,6 +143,7 @@ class ResNet(nn.Module):
     num_filters: planes of the first stage (64 in torchvision); stage i has num_filters * 2**i.
     groups, width_per_group: ResNeXt cardinality and group width (torchvision's arguments).
     zero_init_residual: initialise the last BN scale of every block to zero.
+    bn_group_size: batch statistics over groups of this many images (0: the whole batch).
     dtype: computation dtype (e.g. bfloat16); parameters and BN statistics stay float32.
   """
   stage_sizes: Sequence[int]
@@ -103,6 +153,7 @@ class ResNet(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   zero_init_residual: bool = False
+  bn_group_size: int = 0  # >0: batch statistics per group of this many images
   dtype: Any = jnp.float32
 
   @property
@@ -126,9 +177,13 @@ class ResNet(nn.Module):
     """
     def norm(name, use_running_average, last_in_block=False):
       zero = self.zero_init_residual and last_in_block
+      scale_init = nn.initializers.zeros if zero else nn.initializers.ones
+      if self.bn_group_size:
+        return GroupBatchNorm(self.bn_group_size, use_running_average, dtype=self.dtype,
+                              name=name, scale_init=scale_init)
       return nn.BatchNorm(use_running_average=use_running_average, momentum=BN_MOMENTUM,
                           epsilon=BN_EPSILON, dtype=self.dtype, name=name,
-                          scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
+                          scale_init=scale_init)
 
     x = x.astype(self.dtype)
     x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,

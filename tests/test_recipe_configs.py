@@ -1,0 +1,58 @@
+"""configs/r50_*.py are the official ImageNet recipe (facebookresearch/FixRes)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from fixres_jax import config as config_lib
+from fixres_jax import train
+from fixres_jax.data import pipeline
+
+CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
+
+
+class _ImageNetTrain:
+  def num_examples(self, split):
+    del split
+    return 1_281_167
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('name,train_res', [('r50_224', 224), ('r50_128', 128)])
+def test_official_training_recipe(name, train_res):
+  config = load(name)
+  config_lib.validate(config, 8)
+  cfg = config.train
+  assert (cfg.image_size, cfg.batch_size, cfg.num_epochs) == (train_res, 512, 120)
+  steps = pipeline.steps_per_epoch(_ImageNetTrain(), 'train', cfg.batch_size,
+                                   len_factor=config.data.ra_len_factor,
+                                   repetitions=config.data.ra_repetitions)
+  assert steps * cfg.num_epochs == 600_600
+  lr = train.create_learning_rate_fn(cfg, steps, cfg.batch_size)
+  assert float(lr(0)) == pytest.approx(0.16)  # no warm-up
+  assert float(lr(30 * steps - 1)) == pytest.approx(0.16)
+  assert float(lr(30 * steps)) == pytest.approx(0.016)
+  assert float(lr(90 * steps)) == pytest.approx(0.00016)
+  assert (cfg.momentum, cfg.weight_decay, cfg.no_decay, cfg.label_smoothing) == (0.9, 1e-4, (), 0)
+  assert config.data.color_jitter == 0.3
+  assert (config.data.ra_repetitions, config.data.ra_len_factor) == (3, 2.0)
+  assert config.model.bn_group_size == 64 and config.finetune.bn_group_size == 64
+  assert train.recipe_options(config)['groups'] == 8  # one process: 8 groups of 64
+
+
+def test_bad_recipe_options_are_named():
+  config = load('r50_224')
+  config.model.bn_group_size = 100
+  config.data.ra_repetitions = 0
+  config.data.decode = 'pil'
+  with pytest.raises(ValueError) as error:
+    config_lib.validate(config, 8)
+  for field in ('bn_group_size', 'ra_repetitions', 'data.decode'):
+    assert field in str(error.value)
