@@ -3,6 +3,7 @@ the seed report (fixres_jax/measure_demo.py) that docs/DEMO.md and README's tabl
 
 import json
 import pathlib
+import types
 
 from etils import epath
 import pytest
@@ -20,9 +21,10 @@ def test_demo_chooses_k_test_on_images_it_never_trains_on():
   config = reproduce.load_config_file(epath.Path(REPO / 'configs' / 'demo.py'))
   config_lib.validate(config, device_count=8)
   assert config.finetune.test_res == analysis.AUTO
-  name, train_start, train_end = sources.parse_slice(config.data.train_split)
+  sizes = {'train': types.SimpleNamespace(num_examples=10_000, shard_lengths=[10_000])}
+  (name, train_start, train_end), = sources.resolve_split(config.data.train_split, sizes)
   for split in (config.finetune.auto_split, config.sweep.parametric_split):
-    held_name, held_start, held_end = sources.parse_slice(split)
+    (held_name, held_start, held_end), = sources.resolve_split(split, sizes)
     assert held_name == name and held_end > held_start
     assert held_start >= train_end or held_end <= train_start, (split, config.data.train_split)
 
