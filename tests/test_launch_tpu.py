@@ -50,8 +50,9 @@ RECORDER = r'''
 import json, os, sys, time
 name = os.path.basename(sys.argv[0])
 release = os.path.join(os.environ['FAKE_DIR'], 'release')
-while name == 'python3' and not os.path.exists(release):  # until the launcher has returned
-  time.sleep(0.1)
+deadline = time.time() + 300  # a failed test never releases it: give up, never linger
+while name == 'python3' and not os.path.exists(release) and time.time() < deadline:
+  time.sleep(0.1)  # until the launcher has returned
 record = {'tool': name, 'argv': sys.argv, 'cwd': os.getcwd(), 'sid': os.getsid(0),
           'tfds': os.environ.get('TFDS_DATA_DIR')}
 with open(os.path.join(os.environ['FAKE_DIR'], 'worker.jsonl'), 'a') as f:
@@ -124,7 +125,8 @@ def test_fresh_slice_gets_a_venv_and_a_detached_run_with_every_argument_intact(f
   tools = {r['tool']: r['argv'][1:] for r in read_jsonl(tmp_path / 'worker.jsonl')}
   assert tools['sudo'] == ['apt-get', 'install', '-y', 'python3.11-venv']
   assert tools['python3.11'] == ['-m', 'venv', str(worker / 'fixres_venv')]
-  assert tools['pip'] == ['install', '-r', 'requirements.txt', 'jax[tpu]==0.10.2']
+  assert tools['pip'] == ['install', '-r', 'requirements.txt', '-c', 'requirements.lock',
+                          'jax[tpu]==0.10.2']
   # When main ends, its log goes to the workdir.
   start = time.time()
   while not any('storage' in c for c in read_jsonl(tmp_path / 'gcloud.jsonl')):
