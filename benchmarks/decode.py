@@ -128,7 +128,6 @@ def format_report(rows: list, speeds: list) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', 'docs', 'Where DECODE.md and benchmarks/decode.json go.')
 
 
 def main(argv):
@@ -144,4 +143,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined only when run: tests import this module beside other commands' flags.
+  flags.DEFINE_string('out', 'docs', 'Where DECODE.md and benchmarks/decode.json go.')
   app.run(main)

@@ -186,6 +186,7 @@ def test_interrupted_passes_resume_to_the_same_result(tmp_path, finished):
     np.testing.assert_array_equal(flatten(resumed)[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 def test_main_runs_the_cached_mode_and_sweeps(tmp_path, finished):
   config = finished.config.copy_and_resolve_references()
   config.init_from = str(checkpoint.save_variables(tmp_path / 'trained',

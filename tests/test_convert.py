@@ -174,6 +174,7 @@ def test_every_arch_maps_one_to_one_onto_torchvision(arch):
   assert convert.find_matching_archs(state_dict) == [arch]  # ...and to no other arch.
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_starts_a_finetune_stage(tmp_path, tiny_config):
   """torchvision resnet18 (1000 classes) -> FixRes fine-tuning on the 10-class tiny dataset."""
   from fixres_jax import main  # pylint: disable=g-import-not-at-top

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from fixres_jax import main
 
 
+@pytest.mark.slow
 def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   workdir = tmp_path / 'run'
   tiny_config.train.profile_steps = 2

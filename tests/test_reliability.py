@@ -109,6 +109,7 @@ def test_half_written_checkpoint_is_never_picked_up(tmp_path):
   np.testing.assert_array_equal(restored['w'], state['w'])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path, tiny_config):
   config = tiny_config
   config.stages = ('train',)
