@@ -107,6 +107,7 @@ def test_feature_sums_match_a_numpy_histogram():
   assert float(sums['feature_sq_sum']) == pytest.approx((kept**2).sum(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, tiny_dataset,
                                                        monkeypatch):
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
