@@ -79,7 +79,7 @@ flags.DEFINE_string('fill_flops', '',
 flags.DEFINE_string('out', '', 'Also write the JSON here (rewritten as results come in).')
 FLAGS = flags.FLAGS
 
-FINETUNE_TARGET = 1.05  # issue 6: a fine-tuning step should cost about one forward pass
+FINETUNE_TARGET = 1.05  # a fine-tuning step should cost about one forward pass
 OOM_EXIT_STATUS = 75  # EX_TEMPFAIL: benchmarks/gpu.sh retries with half the batch
 
 # Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity). First match wins,

@@ -549,7 +549,7 @@ def claim_c(runs_by_res: Dict[int, list], flops: Dict[int, float]) -> dict:
 
 
 def claim_cached(runs_by_res: Dict[int, list]) -> dict:
-  """Issue 10: 'cached' against 'sgd' fine-tuning at the same K_test and head epochs."""
+  """'cached' against 'sgd' fine-tuning at the same K_test and head epochs."""
   rows = {}
   for train_res, runs in runs_by_res.items():
     sgd = per_seed(runs, lambda r: variant(r, 'ft_selected'))
@@ -851,7 +851,7 @@ def format_claim_c(claim: dict) -> List[str]:
 
 
 def format_cached(claim: dict, epochs) -> List[str]:
-  lines = ["### 'cached' against 'sgd' fine-tuning (issue 10), same K_test and head epochs: "
+  lines = ["### 'cached' against 'sgd' fine-tuning, same K_test and head epochs: "
            f"{verdict(claim['holds'])}", '',
            "Holds when 'cached' is not below 'sgd' by more than the larger of sgd's seed "
            'std and the per-seed spread. Wall times are whole finetune-stage runs (dataset '
