@@ -52,7 +52,7 @@ def train_options(config) -> dict:
   return dict(shuffle_buffer=config.data.shuffle_buffer, num_shards=config.data.num_shards,
               deterministic=config.deterministic, dtype=config.data.dtype,
               skip_corrupt=config.data.skip_corrupt, cache=config.data.cache,
-              service=config.data.get('service', ''))
+              service=config.data.service)
 
 
 def eval_options(config) -> dict:
