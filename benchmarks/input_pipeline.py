@@ -78,10 +78,9 @@ def image_sizes(num_images, mix=IMAGENET_LIKE_MIX):
 def write_photo_like_jpegs(folder, num_images, width, height, seed=0):
   """Writes JPEGs with a photo's statistics: smooth shading, edges, fine texture.
 
-  Calibrated on decoding cost: on the development machine their full, 1/4-scale and
-  central-crop decode times relate as those of real photos resized to 500x375 and saved at
-  quality 90 (full decode 0.73 ms; 1/4 scale 1.27x faster, photos 1.19-1.33x; central
-  330x330 crop 1.09x faster, photos 1.06-1.09x).
+  Calibrated on decoding cost: their full, 1/4-scale and central-crop decode times relate
+  as those of real photos resized to 500x375 and saved at quality 90 (the 1/4 scale and a
+  central 330x330 crop save about as much decoding time as on such photos).
   """
   rng = np.random.default_rng(seed)
   sizes = image_sizes(num_images) if width is None else [(width, height)] * num_images

@@ -4,7 +4,7 @@ COMMAND
   python -m benchmarks.loop_overhead --data_dir=TFDS_DIR [--steps=40] [--rounds=3] \
       [--out=docs/benchmarks/loop_cpu.json]
 
-train.run_steps (the loop of the train stage: logging, finiteness checks, checkpoint
+stage.run_steps (the loop of the train stage: logging, finiteness checks, checkpoint
 schedule, preemption guard) runs a tiny ResNet's jitted train step at --image_size on:
   device:   one batch already on the device, repeated (the step alone, plus the loop);
   host:     --steps NumPy batches held in memory, sent through parallel.prefetch_to_devices
@@ -32,6 +32,7 @@ from benchmarks import output
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import parallel
+from fixres_jax import stage
 from fixres_jax import train
 from fixres_jax.data import pipeline
 
@@ -61,14 +62,15 @@ def make_config():
 
 
 def time_loop(config, state, step_fn, batches, workdir, manager, lr):
-  """Milliseconds per step of train.run_steps over FLAGS.steps steps, after 2 warm-up steps."""
+  """Milliseconds per step of stage.run_steps over FLAGS.steps steps, after 2 warm-up steps."""
   first = int(state.step)
-  state = train.run_steps('train', config, workdir, state, step_fn, batches, first + 2,
-                          FLAGS.batch, lr, manager)
+  cadence = stage.stage_cadence(config, 'train')
+  state = stage.run_steps('train', workdir, state, step_fn, batches, first + 2, FLAGS.batch,
+                          lr, manager, cadence)
   jax.block_until_ready(state.params)
   start = time.perf_counter()
-  state = train.run_steps('train', config, workdir, state, step_fn, batches,
-                          first + 2 + FLAGS.steps, FLAGS.batch, lr, manager)
+  state = stage.run_steps('train', workdir, state, step_fn, batches, first + 2 + FLAGS.steps,
+                          FLAGS.batch, lr, manager, cadence)
   jax.block_until_ready(state.params)
   return (time.perf_counter() - start) / FLAGS.steps * 1e3, state
 
@@ -81,15 +83,13 @@ def main(argv):
   model = train.create_model(config, dataset.num_classes)
   variables = train.init_variables(model, FLAGS.image_size, 0)
   lr = lambda step: 0.01
-  state = train.TrainState.create(
-      apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'],
-      tx=train.create_optimizer(config.train, lr, variables['params']))
+  state = stage.create_train_state(
+      model, variables, train.create_optimizer(config.train, lr, variables['params']))
   state = parallel.replicate(state, mesh)
   step_fn = jax.jit(train.train_step, donate_argnums=0)
 
   def real_batches():
-    return pipeline.train_batches(dataset, config.data.train_split, FLAGS.image_size,
-                                  FLAGS.batch, seed=0, shuffle_buffer=1024)
+    return pipeline.stage_batches(config, dataset, 'train', start_step=0)
 
   stream = real_batches()
   host = [next(stream) for _ in range(FLAGS.steps + 2)]

@@ -5,7 +5,7 @@ COMMAND
       [--out=docs/benchmarks/service_cpu.json]
 
 For each worker count, `python -m fixres_jax.data.service` starts a dispatcher and that many
-workers on 127.0.0.1 (another process); pipeline.train_batches then reads --seconds of
+workers on 127.0.0.1 (another process); the train stage's batches then read --seconds of
 batches through it (config.data.service), and the same pipeline reads them locally, in the
 same round. All processes share this machine's cores: the figures show the service's
 overhead and that its batches keep flowing, not a speed-up (that needs workers on other
@@ -61,19 +61,23 @@ def main(argv):
   config = config_lib.get_base_config()
   config.data.name = FLAGS.dataset
   config.data.data_dir = FLAGS.data_dir
+  config.data.train_split = 'train'
+  config.data.shuffle_buffer = 4096
+  config.train.image_size = FLAGS.image_size
+  config.train.batch_size = FLAGS.batch
   dataset = pipeline.load_dataset(config)
-  kwargs = dict(split='train', image_size=FLAGS.image_size, global_batch=FLAGS.batch, seed=0,
-                shuffle_buffer=4096)
   load_before = os.getloadavg()[0]
   runs = []
   for num_workers in (int(w) for w in FLAGS.workers):
     process, address = start_service(num_workers)
     try:
-      remote = images_per_second(pipeline.train_batches(dataset, service=address, **kwargs))
+      remote_config = config.copy_and_resolve_references()
+      remote_config.data.service = address
+      remote = images_per_second(pipeline.stage_batches(remote_config, dataset, 'train', 0))
     finally:
       process.terminate()
       process.wait()
-    local = images_per_second(pipeline.train_batches(dataset, **kwargs))
+    local = images_per_second(pipeline.stage_batches(config, dataset, 'train', 0))
     runs.append({'workers': num_workers, 'service_img_per_s': round(remote, 1),
                  'local_img_per_s': round(local, 1), 'ratio': round(remote / local, 3)})
   result = {'kind': 'service', 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),

@@ -47,9 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fixres_jax import evaluate
 from fixres_jax import finetune
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import stage
 from fixres_jax import train
 
 flags.DEFINE_string('model', 'resnet50',
@@ -244,16 +246,14 @@ def create_steps(model, batch_size: int, train_res, test_res, num_classes: int, 
   variables = jax.device_get(train.init_variables(model, max(train_res + test_res), seed=0))
   schedule = optax.constant_schedule(0.01)
   tx = train.create_optimizer(sgd_config(), schedule, variables['params'])
-  train_state = parallel.replicate(train.TrainState.create(
-      apply_fn=model.apply, params=variables['params'], batch_stats=variables['batch_stats'],
-      tx=tx), mesh)
-  names = finetune.trainable_names(model.last_bn_path, train_bn_affine=False)
+  train_state = parallel.replicate(stage.create_train_state(model, variables, tx), mesh)
+  names = models.finetuned_names(model, train_bn_affine=False)
   finetune_state = parallel.replicate(finetune.create_finetune_state(
       model, variables, sgd_config(), schedule, names), mesh)
   variables = parallel.replicate(variables, mesh)
 
   train_fn = jax.jit(train.train_step, donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(train.eval_step, model.apply))
+  eval_fn = evaluate.jit_eval_step(model)
   finetune_fn = jax.jit(functools.partial(finetune.finetune_step, trainable=names,
                                           last_bn_path=model.last_bn_path), donate_argnums=0)
   train_carry, finetune_carry, eval_carry = (Carry(train_state), Carry(finetune_state),
@@ -420,14 +420,13 @@ def count_step_flops(model_name: str, dtype: str, batch: int, kind: str, resolut
   model = create_model(model_name, num_classes, dtype)
   variables = jax.eval_shape(lambda: train.init_variables(model, resolution, seed=0))
   schedule = optax.constant_schedule(0.01)
-  names = finetune.trainable_names(model.last_bn_path, train_bn_affine=False)
+  names = models.finetuned_names(model, train_bn_affine=False)
   batch_shapes = {'image': jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32),
                   'label': jax.ShapeDtypeStruct((batch,), jnp.int32),
                   'mask': jax.ShapeDtypeStruct((batch,), jnp.float32)}
   if kind == 'train':
-    state = jax.eval_shape(lambda v: train.TrainState.create(
-        apply_fn=model.apply, params=v['params'], batch_stats=v['batch_stats'],
-        tx=train.create_optimizer(sgd_config(), schedule, v['params'])), variables)
+    state = jax.eval_shape(lambda v: stage.create_train_state(
+        model, v, train.create_optimizer(sgd_config(), schedule, v['params'])), variables)
     return model_flops(jax.jit(train.train_step), (state, batch_shapes))
   if kind == 'finetune':
     state = jax.eval_shape(lambda v: finetune.create_finetune_state(
@@ -435,8 +434,7 @@ def count_step_flops(model_name: str, dtype: str, batch: int, kind: str, resolut
     step = functools.partial(finetune.finetune_step, trainable=names,
                              last_bn_path=model.last_bn_path)
     return model_flops(jax.jit(step), (state, batch_shapes))
-  return model_flops(jax.jit(functools.partial(train.eval_step, model.apply)),
-                     (variables, batch_shapes))
+  return model_flops(evaluate.jit_eval_step(model), (variables, batch_shapes))
 
 
 def fill_flops(path: str) -> dict:

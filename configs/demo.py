@@ -37,6 +37,7 @@ def get_config():
   config.train.warmup_epochs = 1
   config.train.weight_decay = 5e-5
   config.train.log_every_steps = 50
+  config.finetune.log_every_steps = 50
 
   # The trained network's best K_test on the held-out slice (analysis.select_test_res), not
   # a number tuned on one machine: the best K_test moves with the seed and the processor.

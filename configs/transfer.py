@@ -36,6 +36,7 @@ def get_config():
   config.train.schedule = 'cosine'
   config.train.warmup_epochs = 1
   config.train.log_every_steps = 20
+  config.finetune.log_every_steps = 20
 
   config.finetune.test_res = 'auto'
   config.finetune.auto_split = 'train[90%:]'  # held out: train_split stops at 90%

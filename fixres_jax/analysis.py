@@ -1,12 +1,9 @@
-"""Test-resolution sweep, pooled-feature statistics, parametric adaptation, K_test='auto'.
+"""Test-resolution sweep, parametric adaptation, K_test='auto', and their outputs.
 
 The sweep evaluates every model at every K_test of config.sweep.resolutions, in one pass over
-the validation split per resolution (each batch goes through every model) with one jitted step
-that is compiled once per resolution. Besides top-1/top-5 it accumulates statistics of the
-pooled features (after the final ReLU and global average pooling): exact sums for the mean and
-standard deviation, and a histogram of the nonzero values on fixed log-spaced bins, from which
-come quantiles, the figure features.png and the parametric adaptation's fits. Features never
-leave the device.
+the validation split per resolution (each batch goes through every model) with evaluate.py's
+step, compiled once per resolution: top-1/top-5 and statistics of the pooled features, from
+which come quantiles, the figure features.png and the parametric adaptation's fits.
 
 Models: 'trained', 'finetuned' (when there is one) and 'parametric', the trained network with
 its pooled features mapped by parametric.py's scalar transform, fitted at each K_test on
@@ -28,19 +25,14 @@ from typing import Dict
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from fixres_jax import evaluate
 from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import resolution
-from fixres_jax import train
 
 AUTO = 'auto'
-# Pooled features are >= 0; exact zeros are counted apart. 32 bins per decade over 1e-4..1e3
-# (a 7.5% relative resolution for quantiles), plus a bin below and one above.
-HISTOGRAM_EDGES = np.geomspace(1e-4, 1e3, 7 * 32 + 1)
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 SHAPE_IMAGES = 500  # training images whose shapes feed the analytic K_test*
 SAMPLER_CROPS = 20_000  # Monte Carlo crops for K_test* (standard error of E[sigma] ~0.0015)
 
@@ -50,91 +42,6 @@ class SweepResult:
   records: list  # sweep.json
   stats: dict  # stats.json: {'edges', 'records'}
   meta: dict  # sweep_meta.json
-
-
-def feature_sums(features: jax.Array, mask: jax.Array) -> dict:
-  """Masked sums of the pooled features: count, sum, sum of squares, histogram of nonzeros.
-
-  The histogram has np.searchsorted's bins over [0, HISTOGRAM_EDGES..., inf): bin i holds
-  edges[i-1] < f <= edges[i]. It is computed as differences of the counts above each edge
-  (a fused compare-and-sum, no scatter, so it shards like the rest of the step).
-  """
-  counts = jnp.broadcast_to(mask[:, None], features.shape).astype(jnp.int32)
-  edges = jnp.asarray(HISTOGRAM_EDGES, features.dtype)
-  above = jnp.concatenate([
-      jnp.sum(counts * (features > 0))[None],
-      jnp.sum(counts[..., None] * (features[..., None] > edges), axis=(0, 1))])
-  histogram = above - jnp.concatenate([above[1:], jnp.zeros(1, above.dtype)])
-  weights = counts.astype(features.dtype)
-  return {'feature_count': jnp.sum(counts), 'feature_sum': jnp.sum(features * weights),
-          'feature_sq_sum': jnp.sum(features**2 * weights), 'histogram': histogram}
-
-
-def sweep_step(model, variables: dict, adaptation, batch: dict) -> dict:
-  """Masked metric and feature sums over a global batch, as is and adapted, in inference mode.
-
-  One forward pass serves the model and its parametric adaptation: the head is applied to the
-  pooled features and to their adapted version.
-
-  Args:
-    model: the flax module.
-    variables: {'params', 'batch_stats'}.
-    adaptation: (a, b) of parametric.adapt_features (parametric.IDENTITY when unused).
-    batch: {'image', 'label', 'mask'}.
-
-  Returns:
-    {'plain': sums, 'adapted': sums}, each train.eval_step's sums plus feature_sums'.
-  """
-  _, features = model.apply(variables, batch['image'], train=False, return_features=True)
-
-  def sums(features):
-    logits = parametric.apply_head(model, variables['params']['fc'], features)
-    # eval_step's metrics, of the logits and features computed here.
-    metrics = train.eval_step(lambda *args, **kwargs: (logits, features), variables, batch)
-    return {**metrics, **feature_sums(features, batch['mask'])}
-
-  return {'plain': sums(features),
-          'adapted': sums(parametric.adapt_features(features, *adaptation))}
-
-
-def evaluate_models(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dict]:
-  """One pass over `batches`, each batch through every model.
-
-  Args:
-    step_fn: jitted sweep_step with the model bound.
-    entries: {name: (variables, adaptation)}.
-
-  Returns:
-    {name: summed outputs of step_fn ({'plain', 'adapted'}), as NumPy}.
-  """
-  totals = {}
-  for batch in parallel.prefetch_to_devices(batches, mesh):
-    for name, (variables, adaptation) in entries.items():
-      sums = step_fn(variables, adaptation, batch)
-      totals[name] = sums if name not in totals else jax.tree.map(jnp.add, totals[name], sums)
-  return {name: jax.device_get(t) for name, t in totals.items()}
-
-
-def summarize(totals: dict) -> tuple:
-  """(metrics record, feature statistics record) from evaluate_models' sums."""
-  count = float(totals['count'])
-  metrics = {'top1': float(totals['correct1']) / count,
-             'top5': float(totals['correct5']) / count,
-             'loss': float(totals['loss']) / count,
-             'zero_fraction': float(totals['zero_fraction']) / count,
-             'num_images': int(round(count))}
-  n = float(totals['feature_count'])
-  counts = np.asarray(totals['histogram'], np.int64)
-  zeros = n - counts.sum()
-  mean = float(totals['feature_sum']) / n
-  values = parametric.histogram_quantiles(HISTOGRAM_EDGES, counts, QUANTILES, zeros=zeros)
-  feature_stats = {
-      'num_images': metrics['num_images'], 'num_values': n, 'zero_fraction': zeros / n,
-      'mean': mean,
-      'std': float(np.sqrt(max(float(totals['feature_sq_sum']) / n - mean**2, 0.0))),
-      'quantiles': {f'q{round(100 * q):02d}': float(v) for q, v in zip(QUANTILES, values)},
-      'counts': counts.tolist()}
-  return metrics, feature_stats
 
 
 def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
@@ -150,32 +57,32 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
   from fixres_jax.data import pipeline  # only the loop needs TensorFlow
   cfg, train_res = config.sweep, config.train.image_size
   models = {name: parallel.replicate(v, mesh) for name, v in models.items()}
-  step_fn = jax.jit(functools.partial(sweep_step, model))  # traced once per resolution
-  options = dict(pipeline.eval_options(config), skip_corrupt=False, cache=False)
-  batches = functools.partial(pipeline.eval_batches, global_batch=cfg.batch_size, **options)
+  step_fn = evaluate.jit_eval_step(model)
+  batches = functools.partial(pipeline.config_eval_batches, config, dataset)
   fits = {}
 
   def fit_at(test_res):  # the trained model's features on a training slice
     if test_res not in fits:
-      fits[test_res] = fit_pooled_features(step_fn, models['trained'], batches(
-          dataset, cfg.parametric_split, test_res), mesh)
+      fits[test_res] = evaluate.fit_pooled_features(
+          step_fn, models['trained'], batches(cfg.parametric_split, test_res), mesh)
     return fits[test_res]
 
   records, stats, seconds = [], [], {}
   start = time.perf_counter()
   for test_res in cfg.resolutions:
     res_start = time.perf_counter()
+    # Every model with an adaptation (the identity for most): one trace per resolution.
     entries = {name: (v, parametric.IDENTITY) for name, v in models.items()}
     if cfg.parametric:  # the trained model's pass also yields its adapted version
       entries['trained'] = (models['trained'],
                             parametric.quantile_map(fit_at(test_res), fit_at(train_res)))
-    totals = evaluate_models(step_fn, entries,
-                             batches(dataset, config.data.eval_split, test_res), mesh)
+    totals = evaluate.evaluate(step_fn, entries, batches(config.data.eval_split, test_res),
+                               mesh)
     results = {name: total['plain'] for name, total in totals.items()}
     if cfg.parametric:
       results['parametric'] = totals['trained']['adapted']
     for name, total in results.items():
-      metrics, feature_stats = summarize(total)
+      metrics, feature_stats = evaluate.summarize(total)
       records.append({'model': name, 'test_res': int(test_res), **metrics})
       stats.append({'model': name, 'test_res': int(test_res), **feature_stats})
       logging.info('sweep %s @ %d: top1 %.4f, zero features %.3f', name, test_res,
@@ -193,13 +100,8 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
         'fits': {int(r): dataclasses.asdict(f) for r, f in sorted(fits.items())},
         'maps': {int(r): [float(v) for v in parametric.quantile_map(fits[r], fits[train_res])]
                  for r in sorted(fits)}}
-  return SweepResult(records, {'edges': HISTOGRAM_EDGES.tolist(), 'records': stats}, meta)
-
-
-def fit_pooled_features(step_fn, variables: dict, batches, mesh) -> parametric.GevFit:
-  """The Fréchet (GEV, shape 0.3) fit of the nonzero pooled features over `batches`."""
-  totals = evaluate_models(step_fn, {'fit': (variables, parametric.IDENTITY)}, batches, mesh)
-  return parametric.fit_gev(HISTOGRAM_EDGES, totals['fit']['plain']['histogram'])
+  return SweepResult(records, {'edges': evaluate.HISTOGRAM_EDGES.tolist(), 'records': stats},
+                     meta)
 
 
 def analytic_test_res(config, dataset) -> dict:
@@ -245,13 +147,12 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
     if choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions:
       logging.info('K_test = %d, chosen before (%s).', choice['test_res'], path)
       return choice['test_res']
-  step_fn = jax.jit(functools.partial(sweep_step, model))
-  entries = {'trained': (parallel.replicate(variables, mesh), parametric.IDENTITY)}
+  step_fn = evaluate.jit_eval_step(model)
+  variables = parallel.replicate(variables, mesh)
   records = []
   for test_res in resolutions:
-    batches = pipeline.eval_batches(dataset, cfg.auto_split, test_res, config.sweep.batch_size,
-                                    **pipeline.eval_options(config))
-    metrics, _ = summarize(evaluate_models(step_fn, entries, batches, mesh)['trained']['plain'])
+    batches = pipeline.config_eval_batches(config, dataset, cfg.auto_split, test_res)
+    metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh)
     records.append({'test_res': test_res, **metrics})
     logging.info('auto K_test: top1 %.4f at %d on %s', metrics['top1'], test_res,
                  cfg.auto_split)

@@ -36,30 +36,22 @@ from typing import Callable, Iterator, Optional
 
 from absl import logging
 from etils import epath
-import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from fixres_jax import augmentations
 from fixres_jax import checkpoint
 from fixres_jax import finetune
+from fixres_jax import losses
 from fixres_jax import metrics as metrics_lib
+from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import stage as stage_lib
 from fixres_jax import train
 
 CACHE_DIR = 'feature_cache'  # under WORKDIR: pass 1's moments, and the features by default
-CACHED_AUGMENTS = {'none': 1, 'flip': 2}  # deterministic augments -> views per image
-
-
-def count_views(augment: str) -> int:
-  """Views stored per image: the test transform, and its mirror image for 'flip'."""
-  if augment not in CACHED_AUGMENTS:
-    raise ValueError(
-        f"config.finetune.augment={augment!r} is random, so its features cannot be cached: "
-        f"use {tuple(CACHED_AUGMENTS)} with config.finetune.mode='cached', or mode='sgd'.")
-  return CACHED_AUGMENTS[augment]
 
 
 def map_views(fn: Callable, images: jax.Array, num_views: int) -> jax.Array:
@@ -77,8 +69,7 @@ def last_bn_input(model, variables: dict, images: jax.Array) -> jax.Array:
   Only that tensor is returned, so XLA drops the rest of the network (the last block's
   residual branch, pooling and the classifier).
   """
-  block, bn = model.last_bn_path
-  conv = 'conv' + bn[len('bn'):]  # bn2 follows conv2 (basic block), bn3 conv3 (bottleneck)
+  block, conv = model.last_conv_path
   _, state = model.apply(
       variables, images, capture_intermediates=lambda m, method: (
           m.path == (block, conv) and method == '__call__'), mutable=['intermediates'])
@@ -132,14 +123,8 @@ def batch_features(model, variables: dict, batch: dict, num_views: int, dtype) -
           'mask': batch['mask']}
 
 
-def classify(model, fc_params: dict, features: jax.Array) -> jax.Array:
-  """The model's classifier `fc` applied to pooled features (as in ResNet.__call__)."""
-  dense = nn.Dense(model.num_classes, dtype=model.dtype)
-  return dense.apply({'params': fc_params}, features.astype(jnp.float32)).astype(jnp.float32)
-
-
 @functools.partial(jax.jit, static_argnames=('model', 'names'), donate_argnums=0)
-def head_step(state: train.TrainState, chunk_and_index: tuple, model, names):
+def head_step(state: stage_lib.TrainState, chunk_and_index: tuple, model, names):
   """One SGD step of the classifier on a global batch of cached features.
 
   Args:
@@ -150,17 +135,12 @@ def head_step(state: train.TrainState, chunk_and_index: tuple, model, names):
   """
   chunk, index = chunk_and_index
   batch = jax.tree.map(lambda x: x[index], chunk)
-  flat, params = finetune.split_params(state.params, names)
 
   def loss_fn(params):
-    logits = classify(model, params['fc'], batch['feature'])
-    return train.cross_entropy(logits, batch['label']).mean(), logits
+    logits = models.apply_head(model, params[model.HEAD], batch['feature'])
+    return losses.cross_entropy(logits, batch['label']).mean(), logits
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, params)
-  params = optax.apply_updates(params, updates)
-  state = state.replace(step=state.step + 1, opt_state=opt_state,
-                        params=finetune.merge_params(flat, params))
+  state, loss, logits = stage_lib.update_subset(state, names, loss_fn)
   return state, {'loss': loss, 'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
 
 
@@ -229,7 +209,7 @@ def population_moments(config, workdir, dataset, mesh, model, variables: dict,
     logging.info('Pass 1 resumes at batch %d of %d from %s.', start, num_batches, path)
   # The variables are an argument, not a closure: jit would embed them as constants.
   moments_fn = functools.partial(batch_moments, model, parallel.replicate(variables, mesh),
-                                 num_views=count_views(config.finetune.augment))
+                                 num_views=augmentations.cached_views(config.finetune.augment))
   save_every = config.checkpoint.every_steps
   for i, batch in enumerate(batches_fn(start), start=start + 1):
     moments = combine_moments(moments, jax.device_get(moments_fn(batch)))
@@ -317,7 +297,7 @@ def cache_features(config, workdir, dataset, mesh, model, variables: dict,
     on_batch: called as on_batch('features', batches done) (tests interrupt with it).
   """
   num_batches, batches_fn = _pass_batches(config, dataset, mesh)
-  num_views = count_views(config.finetune.augment)
+  num_views = augmentations.cached_views(config.finetune.augment)
   local_batch = parallel.check_batch_size(config.finetune.batch_size, 'finetune.batch_size')
   cache = create_cache(config, workdir, model, num_batches * local_batch, num_views,
                        cache_key(config, dataset, variables))
@@ -348,9 +328,8 @@ def _pass_batches(config, dataset, mesh):
   cfg, split = config.finetune, config.data.train_split
 
   def batches_fn(start_batch):
-    return parallel.prefetch_to_devices(pipeline.eval_batches(
-        dataset, split, cfg.test_res, cfg.batch_size, start_batch=start_batch,
-        **pipeline.eval_options(config)), mesh)
+    return parallel.prefetch_to_devices(pipeline.config_eval_batches(
+        config, dataset, split, cfg.test_res, cfg.batch_size, start_batch), mesh)
 
   return pipeline.num_eval_batches(dataset, split, cfg.batch_size), batches_fn
 
@@ -423,17 +402,15 @@ def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
     raise ValueError("config.finetune.mode='cached' trains the classifier only: set "
                      "config.finetune.train_bn_affine=False, or use mode='sgd'.")
   model = train.create_model(config, dataset.num_classes)
-  names = finetune.trainable_names(model.last_bn_path, train_bn_affine=False)
-  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
-                                             config.data.num_shards)
+  names = models.finetuned_names(model, train_bn_affine=False)
+  steps_per_epoch = pipeline.stage_steps_per_epoch(config, dataset, 'finetune')
   total_steps = int(cfg.num_epochs * steps_per_epoch)
-  learning_rate = finetune.create_learning_rate_fn(cfg, steps_per_epoch, cfg.batch_size)
+  learning_rate = finetune.create_schedule_per_512(cfg, steps_per_epoch, cfg.batch_size)
   variables = checkpoint.to_host(variables)
-  manager = checkpoint.create_manager(epath.Path(workdir) / 'checkpoints' / 'finetune',
-                                      max_to_keep=config.checkpoint.max_to_keep)
-  state = finetune.create_finetune_state(model, variables, cfg, learning_rate, names)
-  if (manager.latest_step() or 0) >= total_steps:  # finished: no pass to run
-    state = checkpoint.restore_latest(manager, parallel.replicate(state, mesh))
+  state, manager = stage_lib.open_stage('finetune', config, workdir, mesh,
+                                        finetune.create_finetune_state(
+                                            model, variables, cfg, learning_rate, names))
+  if int(state.step) >= total_steps:  # finished: no pass to run
     manager.close()
     return {'params': state.params, 'batch_stats': state.batch_stats}
 
@@ -449,12 +426,11 @@ def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
   # A step takes well under a millisecond, so checkpoints and metrics every few hundred
   # steps would cost more than the training: save at the end and on preemption (SIGTERM)
   # only, log at most once an epoch.
-  head_config = config.copy_and_resolve_references()
-  head_config.checkpoint.every_steps = total_steps
-  head_config.train.log_every_steps = max(config.train.log_every_steps, steps_per_epoch)
-  state = train.run_steps('finetune', head_config, workdir, state,
-                          functools.partial(head_step, model=model, names=names), batches,
-                          total_steps, cfg.batch_size, learning_rate, manager)
+  cadence = stage_lib.Cadence(log_every=max(cfg.log_every_steps, steps_per_epoch),
+                              checkpoint_every=total_steps, profile_steps=cfg.profile_steps)
+  state = stage_lib.run_steps('finetune', workdir, state,
+                              functools.partial(head_step, model=model, names=names), batches,
+                              total_steps, cfg.batch_size, learning_rate, manager, cadence)
   manager.close()
   timings['head_s'] = time.perf_counter() - start
   logging.info('Head: %d steps on cached features in %.1f s.', total_steps, timings['head_s'])

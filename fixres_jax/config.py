@@ -3,6 +3,7 @@
 import ml_collections
 from ml_collections import config_dict
 
+from fixres_jax import augmentations
 from fixres_jax import errors
 
 STAGES = ('train', 'finetune', 'sweep')
@@ -106,6 +107,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.cache_dtype = 'bfloat16'  # 'cached': stored features, 'bfloat16' or 'float32'
   finetune.cache_in_memory_mb = 4096  # 'cached': per process; larger caches go to cache_dir
   finetune.cache_dir = ''  # 'cached': a local disk; '' = WORKDIR/feature_cache
+  finetune.log_every_steps = 100
+  finetune.profile_steps = 0  # >0: a jax.profiler trace of that many steps in WORKDIR/profile
 
   config.sweep = sweep = ml_collections.ConfigDict()
   sweep.resolutions = (128, 160, 224, 288, 320, 384, 448)
@@ -212,9 +215,11 @@ def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
   if cfg.mode != 'cached':
     return []
   problems = []
-  if cfg.augment not in ('none', 'flip'):
+  if cfg.augment in augmentations.FINETUNE_AUGMENTS and not augmentations.FINETUNE_AUGMENTS[
+      cfg.augment].cached_views:
     problems.append(f"config.finetune.augment={cfg.augment!r} is random, so mode='cached' "
-                    "cannot store its features: use augment 'flip' or 'none', or mode='sgd'.")
+                    f"cannot store its features: use augment {augmentations.CACHEABLE_AUGMENTS}"
+                    ", or mode='sgd'.")
   if cfg.train_bn_affine:
     problems.append("config.finetune.train_bn_affine=True: mode='cached' trains the "
                     "classifier only; set it to False or use mode='sgd'.")
@@ -231,10 +236,14 @@ def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
 def recipe_problems(config: ml_collections.ConfigDict) -> list:
   """What is wrong with the data options and BatchNorm groups."""
   data, problems = config.data, []
-  choices = {'decode': ('exact', 'fast'), 'train_decode': ('exact', 'fast'),
-             'test_resize': ('shorter', 'official')}
-  problems += [f'config.data.{k}={data[k]!r}: use one of {v}.'
-               for k, v in choices.items() if data[k] not in v]
+  choices = {'data.decode': augmentations.DECODES, 'data.train_decode': augmentations.DECODES,
+             'data.test_resize': augmentations.TEST_RESIZES,
+             'data.crop': augmentations.TRAIN_CROPS,
+             'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS)}
+  for name, allowed in choices.items():
+    section, field = name.split('.')
+    if config[section][field] not in allowed:
+      problems.append(f'config.{name}={config[section][field]!r}: use one of {allowed}.')
   if not 0 <= data.color_jitter:
     problems.append(f'config.data.color_jitter={data.color_jitter}: use a strength >= 0 '
                     '(0.3 in the official recipe, 0 for none).')

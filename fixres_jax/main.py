@@ -18,6 +18,7 @@ import jax
 from ml_collections import config_flags
 
 from fixres_jax import analysis
+from fixres_jax import cached_finetune
 from fixres_jax import checkpoint
 from fixres_jax import cluster
 from fixres_jax import config as config_lib
@@ -75,7 +76,9 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
     config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
                                        model)
-    models['finetuned'] = finetune.finetune(config, workdir, dataset, mesh, models['trained'])
+    finetune_fn = (cached_finetune.finetune_cached if config.finetune.mode == 'cached'
+                   else finetune.finetune)
+    models['finetuned'] = finetune_fn(config, workdir, dataset, mesh, models['trained'])
   elif has_checkpoint(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:

@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import numpy as np
 
 DATA_AXIS = 'data'
 
@@ -56,8 +55,3 @@ def prefetch_to_devices(batches: Iterator[dict], mesh: Mesh, size: int = 2) -> I
     if len(queue) > size:
       yield queue.pop(0)
   yield from queue
-
-
-def host_sum(x: Any) -> np.ndarray:
-  """Fetches a replicated (fully-reduced) jax value to NumPy."""
-  return np.asarray(jax.device_get(x))

@@ -26,7 +26,6 @@ scipy.stats.genextreme writes the shape as c = -xi (c < 0 is the heavy-tailed Fr
 import dataclasses
 from typing import Tuple
 
-import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
@@ -151,10 +150,3 @@ def quantile_map(source: GevFit, target: GevFit) -> Tuple[np.float32, np.float32
 def adapt_features(features: jnp.ndarray, a, b) -> jnp.ndarray:
   """Nonzero features f -> max(a f + b, 0); exact zeros stay zero. (1, 0) is the identity."""
   return jnp.where(features > 0, jnp.maximum(a * features + b, 0), features)
-
-
-def apply_head(model: nn.Module, fc_params: dict, features: jnp.ndarray) -> jnp.ndarray:
-  """The model's classifier `fc` on (adapted) pooled features: float32 logits."""
-  num_classes = fc_params['kernel'].shape[-1]
-  head = nn.Dense(num_classes, dtype=model.dtype)
-  return head.apply({'params': fc_params}, features).astype(jnp.float32)

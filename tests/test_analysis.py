@@ -13,10 +13,12 @@ from ml_collections import config_flags
 from fixres_jax import analysis
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
+from fixres_jax import evaluate
 from fixres_jax import main
 from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import train
+from test_sources import folder_config, make_folder
 
 CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
 
@@ -32,13 +34,13 @@ def create_models(config, dataset):
 def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny_dataset,
                                                      monkeypatch):
   traced = []
-  step = analysis.sweep_step
+  step = evaluate.eval_step
 
-  def counting_step(model, variables, adaptation, batch):
+  def counting_step(model, variables, batch, adaptation=None):
     traced.append(batch['image'].shape[1])  # runs only while jax traces
-    return step(model, variables, adaptation, batch)
+    return step(model, variables, batch, adaptation)
 
-  monkeypatch.setattr(analysis, 'sweep_step', counting_step)
+  monkeypatch.setattr(evaluate, 'eval_step', counting_step)
   config = tiny_config
   model, variables = create_models(config, tiny_dataset)
   mesh = parallel.create_mesh()
@@ -63,12 +65,13 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
   assert [(r['model'], int(r['test_res'])) for r in rows] == list(by_key)
   assert [float(r['top1']) for r in rows] == [r['top1'] for r in records]
 
-  # The trained model's metrics are train.evaluate's; at K_train the adaptation is the identity.
+  # The trained model's metrics are those of the model evaluated alone; at K_train the
+  # adaptation is the identity.
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   k_train = config.train.image_size
-  batches = pipeline.eval_batches(tiny_dataset, config.data.eval_split, k_train,
-                                  config.sweep.batch_size, **pipeline.eval_options(config))
-  expected = train.evaluate(model.apply, variables['trained'], batches, mesh)
+  batches = pipeline.config_eval_batches(config, tiny_dataset, config.data.eval_split, k_train)
+  expected = evaluate.evaluate_model(evaluate.jit_eval_step(model), variables['trained'],
+                                     batches, mesh)
   for key in ('top1', 'top5', 'zero_fraction', 'num_images'):
     assert by_key[('trained', k_train)][key] == pytest.approx(expected[key], abs=1e-6)
   assert result.meta['parametric']['maps'][k_train] == [1.0, 0.0]
@@ -76,7 +79,7 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
           == by_key[('trained', k_train)])
 
   stats = json.loads((tmp_path / 'stats.json').read_text())
-  assert stats['edges'] == pytest.approx(analysis.HISTOGRAM_EDGES.tolist())
+  assert stats['edges'] == pytest.approx(evaluate.HISTOGRAM_EDGES.tolist())
   num_features = np.shape(variables['trained']['params']['fc']['kernel'])[0]
   for s in stats['records']:
     r = by_key[(s['model'], s['test_res'])]
@@ -94,14 +97,31 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_sweep_skips_a_corrupt_validation_image_under_skip_corrupt(tmp_path, tiny_config):
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  root = make_folder(tmp_path / 'data')
+  image = root / 'validation' / 'dog' / '0_rgb.jpg'
+  image.write_bytes(image.read_bytes()[:image.stat().st_size // 3])
+  config = folder_config(tiny_config, root)
+  config.sweep.resolutions = (32,)
+  dataset = pipeline.load_dataset(config)
+  model, variables = create_models(config, dataset)
+  mesh = parallel.create_mesh()
+  with pytest.raises(ValueError, match=r'dog/0_rgb\.jpg.*skip_corrupt=True'):
+    analysis.sweep(config, dataset, mesh, variables, model)
+  config.data.skip_corrupt = True
+  result = analysis.sweep(config, dataset, mesh, variables, model)
+  assert [r['num_images'] for r in result.records] == [5, 5, 5]  # of 6, the bad one skipped
+
+
 def test_feature_sums_match_a_numpy_histogram():
   features = np.abs(np.random.default_rng(0).standard_cauchy((16, 24))).astype(np.float32)
   features[features < 0.3] = 0.0
   mask = np.array([1.0] * 12 + [0.0] * 4, np.float32)
-  sums = jax.jit(analysis.feature_sums)(features, mask)
+  sums = jax.jit(evaluate.feature_sums)(features, mask)
   kept = features[:12]
   np.testing.assert_array_equal(sums['histogram'],
-                                parametric.histogram(kept, analysis.HISTOGRAM_EDGES))
+                                parametric.histogram(kept, evaluate.HISTOGRAM_EDGES))
   assert float(sums['feature_count']) == kept.size
   assert float(sums['feature_sum']) == pytest.approx(kept.sum(), rel=1e-5)
   assert float(sums['feature_sq_sum']) == pytest.approx((kept**2).sum(), rel=1e-5)
@@ -112,18 +132,18 @@ def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, ti
                                                        monkeypatch):
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   evaluated, finetuned_at = [], []
-  eval_batches, train_batches = pipeline.eval_batches, pipeline.train_batches
+  eval_batches, stage_batches = pipeline.config_eval_batches, pipeline.stage_batches
 
-  def recording_eval_batches(dataset, split, image_size, *args, **kwargs):
+  def recording_eval_batches(config, dataset, split, image_size, *args, **kwargs):
     evaluated.append((split, image_size))
-    return eval_batches(dataset, split, image_size, *args, **kwargs)
+    return eval_batches(config, dataset, split, image_size, *args, **kwargs)
 
-  def recording_train_batches(dataset, split, image_size, *args, **kwargs):
-    finetuned_at.append(image_size)
-    return train_batches(dataset, split, image_size, *args, **kwargs)
+  def recording_stage_batches(config, dataset, stage, start_step):
+    finetuned_at.append(config.finetune.test_res)
+    return stage_batches(config, dataset, stage, start_step)
 
-  monkeypatch.setattr(pipeline, 'eval_batches', recording_eval_batches)
-  monkeypatch.setattr(pipeline, 'train_batches', recording_train_batches)
+  monkeypatch.setattr(pipeline, 'config_eval_batches', recording_eval_batches)
+  monkeypatch.setattr(pipeline, 'stage_batches', recording_stage_batches)
   config = tiny_config
   model, variables = create_models(config, tiny_dataset)
   checkpoint.save_variables(tmp_path / 'init', variables['trained'])

@@ -19,6 +19,7 @@ import pytest
 from benchmarks import report
 from benchmarks import torch_cpu
 from fixres_jax import models
+from fixres_jax import stage
 from fixres_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -141,8 +142,7 @@ def test_profile_categories_find_each_convolution_direction():
                               num_filters=8)
   variables = train.init_variables(model, 32, seed=0)
   tx = optax.sgd(0.1)
-  state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                  batch_stats=variables['batch_stats'], tx=tx)
+  state = stage.create_train_state(model, variables, tx)
   batch = {'image': np.zeros((2, 32, 32, 3), np.float32), 'label': np.zeros(2, np.int32)}
   hlo = jax.jit(train.train_step).lower(state, batch).compile().as_text()
   categories = list(torch_cpu.classify_thunks(hlo).values())

@@ -15,6 +15,7 @@ from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import finetune
 from fixres_jax import main
+from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import train
 from fixres_jax.data import pipeline
@@ -54,9 +55,8 @@ def finished(synthetic_data_dir, tmp_path_factory):
   result = run_cached(config, workdir, dataset, variables)
   moments = cached_finetune.population_moments(  # reads the finished pass 1
       config, workdir, dataset, parallel.create_mesh(), model, variables)
-  batches = list(pipeline.eval_batches(dataset, config.data.train_split,
-                                       config.finetune.test_res, BATCH,
-                                       **pipeline.eval_options(config)))
+  batches = list(pipeline.config_eval_batches(config, dataset, config.data.train_split,
+                                              config.finetune.test_res, BATCH))
   return types.SimpleNamespace(config=config, dataset=dataset, model=model,
                                variables=variables, workdir=workdir, result=result,
                                moments=moments, batches=batches)
@@ -116,7 +116,7 @@ def test_stored_features_equal_the_live_model(tmp_path, finished, cache_dtype, i
     for view, images in enumerate((batch['image'], batch['image'][:, :, ::-1])):
       logits, features = live(variables, images)
       np.testing.assert_allclose(stored[:, view], features[real], rtol=rtol, atol=rtol)
-      head = cached_finetune.classify(model, variables['params']['fc'], stored[:, view])
+      head = models.apply_head(model, variables['params'][model.HEAD], stored[:, view])
       np.testing.assert_allclose(head, logits[real], rtol=10 * rtol, atol=10 * rtol)
     np.testing.assert_array_equal(cache.labels[rows][real], batch['label'][real])
 
@@ -144,8 +144,8 @@ def test_checkpoint_differs_only_in_head_and_last_bn_statistics(finished):
   cfg = config.finetune
   steps = NUM_TRAIN // BATCH
   state = finetune.create_finetune_state(
-      model, finished.variables, cfg, finetune.create_learning_rate_fn(cfg, steps, BATCH),
-      finetune.trainable_names(model.last_bn_path, False))
+      model, finished.variables, cfg, finetune.create_schedule_per_512(cfg, steps, BATCH),
+      models.finetuned_names(model, False))
   with checkpoint.create_manager(directory) as manager:
     restored = checkpoint.restore_state(manager, state)
   assert int(restored.step) == int(cfg.num_epochs * steps)

@@ -7,15 +7,14 @@ import optax
 from fixres_jax import checkpoint
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import stage
 from fixres_jax import train
 
 
 def create_state():
   model = models.create_model('resnet', 4, stage_sizes=(1,), num_filters=4)
   variables = train.init_variables(model, 16, seed=0)
-  return train.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                 batch_stats=variables['batch_stats'],
-                                 tx=optax.sgd(0.1, momentum=0.9))
+  return stage.create_train_state(model, variables, optax.sgd(0.1, momentum=0.9))
 
 
 def mesh_of(num_devices):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fixres_jax import analysis
+from fixres_jax import evaluate
 from fixres_jax import models
 from fixres_jax import parametric
 
-EDGES = analysis.HISTOGRAM_EDGES
+EDGES = evaluate.HISTOGRAM_EDGES
 
 
 @pytest.mark.parametrize('loc,scale', [(1.0, 0.2), (0.5, 0.1), (3.0, 1.5)])
@@ -85,6 +85,6 @@ def test_apply_head_is_the_model_classifier():
   @jax.jit
   def logits_both_ways(variables):
     logits, features = model.apply(variables, images, return_features=True)
-    return logits, parametric.apply_head(model, variables['params']['fc'], features)
+    return logits, models.apply_head(model, variables['params'][model.HEAD], features)
 
   np.testing.assert_allclose(*logits_both_ways(variables), rtol=1e-6, atol=1e-6)

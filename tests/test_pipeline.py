@@ -9,6 +9,7 @@ import pytest
 
 from fixres_jax import parallel
 from fixres_jax.data import pipeline
+from transforms import eval_at, train_at
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path, tiny_config):
@@ -25,7 +26,7 @@ def test_eval_counts_every_image_once(tiny_dataset, num_devices):
   global_batch = 24
   assert num_images % global_batch, 'the split must not be a multiple of the batch'
   mesh = jax.make_mesh((num_devices,), ('data',), devices=jax.devices()[:num_devices])
-  batches = list(pipeline.eval_batches(tiny_dataset, 'validation', 32, global_batch))
+  batches = list(pipeline.eval_batches(tiny_dataset, 'validation', global_batch, eval_at(32)))
   assert len(batches) == pipeline.num_eval_batches(tiny_dataset, 'validation', global_batch)
   assert all(b['image'].shape == (global_batch, 32, 32, 3) for b in batches)
   mask = np.concatenate([b['mask'] for b in batches])
@@ -41,7 +42,8 @@ def test_eval_counts_every_image_once(tiny_dataset, num_devices):
 
 
 def test_train_batches_resume_at_any_step(tiny_dataset):
-  kwargs = dict(split='train', image_size=32, global_batch=32, seed=3, shuffle_buffer=64)
+  kwargs = dict(split='train', global_batch=32, seed=3, transform=train_at(32),
+                read=pipeline.ReadOptions(shuffle_buffer=64))
   steps = pipeline.steps_per_epoch(tiny_dataset, 'train', 32)
   stream = pipeline.train_batches(tiny_dataset, **kwargs)
   first = [next(stream) for _ in range(steps + 2)]
@@ -72,15 +74,14 @@ def test_repeated_augmentation_stream(tiny_dataset, num_shards):
   batch, groups, reps = 24, 8, 3
   shard_batch = batch // num_shards
   per_group = shard_batch // (groups // num_shards)
-  kwargs = dict(split='train', image_size=32, global_batch=batch, seed=5, shuffle_buffer=1024,
-                num_shards=num_shards, repetitions=reps, len_factor=3.0,
-                groups=groups // num_shards)
-  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', batch, num_shards, len_factor=3.0,
-                                   repetitions=reps)
+  repeat = pipeline.Repetition(reps, 3.0, groups // num_shards)
+  kwargs = dict(split='train', global_batch=batch, seed=5, transform=train_at(32),
+                read=pipeline.ReadOptions(shuffle_buffer=1024, num_shards=num_shards),
+                repeat=repeat)
+  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', batch, num_shards, repeat)
   per_shard = tiny_dataset.num_examples('train') // num_shards
   assert steps == math.ceil(per_shard * 3 / shard_batch)
-  stream_kwargs = dict(shuffle_buffer=1024, repetitions=reps, shard_batch=shard_batch,
-                       groups=groups // num_shards)
+  stream_kwargs = dict(shuffle_buffer=1024, repeat=repeat, shard_batch=shard_batch)
   rows = [shard_indices(tiny_dataset, 5, 0, shard, num_shards, steps * shard_batch,
                         **stream_kwargs).reshape(steps, shard_batch)
           for shard in range(num_shards)]
@@ -118,5 +119,6 @@ def test_official_recipe_epoch_is_5005_steps(num_shards):
   """RASampler(len_factor=2) epochs of the official recipe: 5,005 steps of 512 (x120 =
   600,600), whatever the number of data shards; without RA, the full batches of the split."""
   dataset = _ImageNetSized()
-  assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards, 2.0, 3) == 5005
+  assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards,
+                                  pipeline.Repetition(3, 2.0)) == 5005
   assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards) == 2502

@@ -15,7 +15,7 @@ from fixres_jax import checkpoint
 from fixres_jax import cluster
 from fixres_jax import config as config_lib
 from fixres_jax import preemption
-from fixres_jax import train
+from fixres_jax import stage
 from fixres_jax import workdir as workdir_lib
 
 
@@ -46,8 +46,9 @@ def test_sigterm_saves_its_step_once_and_raises_preempted(tmp_path, at_step):
   manager = checkpoint.create_manager(tmp_path / 'checkpoints')
   previous = signal.getsignal(signal.SIGTERM)
   with pytest.raises(preemption.Preempted, match=f'at step {at_step}'):
-    train.run_steps('train', config, tmp_path, state, terminating_step(at_step),
-                    iter(lambda: {}, None), 100, 8, lambda step: 0.1, manager)
+    stage.run_steps('train', tmp_path, state, terminating_step(at_step),
+                    iter(lambda: {}, None), 100, 8, lambda step: 0.1, manager,
+                    stage.stage_cadence(config, 'train'))
   assert signal.getsignal(signal.SIGTERM) is previous  # the handler is given back
   assert manager.all_steps() == sorted({5, 10} & set(range(at_step + 1)) | {at_step})
   restored = checkpoint.restore_state(manager, state)

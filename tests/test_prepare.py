@@ -13,6 +13,7 @@ import tensorflow as tf
 from fixres_jax.data import pipeline
 from fixres_jax.data import prepare
 from test_sources import folder_config, make_folder
+from transforms import eval_at, train_at
 
 CAP = 64  # the embedded images' shorter sides are 200-320 px
 
@@ -45,9 +46,9 @@ def test_tfds_copy_is_capped_with_the_same_examples_and_reads(tmp_path, tiny_con
     assert [c[1:] for c in copied] == [o[1:] for o in original]  # labels, names, order
     assert all(c[0] == CAP for c in copied) and all(o[0] > CAP for o in original)
   # The same transforms read it, at training and test resolutions.
-  batch = next(pipeline.train_batches(copy, 'train[:90%]', 32, 32, seed=0))
+  batch = next(pipeline.train_batches(copy, 'train[:90%]', 32, 0, train_at(32)))
   assert batch['image'].shape == (32, 32, 32, 3) and np.isfinite(batch['image']).all()
-  batches = list(pipeline.eval_batches(copy, 'validation', 40, 32))
+  batches = list(pipeline.eval_batches(copy, 'validation', 32, eval_at(40)))
   assert sum(b['mask'].sum() for b in batches) == copy.num_examples('validation')
 
 
@@ -143,7 +144,7 @@ def test_folder_copy_is_capped_resumable_and_reads_with_the_same_labels(
     for path in paths:
       with Image.open(path) as image:
         assert image.format == 'JPEG' and min(image.size) <= 32
-  batch = next(pipeline.train_batches(copy, 'train', 32, 8, seed=0))
+  batch = next(pipeline.train_batches(copy, 'train', 8, 0, train_at(32)))
   assert batch['image'].shape == (8, 32, 32, 3)
 
 

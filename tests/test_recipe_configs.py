@@ -32,10 +32,9 @@ def test_official_training_recipe(name, train_res):
   cfg = config.train
   assert (cfg.image_size, cfg.batch_size, cfg.num_epochs) == (train_res, 512, 120)
   steps = pipeline.steps_per_epoch(_ImageNetTrain(), 'train', cfg.batch_size,
-                                   len_factor=config.data.ra_len_factor,
-                                   repetitions=config.data.ra_repetitions)
+                                   repeat=pipeline.repetition(config))
   assert steps * cfg.num_epochs == 600_600
-  lr = train.create_learning_rate_fn(cfg, steps, cfg.batch_size)
+  lr = train.create_schedule_per_256(cfg, steps, cfg.batch_size)
   assert float(lr(0)) == pytest.approx(0.16)  # no warm-up
   assert float(lr(30 * steps - 1)) == pytest.approx(0.16)
   assert float(lr(30 * steps)) == pytest.approx(0.016)
@@ -44,7 +43,7 @@ def test_official_training_recipe(name, train_res):
   assert config.data.color_jitter == 0.3
   assert (config.data.ra_repetitions, config.data.ra_len_factor) == (3, 2.0)
   assert config.model.bn_group_size == 64 and config.finetune.bn_group_size == 64
-  assert train.recipe_options(config)['groups'] == 8  # one process: 8 groups of 64
+  assert pipeline.repetition(config).groups == 8  # one process: 8 groups of 64
 
 
 def test_bad_recipe_options_are_named():

@@ -1,6 +1,7 @@
 """tf.data service on 127.0.0.1: a dispatcher and two workers in another process make the
 training batches, the same ones in the same order; evaluation stays local and exact."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ from fixres_jax import checkpoint
 from fixres_jax import main
 from fixres_jax.data import pipeline
 from fixres_jax.data import service
+from transforms import train_at
 
 pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).parent.parent
@@ -41,14 +43,18 @@ def dispatcher():
   process.wait(timeout=30)
 
 
-def test_service_batches_equal_local_ones_and_resume(dispatcher, tiny_dataset):
-  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', 32)
-  kwargs = dict(split='train', image_size=32, global_batch=32, seed=5, shuffle_buffer=64,
-                num_shards=2)  # two data shards per process: both go through the service
+@pytest.mark.parametrize('repeat', [pipeline.NO_REPETITION, pipeline.Repetition(3, 2.0, 4)],
+                         ids=['plain', 'repeated_augmentation'])
+def test_service_batches_equal_local_ones_and_resume(dispatcher, tiny_dataset, repeat):
+  steps = pipeline.steps_per_epoch(tiny_dataset, 'train', 32, 2, repeat)
+  # Two data shards per process: both go through the service.
+  read = pipeline.ReadOptions(shuffle_buffer=64, num_shards=2)
+  kwargs = dict(split='train', global_batch=32, seed=5, transform=train_at(32), repeat=repeat)
   for start in (0, steps - 2):  # from scratch, and resumed across an epoch boundary
-    local = pipeline.train_batches(tiny_dataset, start_step=start, **kwargs)
-    remote = pipeline.train_batches(tiny_dataset, start_step=start, service=dispatcher,
-                                    **kwargs)
+    local = pipeline.train_batches(tiny_dataset, start_step=start, read=read, **kwargs)
+    remote = pipeline.train_batches(
+        tiny_dataset, start_step=start,
+        read=dataclasses.replace(read, service=dispatcher), **kwargs)
     for _ in range(steps + 2):
       expected, got = next(local), next(remote)
       assert set(got) == {'image', 'label'}

@@ -11,6 +11,7 @@ import pytest
 
 from fixres_jax.data import pipeline
 from fixres_jax.data import sources
+from transforms import eval_at, train_at
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -48,13 +49,14 @@ def test_folder_dataset_reads_mixed_formats_as_rgb(tmp_path, tiny_config):
   config = folder_config(tiny_config, make_folder(tmp_path / 'data'))
   dataset = pipeline.load_dataset(config)
   assert dataset.num_classes == 3 and dataset.num_examples('train') == 15
-  batches = list(pipeline.eval_batches(dataset, 'validation', 32, 8))
+  batches = list(pipeline.eval_batches(dataset, 'validation', 8, eval_at(32)))
   images = np.concatenate([b['image'] for b in batches])
   mask = np.concatenate([b['mask'] for b in batches])
   assert images.shape[1:] == (32, 32, 3) and mask.sum() == 6
   assert np.isfinite(images).all()
   assert sorted(np.concatenate([b['label'] for b in batches])[mask == 1]) == [0, 0, 1, 1, 2, 2]
-  train = next(pipeline.train_batches(dataset, 'train', 32, 8, seed=0, shuffle_buffer=16))
+  train = next(pipeline.train_batches(dataset, 'train', 8, 0, train_at(32),
+                                    read=pipeline.ReadOptions(shuffle_buffer=16)))
   assert train['image'].shape == (8, 32, 32, 3)
 
 
@@ -88,8 +90,8 @@ def test_corrupt_image_is_named_or_skipped(tmp_path, tiny_config):
   config = folder_config(tiny_config, root)
   dataset = pipeline.load_dataset(config)
   with pytest.raises(ValueError, match=r'dog/0_rgb\.jpg.*skip_corrupt=True'):
-    list(pipeline.eval_batches(dataset, 'validation', 32, 8))
-  batches = list(pipeline.eval_batches(dataset, 'validation', 32, 8, skip_corrupt=True))
+    list(pipeline.eval_batches(dataset, 'validation', 8, eval_at(32)))
+  batches = list(pipeline.eval_batches(dataset, 'validation', 8, eval_at(32), skip_corrupt=True))
   assert sum(b['mask'].sum() for b in batches) == 5  # counted once each, the bad one skipped
 
 
@@ -98,11 +100,11 @@ def test_label_out_of_range_is_reported(tiny_dataset):
     name, num_classes = 'fewer', 3
     read, num_examples = tiny_dataset.read, tiny_dataset.num_examples
   with pytest.raises(ValueError, match=r'outside \[0, 3\)'):
-    list(pipeline.eval_batches(FewerClasses(), 'validation', 32, 24))
+    list(pipeline.eval_batches(FewerClasses(), 'validation', 24, eval_at(32)))
 
 
 def test_cached_reading_gives_the_same_batches(tiny_dataset):
-  kwargs = dict(split='validation', image_size=32, global_batch=24)
+  kwargs = dict(split='validation', global_batch=24, transform=eval_at(32))
   plain = list(pipeline.eval_batches(tiny_dataset, **kwargs))
   for _ in range(2):  # the second pass is served from memory
     cached = list(pipeline.eval_batches(tiny_dataset, cache=True, **kwargs))
@@ -222,14 +224,14 @@ def test_transfer_recipe_trains_on_every_class_and_selects_on_every_class(tmp_pa
   config = load_config('configs/transfer.py')
   config.data.folder = str(make_unbalanced_folder(tmp_path / 'data', images=True))
   dataset = pipeline.load_dataset(config)
-  batch = 8
-  steps = pipeline.steps_per_epoch(dataset, config.data.train_split, batch)
-  batches = pipeline.train_batches(dataset, config.data.train_split, 32, batch, seed=0,
-                                   shuffle_buffer=256)
+  config.train.image_size, config.train.batch_size = 32, 8
+  config.data.shuffle_buffer = 256
+  steps = pipeline.stage_steps_per_epoch(config, dataset, 'train')
+  batches = pipeline.stage_batches(config, dataset, 'train', start_step=0)
   trained = {int(l) for _, b in zip(range(steps), batches) for l in b['label']}
   assert trained == set(range(7))
-  selected = np.concatenate([b['label'][b['mask'] == 1] for b in pipeline.eval_batches(
-      dataset, config.finetune.auto_split, 32, batch)])
+  selected = np.concatenate([b['label'][b['mask'] == 1] for b in pipeline.config_eval_batches(
+      config, dataset, config.finetune.auto_split, 32, global_batch=8)])
   assert set(selected) == set(range(7)) and len(selected) == 23
   assert pipeline.trained_on_selection(dataset, config) is None
 

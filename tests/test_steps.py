@@ -10,9 +10,11 @@ import optax
 import pytest
 
 from fixres_jax import config as config_lib
+from fixres_jax import evaluate
 from fixres_jax import finetune
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import stage
 from fixres_jax import train
 
 NUM_CLASSES = 5
@@ -37,8 +39,7 @@ def create_state(model):
   variables = train.init_variables(model, SIZE, seed=0)
   cfg = config_lib.get_base_config().train
   tx = train.create_optimizer(cfg, optax.constant_schedule(0.1), variables['params'])
-  return train.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                 batch_stats=variables['batch_stats'], tx=tx)
+  return stage.create_train_state(model, variables, tx)
 
 
 def run_train_steps(state, batch, mesh, steps=2):
@@ -83,7 +84,7 @@ def test_finetune_step_changes_only_head_and_last_bn_statistics(train_bn_affine)
   variables = train.init_variables(model, SIZE, seed=0)
   cfg = config_lib.get_base_config().finetune
   cfg.base_lr = 1.0
-  names = finetune.trainable_names(model.last_bn_path, train_bn_affine)
+  names = models.finetuned_names(model, train_bn_affine)
   state = finetune.create_finetune_state(model, variables, cfg, optax.constant_schedule(0.5),
                                          names)
   mesh = parallel.create_mesh()
@@ -128,11 +129,11 @@ def test_eval_step_counts_only_masked_images():
   model = tiny_model()
   variables = train.init_variables(model, SIZE, seed=0)
   mask = [1.0] * 5 + [0.0] * 3
-  sums = train.eval_step(model.apply, variables, random_batch(8, mask=mask))
+  sums = evaluate.eval_step(model, variables, random_batch(8, mask=mask))['plain']
   assert float(sums['count']) == 5.0
-  full = train.eval_step(model.apply, variables,
-                         {k: v[:5] for k, v in random_batch(8, mask=mask).items()})
-  for key in ('correct1', 'correct5', 'loss', 'zero_fraction'):
+  full = evaluate.eval_step(model, variables,
+                            {k: v[:5] for k, v in random_batch(8, mask=mask).items()})['plain']
+  for key in ('correct1', 'correct5', 'loss', 'zero_fraction', 'feature_sum', 'histogram'):
     np.testing.assert_allclose(sums[key], full[key], rtol=1e-5)
 
 
@@ -149,7 +150,7 @@ def test_learning_rate_schedule_scales_and_warms_up():
   cfg = config_lib.get_base_config().train
   cfg.base_lr, cfg.warmup_epochs, cfg.schedule = 0.1, 1, 'cosine'
   cfg.num_epochs = 10
-  lr = train.create_learning_rate_fn(cfg, steps_per_epoch=100, global_batch=512)
+  lr = train.create_schedule_per_256(cfg, steps_per_epoch=100, global_batch=512)
   assert float(lr(0)) == 0.0
   np.testing.assert_allclose(float(lr(100)), 0.2, rtol=1e-6)  # 0.1 * 512 / 256
   assert float(lr(999)) < 1e-3

@@ -19,6 +19,7 @@ def get_config():
   config.train.num_epochs = 2
   config.train.schedule = 'cosine'
   config.train.log_every_steps = 4
+  config.finetune.log_every_steps = 4
   config.finetune.test_res = 40
   config.finetune.batch_size = 32
   config.finetune.num_epochs = 1

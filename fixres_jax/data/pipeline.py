@@ -6,8 +6,10 @@ global batch. Randomness is stateless and derived from (seed, epoch, example pos
 resumed run sees exactly the example order and augmentations it would have seen.
 """
 
+import dataclasses
+import functools
 import math
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 from absl import logging
 import jax
@@ -47,19 +49,109 @@ def _options(deterministic: bool) -> tf.data.Options:
   return options
 
 
-def train_options(config) -> dict:
-  """train_batches' keyword arguments that come from the config, for every stage."""
-  return dict(shuffle_buffer=config.data.shuffle_buffer, num_shards=config.data.num_shards,
-              deterministic=config.deterministic, dtype=config.data.dtype,
-              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache,
-              service=config.data.service)
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+  """How a training stream reads its examples (config.data, the same for every stage).
+
+  Attributes:
+    shuffle_buffer: examples in the shuffle buffer of each data shard.
+    num_shards: see data_shards.
+    deterministic: the same batches every run (tf.data's deterministic order).
+    skip_corrupt: skip (and log) undecodable images instead of stopping with their names.
+    cache: keep the encoded images in memory after the first epoch.
+    service: a tf.data service dispatcher address: its workers decode and transform, and
+      the batches are the same, in the same order (service.remote_batches).
+  """
+  shuffle_buffer: int = 10_000
+  num_shards: int = 0
+  deterministic: bool = True
+  skip_corrupt: bool = False
+  cache: bool = False
+  service: str = ''
 
 
-def eval_options(config) -> dict:
-  """eval_batches' keyword arguments that come from the config."""
-  return dict(crop_pct=config.data.crop_pct, dtype=config.data.dtype,
-              skip_corrupt=config.data.skip_corrupt, cache=config.data.cache,
-              decode=config.data.decode, resize=config.data.test_resize)
+@dataclasses.dataclass(frozen=True)
+class Repetition:
+  """Repeated augmentation (repetitions > 1), see repeat_examples: an epoch is len_factor x
+  the split, and each shard batch is laid out as `groups` equal groups (the BatchNorm
+  groups) with the copies of an image in different groups."""
+  repetitions: int = 1
+  len_factor: float = 1.0
+  groups: int = 1
+
+
+NO_REPETITION = Repetition()
+
+
+def read_options(config) -> ReadOptions:
+  """config.data's ReadOptions."""
+  data = config.data
+  return ReadOptions(shuffle_buffer=data.shuffle_buffer, num_shards=data.num_shards,
+                     deterministic=config.deterministic, skip_corrupt=data.skip_corrupt,
+                     cache=data.cache, service=data.service)
+
+
+def repetition(config) -> Repetition:
+  """The train stage's repeated augmentation, the copies of an image spread over the
+  BatchNorm groups of each data shard's batch."""
+  data, group_size = config.data, config.model.bn_group_size
+  num_shards = data.num_shards or jax.process_count()
+  groups = config.train.batch_size // group_size // num_shards if group_size else 1
+  return Repetition(data.ra_repetitions, data.ra_len_factor, max(groups, 1))
+
+
+def train_transform(config) -> Callable:
+  """(image bytes, seed) -> image: the train stage's transform at K_train."""
+  return functools.partial(
+      preprocess.preprocess_train, size=config.train.image_size, crop=config.data.crop,
+      dtype=tf.dtypes.as_dtype(config.data.dtype), color_jitter=config.data.color_jitter,
+      decode=config.data.train_decode)
+
+
+def finetune_transform(config) -> Callable:
+  """(image bytes, seed) -> image: FixRes fine-tuning's transform at config.finetune.test_res."""
+  data = config.data
+  return functools.partial(
+      preprocess.preprocess_finetune, size=config.finetune.test_res, crop_pct=data.crop_pct,
+      augment=config.finetune.augment, dtype=tf.dtypes.as_dtype(data.dtype),
+      decode=data.decode, resize=data.test_resize)
+
+
+def test_transform(config, image_size: int) -> Callable:
+  """image bytes -> image: the test transform at image_size."""
+  data = config.data
+  return functools.partial(preprocess.preprocess_test, size=image_size, crop_pct=data.crop_pct,
+                           dtype=tf.dtypes.as_dtype(data.dtype), decode=data.decode,
+                           resize=data.test_resize)
+
+
+def stage_steps_per_epoch(config, dataset: Dataset, stage: str) -> int:
+  """Global steps per epoch of the 'train' or 'finetune' stage."""
+  cfg = config.train if stage == 'train' else config.finetune
+  repeat = repetition(config) if stage == 'train' else NO_REPETITION
+  return steps_per_epoch(dataset, config.data.train_split, cfg.batch_size,
+                         config.data.num_shards, repeat)
+
+
+def stage_batches(config, dataset: Dataset, stage: str, start_step: int) -> Iterator[dict]:
+  """The 'train' or 'finetune' stage's endless training batches from start_step."""
+  if stage == 'train':
+    return train_batches(dataset, config.data.train_split, config.train.batch_size,
+                         config.seed, train_transform(config), start_step,
+                         read_options(config), repetition(config))
+  return train_batches(dataset, config.data.train_split, config.finetune.batch_size,
+                       config.seed + 1, finetune_transform(config), start_step,
+                       read_options(config))
+
+
+def config_eval_batches(config, dataset: Dataset, split: str, image_size: int,
+                        global_batch: Optional[int] = None, start_batch: int = 0
+                        ) -> Iterator[dict]:
+  """Every evaluation pass: `split` at the test transform at image_size, with config.data's
+  reading options; global_batch defaults to config.sweep.batch_size."""
+  return eval_batches(dataset, split, global_batch or config.sweep.batch_size,
+                      test_transform(config, image_size), start_batch,
+                      skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
 
 
 def data_shards(num_shards: int = 0) -> range:
@@ -79,103 +171,82 @@ def data_shards(num_shards: int = 0) -> range:
 
 
 def steps_per_epoch(dataset: Dataset, split: str, global_batch: int, num_shards: int = 0,
-                    len_factor: float = 1.0, repetitions: int = 1) -> int:
+                    repeat: Repetition = NO_REPETITION) -> int:
   """Global batches per epoch: the full ones of the split, or with repeated augmentation
   (repetitions > 1) len_factor x the split rounded up, as the official recipe's 5,005 steps
   of 512 per epoch on ImageNet (its sampler pads the stream to fill the last batch; ours
   runs on into the next permutation)."""
   num_shards = num_shards or jax.process_count()
   shard_batch = global_batch // num_shards
-  draws = int(dataset.num_examples(split) // num_shards * len_factor)
-  return -(-draws // shard_batch) if repetitions > 1 else draws // shard_batch
+  draws = int(dataset.num_examples(split) // num_shards * repeat.len_factor)
+  return -(-draws // shard_batch) if repeat.repetitions > 1 else draws // shard_batch
 
 
-def train_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
-                  seed: int, start_step: int = 0, transform: str = 'train',
-                  crop: str = 'torchvision', crop_pct: float = 0.875, augment: str = 'flip',
-                  shuffle_buffer: int = 10_000, num_shards: int = 0,
-                  deterministic: bool = True, dtype: str = 'float32',
-                  skip_corrupt: bool = False, cache: bool = False, service: str = '',
-                  color_jitter: float = 0.0, decode: str = 'fast', resize: str = 'shorter',
-                  repetitions: int = 1, len_factor: float = 1.0, groups: int = 1
-                  ) -> Iterator[dict]:
+def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
+                  transform: Callable, start_step: int = 0, read: ReadOptions = ReadOptions(),
+                  repeat: Repetition = NO_REPETITION) -> Iterator[dict]:
   """Endless per-process training batches, resumable at any step.
 
   Args:
-    transform: 'train' (RandomResizedCrop at image_size + flip) or 'finetune' (the test
-      transform at image_size + light augmentation), the FixRes fine-tuning input.
+    transform: (image bytes, [2] seed) -> image, e.g. train_transform(config) or
+      finetune_transform(config); each example's seed comes from (seed, epoch, shard, its
+      position), so a resumed stream has the same augmentations.
     start_step: global step to resume from; earlier examples are skipped before decoding.
-    num_shards: see data_shards.
-    skip_corrupt: skip (and log) undecodable images instead of stopping with their names.
-    cache: keep the encoded images in memory after the first epoch.
-    service: a tf.data service dispatcher address: its workers decode and transform, and
-      the batches are the same, in the same order (service.remote_batches).
-    color_jitter: ColorJitter strength of the 'train' transform (0: none).
-    decode, resize: see preprocess.preprocess_finetune ('finetune' transform; decode also
-      applies to 'train').
-    repetitions, len_factor, groups: repeated augmentation (repetitions > 1), see
-      repeat_examples; an epoch is len_factor x the split, and each shard batch is laid out
-      as `groups` equal groups (the BatchNorm groups) with the copies of an image in
-      different groups.
+    read: how the examples are read (shards, shuffling, corrupt images, cache, service).
+    repeat: repeated augmentation.
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
   """
-  shards = data_shards(num_shards)
-  num_shards = num_shards or jax.process_count()
+  shards = data_shards(read.num_shards)
+  num_shards = read.num_shards or jax.process_count()
   if global_batch % num_shards:
     raise ValueError(f'The global batch {global_batch} must split evenly into the '
                      f'{num_shards} data shards.')
   shard_batch = global_batch // num_shards
-  steps = steps_per_epoch(dataset, split, global_batch, num_shards, len_factor, repetitions)
-  if service and skip_corrupt:
+  steps = steps_per_epoch(dataset, split, global_batch, num_shards, repeat)
+  if read.service and read.skip_corrupt:
     raise errors.ConfigError('config.data.service cannot skip corrupt images (a skipped image '
                              'would shift every later batch): set config.data.skip_corrupt=False.')
   if steps == 0:
     raise errors.ConfigError(f'Split {split!r} has {dataset.num_examples(split)} examples, '
                              f'fewer than one global batch of {global_batch}: lower the batch '
                              'size.')
-  if shard_batch % groups:
+  if shard_batch % repeat.groups:
     raise errors.ConfigError(f'The batch of each data shard ({shard_batch}) must split into '
-                             f'{groups} equal BatchNorm groups: check config.model.bn_group_size.')
-  tf_dtype = tf.dtypes.as_dtype(dtype)
+                             f'{repeat.groups} equal BatchNorm groups: check '
+                             'config.model.bn_group_size.')
   epoch, skip = divmod(start_step, steps)
   while True:
     streams, raw_streams, transforms = [], [], []
     for shard in shards:
       shard_seed = epoch_shard_seed(seed, epoch, shard)
-      ds = shard_stream(dataset, split, shard, num_shards, shard_seed, shuffle_buffer, cache,
-                        repetitions, shard_batch, groups)
+      ds = shard_stream(dataset, split, shard, num_shards, shard_seed, read.shuffle_buffer,
+                        read.cache, repeat, shard_batch)
       ds = ds.take(steps * shard_batch).skip(skip * shard_batch)
 
       def transform_fn(ex, shard_seed=shard_seed):
         # Each repeated copy has its own position, hence its own augmentation.
-        position = ex['position'] if repetitions > 1 else ex['index']
+        position = ex['position'] if repeat.repetitions > 1 else ex['index']
         example_seed = tf.stack([tf.constant(shard_seed, tf.int64), position])
-        if transform == 'train':
-          image = preprocess.preprocess_train(ex['image'], example_seed, image_size, crop=crop,
-                                              dtype=tf_dtype, color_jitter=color_jitter,
-                                              decode=decode)
-        else:
-          image = preprocess.preprocess_finetune(ex['image'], example_seed, image_size,
-                                                 crop_pct=crop_pct, augment=augment,
-                                                 dtype=tf_dtype, decode=decode, resize=resize)
-        return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
+        return {'image': transform(ex['image'], example_seed),
+                'label': tf.cast(ex['label'], tf.int32)}
 
       raw_streams.append(ds)
       transforms.append(_checked(transform_fn, dataset.num_classes))
-      ds = _decode(ds, dataset, transform_fn, skip_corrupt)
-      if skip_corrupt:  # refill what was skipped, so that every epoch has `steps` steps
+      ds = _decode(ds, dataset, transform_fn, read.skip_corrupt)
+      if read.skip_corrupt:  # refill what was skipped, so that every epoch has `steps` steps
         ds = ds.repeat()
       streams.append(ds.batch(shard_batch, drop_remainder=True))
-    if service:  # the same batches, made by the service's workers
+    if read.service:  # the same batches, made by the service's workers
       batches = service_lib.remote_batches(raw_streams, transforms, shard_batch, skip,
-                                           steps - skip, service, _options(deterministic))
+                                           steps - skip, read.service,
+                                           _options(read.deterministic))
       yield from _iterate(batches, dataset, split)
     else:
       ds = tf.data.Dataset.zip(tuple(streams)).map(concat_batches)
       ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
-      yield from _iterate(ds.with_options(_options(deterministic)), dataset, split)
+      yield from _iterate(ds.with_options(_options(read.deterministic)), dataset, split)
     epoch, skip = epoch + 1, 0
 
 
@@ -190,13 +261,13 @@ def epoch_shard_seed(seed: int, epoch: int, shard: int) -> int:
 
 
 def shard_stream(dataset: Dataset, split: str, shard: int, num_shards: int, shard_seed: int,
-                 shuffle_buffer: int, cache: bool, repetitions: int = 1, shard_batch: int = 1,
-                 groups: int = 1) -> tf.data.Dataset:
+                 shuffle_buffer: int, cache: bool, repeat: Repetition = NO_REPETITION,
+                 shard_batch: int = 1) -> tf.data.Dataset:
   """One epoch's encoded examples of a shard in training order (endless with repetitions)."""
   ds = _read(dataset, split, shard, num_shards, True, shard_seed, cache)
   ds = ds.shuffle(shuffle_buffer, seed=shard_seed)
-  if repetitions > 1:
-    ds = repeat_examples(ds, repetitions, shard_batch, groups)
+  if repeat.repetitions > 1:
+    ds = repeat_examples(ds, repeat.repetitions, shard_batch, repeat.groups)
   return ds
 
 
@@ -219,32 +290,28 @@ def repeat_examples(ds: tf.data.Dataset, repetitions: int, shard_batch: int, gro
   return ds.map(lambda b: {k: tf.gather(v, order) for k, v in b.items()}).unbatch()
 
 
-def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: int,
-                 crop_pct: float = 0.875, dtype: str = 'float32', skip_corrupt: bool = False,
-                 cache: bool = False, start_batch: int = 0, decode: str = 'fast',
-                 resize: str = 'shorter') -> Iterator[dict]:
-  """Every example of `split` exactly once, at the test transform, padded and masked.
+def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Callable,
+                 start_batch: int = 0, skip_corrupt: bool = False, cache: bool = False
+                 ) -> Iterator[dict]:
+  """Every example of `split` exactly once, through `transform`, padded and masked.
 
   Every process yields the same number of batches (no multi-host hang); padding examples
   have mask 0, so metrics summed with the mask count each real image once.
 
   Args:
+    transform: image bytes -> image, e.g. test_transform(config, K_test).
     start_batch: the first batch to yield (to resume a pass); the examples before it are
       skipped without decoding (unless skip_corrupt).
-    decode, resize: see preprocess.preprocess_test.
+    skip_corrupt, cache: as ReadOptions.
 
   Yields:
     {'image', 'label', 'mask': float32 [local_batch]}.
   """
   local_batch = global_batch // jax.process_count()
-  per_process = math.ceil(dataset.num_examples(split) / jax.process_count())
-  num_batches = math.ceil(per_process / local_batch)
-  tf_dtype = tf.dtypes.as_dtype(dtype)
+  num_batches = num_eval_batches(dataset, split, global_batch)
 
   def transform_fn(ex):
-    image = preprocess.preprocess_test(ex['image'], image_size, crop_pct=crop_pct,
-                                       dtype=tf_dtype, decode=decode, resize=resize)
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32),
+    return {'image': transform(ex['image']), 'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
   ds = _read(dataset, split, jax.process_index(), jax.process_count(), False, None, cache)
@@ -253,8 +320,9 @@ def eval_batches(dataset: Dataset, split: str, image_size: int, global_batch: in
   raw_skip = 0 if skip_corrupt else start_batch * local_batch
   ds = _decode(ds.skip(raw_skip), dataset, transform_fn, skip_corrupt)
   ds = ds.skip(start_batch * local_batch - raw_skip)
+  image = ds.element_spec['image']
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros((image_size, image_size, 3), tf_dtype),
+      'image': tf.zeros(image.shape, image.dtype),
       'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0, tf.float32)}).repeat()
   ds = ds.concatenate(padding).take((num_batches - start_batch) * local_batch)
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options(True))

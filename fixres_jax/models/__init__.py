@@ -1,8 +1,30 @@
-"""Model registry: torchvision's constructors by name, plus a configurable small ResNet."""
+"""Model registry, and the contract every model keeps with the rest of fixres_jax.
 
+The contract (what training, FixRes fine-tuning, the cached mode, the sweep and the
+checkpoint converter rely on; a new model implements it in its own file here and adds its
+constructor to the registry below):
+
+  model(x, train=False, finetune=False, return_features=False)
+      x: normalised images [batch, height, width, 3]. train=True: every BatchNorm normalises
+      with batch statistics and updates its running ones (mutable 'batch_stats');
+      finetune=True: only the last BatchNorm does (FixRes); neither: inference. Returns
+      float32 logits, or (logits, pooled features [batch, F] in float32) with
+      return_features.
+  model.HEAD          name of the classifier's parameters, a Dense layer on the pooled
+                      features (apply_head applies it alone).
+  model.last_bn_path  (module, BN) path of the last BatchNorm before global pooling: the
+                      layer whose running statistics FixRes fine-tuning re-estimates.
+  model.last_conv_path  path of the convolution that BN normalises (the cached mode reads
+                      its output).
+  model.num_classes, model.dtype
+"""
+
+from typing import Tuple
+
+import jax
 import jax.numpy as jnp
 
-from fixres_jax.models.resnet import BasicBlock, Bottleneck, ResNet
+from fixres_jax.models.resnet import BasicBlock, Bottleneck, ResNet, create_head
 
 _ARCHS = {
     'resnet18': dict(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
@@ -52,3 +74,18 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
     raise ValueError(f'Unknown model {name!r}: config.model.name must be one of {ARCH_NAMES}.')
   return ResNet(num_classes=num_classes, dtype=jnp.dtype(dtype),
                 zero_init_residual=zero_init_residual, bn_group_size=bn_group_size, **arch)
+
+
+def apply_head(model, head_params: dict, features: jax.Array) -> jax.Array:
+  """The model's classifier alone, on pooled (or adapted) features: float32 logits."""
+  head = create_head(head_params['kernel'].shape[-1], model.dtype)
+  return head.apply({'params': head_params}, features.astype(jnp.float32)).astype(jnp.float32)
+
+
+def finetuned_names(model, train_bn_affine: bool) -> Tuple[str, ...]:
+  """'/'-joined names of the parameters FixRes fine-tuning trains: the classifier, and the
+  last BatchNorm's scale and bias with train_bn_affine."""
+  names = (f'{model.HEAD}/kernel', f'{model.HEAD}/bias')
+  if train_bn_affine:
+    names += tuple('/'.join(model.last_bn_path + (p,)) for p in ('scale', 'bias'))
+  return names

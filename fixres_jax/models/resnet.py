@@ -42,6 +42,7 @@ class BasicBlock(nn.Module):
   norm: Any = None  # a function (name, use_running_average) -> BatchNorm module
   dtype: Any = jnp.float32
   expansion = 1
+  last_conv, last_bn = 'conv2', 'bn2'  # the block's output convolution and its BN
 
   @nn.compact
   def __call__(self, x, bn_modes):
@@ -67,6 +68,7 @@ class Bottleneck(nn.Module):
   norm: Any = None
   dtype: Any = jnp.float32
   expansion = 4
+  last_conv, last_bn = 'conv3', 'bn3'
 
   @nn.compact
   def __call__(self, x, bn_modes):
@@ -133,6 +135,11 @@ class GroupBatchNorm(nn.Module):
     return (y * scale + bias).astype(self.dtype)
 
 
+def create_head(num_classes: int, dtype: Any, name: Any = None) -> nn.Dense:
+  """The classifier on the pooled features (torchvision's `fc`)."""
+  return nn.Dense(num_classes, dtype=dtype, name=name)
+
+
 class ResNet(nn.Module):
   """torchvision-layout ResNet.
 
@@ -155,12 +162,21 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   bn_group_size: int = 0  # >0: batch statistics per group of this many images
   dtype: Any = jnp.float32
+  HEAD = 'fc'  # the classifier's parameters: a Dense layer on the pooled features
+
+  @property
+  def last_block(self) -> str:
+    return f'layer{len(self.stage_sizes)}_{self.stage_sizes[-1] - 1}'
 
   @property
   def last_bn_path(self) -> Tuple[str, str]:
     """Path of the last BatchNorm before global pooling, e.g. ('layer4_2', 'bn3')."""
-    last_block = f'layer{len(self.stage_sizes)}_{self.stage_sizes[-1] - 1}'
-    return (last_block, 'bn3' if self.block_cls is Bottleneck else 'bn2')
+    return (self.last_block, self.block_cls.last_bn)
+
+  @property
+  def last_conv_path(self) -> Tuple[str, str]:
+    """Path of the convolution whose output the last BatchNorm normalises."""
+    return (self.last_block, self.block_cls.last_conv)
 
   @nn.compact
   def __call__(self, x, train: bool = False, finetune: bool = False,
@@ -206,7 +222,7 @@ class ResNet(nn.Module):
                            norm=norm, dtype=self.dtype, name=name)(x, bn_modes)
         in_planes = out_planes
     features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(features)
+    logits = create_head(self.num_classes, self.dtype, name=self.HEAD)(features)
     logits = logits.astype(jnp.float32)
     if return_features:
       return logits, features.astype(jnp.float32)

@@ -1,0 +1,144 @@
+"""Evaluation, one path for every stage and tool: the training stage's validation, the
+test-resolution sweep, the 'auto' K_test selection and the parametric fits.
+
+One jitted step (eval_step) computes masked sums over a global batch: top-1/top-5, loss, and
+statistics of the pooled features (after the final ReLU and global average pooling): exact
+sums for their mean and standard deviation and a histogram of the nonzero values on fixed
+log-spaced bins (HISTOGRAM_EDGES), from which come quantiles and the parametric fits.
+Sums, not means, so that padded examples (mask 0) count for nothing and partial results add
+up exactly. Features never leave the device.
+"""
+
+import functools
+from typing import Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fixres_jax import losses
+from fixres_jax import models
+from fixres_jax import parallel
+from fixres_jax import parametric
+
+# Pooled features are >= 0; exact zeros are counted apart. 32 bins per decade over 1e-4..1e3
+# (a 7.5% relative resolution for quantiles), plus a bin below and one above.
+HISTOGRAM_EDGES = np.geomspace(1e-4, 1e3, 7 * 32 + 1)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def metric_sums(logits: jax.Array, batch: dict) -> dict:
+  """Masked sums of correct top-1/top-5, loss and the number of images."""
+  mask, labels = batch['mask'], batch['label']
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  correct5 = jnp.any(top5 == labels[:, None], axis=-1)
+  return {
+      'correct1': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'correct5': jnp.sum(correct5 * mask),
+      'loss': jnp.sum(losses.cross_entropy(logits, labels) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
+def feature_sums(features: jax.Array, mask: jax.Array) -> dict:
+  """Masked sums of the pooled features: the fraction of exact zeros per image, count, sum,
+  sum of squares, histogram of nonzeros.
+
+  The histogram has np.searchsorted's bins over [0, HISTOGRAM_EDGES..., inf): bin i holds
+  edges[i-1] < f <= edges[i]. It is computed as differences of the counts above each edge
+  (a fused compare-and-sum, no scatter, so it shards like the rest of the step).
+  """
+  counts = jnp.broadcast_to(mask[:, None], features.shape).astype(jnp.int32)
+  edges = jnp.asarray(HISTOGRAM_EDGES, features.dtype)
+  above = jnp.concatenate([
+      jnp.sum(counts * (features > 0))[None],
+      jnp.sum(counts[..., None] * (features[..., None] > edges), axis=(0, 1))])
+  histogram = above - jnp.concatenate([above[1:], jnp.zeros(1, above.dtype)])
+  weights = counts.astype(features.dtype)
+  return {'zero_fraction': jnp.sum(jnp.mean(features == 0, axis=-1) * mask),
+          'feature_count': jnp.sum(counts), 'feature_sum': jnp.sum(features * weights),
+          'feature_sq_sum': jnp.sum(features**2 * weights), 'histogram': histogram}
+
+
+def eval_step(model, variables: dict, batch: dict, adaptation=None) -> dict:
+  """Metric and feature sums over a global batch, in inference mode.
+
+  Args:
+    model: the flax module (see models/__init__.py for what it provides).
+    variables: {'params', 'batch_stats'}.
+    batch: {'image', 'label', 'mask'}.
+    adaptation: (a, b) of parametric.adapt_features, or None. One forward pass serves the
+      model and its parametric adaptation: the head is applied to the pooled features and
+      to their adapted version.
+
+  Returns:
+    {'plain': sums}, plus {'adapted': sums} with an adaptation.
+  """
+  logits, features = model.apply(variables, batch['image'], train=False, return_features=True)
+  result = {'plain': {**metric_sums(logits, batch), **feature_sums(features, batch['mask'])}}
+  if adaptation is not None:
+    adapted = parametric.adapt_features(features, *adaptation)
+    logits = models.apply_head(model, variables['params'][model.HEAD], adapted)
+    result['adapted'] = {**metric_sums(logits, batch), **feature_sums(adapted, batch['mask'])}
+  return result
+
+
+def jit_eval_step(model):
+  """eval_step with the model bound, jitted (traced once per resolution and batch shape)."""
+  return jax.jit(functools.partial(eval_step, model))
+
+
+def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dict]:
+  """One pass over `batches`, each batch through every model.
+
+  Args:
+    step_fn: jit_eval_step(model).
+    entries: {name: (variables on the mesh, adaptation or None)}.
+    batches: per-process batches (pipeline.config_eval_batches).
+
+  Returns:
+    {name: summed outputs of step_fn ({'plain'[, 'adapted']}), as NumPy}.
+  """
+  totals = {}
+  for batch in parallel.prefetch_to_devices(batches, mesh):
+    for name, (variables, adaptation) in entries.items():
+      sums = step_fn(variables, batch, adaptation)
+      totals[name] = sums if name not in totals else jax.tree.map(jnp.add, totals[name], sums)
+  return {name: jax.device_get(t) for name, t in totals.items()}
+
+
+def evaluate_model(step_fn, variables: dict, batches, mesh) -> dict:
+  """The metrics (summarize's first record) of one model over `batches`."""
+  totals = evaluate(step_fn, {'model': (variables, None)}, batches, mesh)
+  return summarize(totals['model']['plain'])[0]
+
+
+def summarize(totals: dict) -> tuple:
+  """(metrics record, feature statistics record) from one model's summed eval_step outputs."""
+  count = float(totals['count'])
+  metrics = {'top1': float(totals['correct1']) / count,
+             'top5': float(totals['correct5']) / count,
+             'loss': float(totals['loss']) / count,
+             'zero_fraction': float(totals['zero_fraction']) / count,
+             'num_images': int(round(count))}
+  n = float(totals['feature_count'])
+  counts = np.asarray(totals['histogram'], np.int64)
+  zeros = n - counts.sum()
+  mean = float(totals['feature_sum']) / n
+  values = parametric.histogram_quantiles(HISTOGRAM_EDGES, counts, QUANTILES, zeros=zeros)
+  feature_stats = {
+      'num_images': metrics['num_images'], 'num_values': n, 'zero_fraction': zeros / n,
+      'mean': mean,
+      'std': float(np.sqrt(max(float(totals['feature_sq_sum']) / n - mean**2, 0.0))),
+      'quantiles': {f'q{round(100 * q):02d}': float(v) for q, v in zip(QUANTILES, values)},
+      'counts': counts.tolist()}
+  return metrics, feature_stats
+
+
+def fit_pooled_features(step_fn, variables: dict, batches, mesh) -> parametric.GevFit:
+  """The Fréchet (GEV, shape 0.3) fit of the nonzero pooled features over `batches`.
+
+  The identity adaptation makes this the sweep's trace of step_fn.
+  """
+  totals = evaluate(step_fn, {'fit': (variables, parametric.IDENTITY)}, batches, mesh)
+  return parametric.fit_gev(HISTOGRAM_EDGES, totals['fit']['plain']['histogram'])

@@ -1,0 +1,177 @@
+"""What the train and finetune stages share: the train state, its setup (replicated on the
+mesh, the stage's checkpoint manager, the last checkpoint restored) and the step loop."""
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+from etils import epath
+from flax import traverse_util
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fixres_jax import checkpoint
+from fixres_jax import metrics as metrics_lib
+from fixres_jax import parallel
+from fixres_jax import preemption
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+def split_params(params: Any, names: Sequence[str]) -> Tuple[dict, dict]:
+  """The whole tree flattened ({path tuple: array}) and the subset `names` (nested)."""
+  flat = traverse_util.flatten_dict(params)
+  keys = [tuple(name.split('/')) for name in names]
+  return flat, traverse_util.unflatten_dict({k: flat[k] for k in keys})
+
+
+def merge_params(flat: dict, subset: dict) -> dict:
+  """The whole tree with the subset replaced."""
+  return traverse_util.unflatten_dict({**flat, **traverse_util.flatten_dict(subset)})
+
+
+def create_train_state(model, variables: dict, tx: optax.GradientTransformation,
+                       trainable: Optional[Sequence[str]] = None) -> TrainState:
+  """A TrainState holding every variable, with optimiser state for every parameter, or for
+  the '/'-joined names `trainable` only (FixRes fine-tuning)."""
+  params = variables['params']
+  opt_params = params if trainable is None else split_params(params, trainable)[1]
+  return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params,
+                    batch_stats=variables['batch_stats'], tx=tx, opt_state=tx.init(opt_params))
+
+
+def update_subset(state: TrainState, names: Sequence[str], loss_fn: Callable):
+  """One optimiser step on the parameters `names` only; the others come back bit-identical.
+
+  Only the subset is differentiated, so XLA drops the backward pass of the rest.
+
+  Args:
+    loss_fn: full params -> (loss, aux).
+
+  Returns:
+    (the state with new params, opt_state and step; loss; aux).
+  """
+  flat, params = split_params(state.params, names)
+  (loss, aux), grads = jax.value_and_grad(
+      lambda p: loss_fn(merge_params(flat, p)), has_aux=True)(params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, params)
+  params = optax.apply_updates(params, updates)
+  state = state.replace(step=state.step + 1, opt_state=opt_state,
+                        params=merge_params(flat, params))
+  return state, loss, aux
+
+
+def open_stage(name: str, config, workdir, mesh, state: TrainState):
+  """The stage's state on the mesh, restored from its last checkpoint if there is one.
+
+  Returns:
+    (state, the stage's CheckpointManager under WORKDIR/checkpoints/NAME).
+  """
+  manager = checkpoint.create_manager(epath.Path(workdir) / 'checkpoints' / name,
+                                      max_to_keep=config.checkpoint.max_to_keep)
+  return checkpoint.restore_latest(manager, parallel.replicate(state, mesh)), manager
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """How often the loop logs and checkpoints, and how many steps it profiles (0: none)."""
+  log_every: int
+  checkpoint_every: int
+  profile_steps: int = 0
+
+
+def stage_cadence(config, stage: str) -> Cadence:
+  """The cadence config.train or config.finetune asks for."""
+  cfg = config.train if stage == 'train' else config.finetune
+  return Cadence(cfg.log_every_steps, config.checkpoint.every_steps, cfg.profile_steps)
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point number in `tree` is finite (one device reduction)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+
+
+def check_finite(value: float, step: int, checkpoint_dir, what: str = 'training loss') -> None:
+  if not np.isfinite(value):
+    raise FloatingPointError(
+        f'The {what} is {value} at step {step}. The last good checkpoint in '
+        f'{checkpoint_dir} is kept; lower the learning rate or check the data.')
+
+
+def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_steps: int,
+              global_batch: int, learning_rate: optax.Schedule, manager, cadence: Cadence,
+              eval_every: int = 0, evaluate_fn: Optional[Callable] = None):
+  """The loop shared by the train and finetune stages.
+
+  Runs step_fn from state.step to total_steps; logs every cadence.log_every steps;
+  checkpoints every cadence.checkpoint_every steps, at the end, and on SIGTERM (then raises
+  preemption.Preempted); evaluates with evaluate_fn every eval_every steps and at the end.
+
+  Returns:
+    the final state.
+  """
+  start_step = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir, stage)
+  progress = metrics_lib.Progress(total_steps, global_batch, start_step)
+  guard = preemption.PreemptionGuard()
+  # A few steps after the start, once compiled: cadence.profile_steps of them.
+  trace = metrics_lib.TraceWindow(writer.local_dir('profile', stage), start_step + 3,
+                                  cadence.profile_steps)
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      trace.before_step(step)
+      with jax.profiler.StepTraceAnnotation(stage, step_num=step):  # step times in profiles
+        state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
+      trace.after_step(step, state)
+      save = step % cadence.checkpoint_every == 0 or step == total_steps
+      if save or step % cadence.log_every == 0:
+        summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        check_finite(summary['loss'], step, manager.directory)  # never save a NaN state
+      if step % cadence.log_every == 0 or step == total_steps:
+        summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
+        writer.write(step, summary, line=progress.line(step, summary))
+      if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
+        writer.write(step, evaluate_fn(state))
+      if save:
+        # The loss is that of the parameters before the step: check what is about to be saved.
+        if not all_finite((state.params, state.batch_stats)):
+          check_finite(float('nan'), step, manager.directory, what='model (a parameter)')
+        checkpoint.save_state(manager, step, state)
+        writer.sync()  # a remote workdir's metrics, up to this checkpoint
+      if guard.should_stop(step):
+        if step not in manager.all_steps():  # a periodic save may have just written it
+          checkpoint.save_state(manager, step, state, force=True)
+        manager.wait_until_finished()
+        raise preemption.Preempted(stage, step)
+    if evaluate_fn and start_step < total_steps:
+      writer.write(total_steps, evaluate_fn(state))
+  finally:
+    manager.wait_until_finished()
+    writer.close()
+    guard.close()
+  return state
+
+
+def run_step(step_fn: Callable, state, batch: dict, global_batch: int):
+  """Calls a jitted step, turning device out-of-memory into advice on the batch size."""
+  try:
+    return step_fn(state, batch)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise MemoryError(out_of_memory_advice(global_batch, jax.device_count())) from e
+
+
+def out_of_memory_advice(global_batch: int, device_count: int) -> str:
+  per_device = global_batch // device_count
+  smaller = max(per_device // 2, 1)
+  return (f'Out of device memory with {per_device} images per device (global batch '
+          f'{global_batch} on {device_count} devices). Try {smaller} per device: '
+          f'--config.train.batch_size={smaller * device_count} (and finetune.batch_size), '
+          "or --config.model.dtype=bfloat16. The linear scaling rule adapts the learning rate.")
