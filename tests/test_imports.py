@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 TF_FREE = ('models', 'train', 'finetune', 'cached_finetune', 'checkpoint', 'analysis',
-           'parallel', 'parametric', 'metrics', 'convert')
+           'parallel', 'parametric', 'metrics', 'convert', 'stage', 'evaluate', 'losses',
+           'augmentations', 'config')
 
 
 def test_only_the_data_package_imports_tensorflow():
