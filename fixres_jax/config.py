@@ -80,6 +80,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.weight_decay = 1e-4
   train.no_decay = ()  # regexes over 'module/param' names excluded from weight decay
   train.label_smoothing = 0.0
+  train.optimizer = 'sgd'  # or 'lamb' (timm's, as the ResNet-strikes-back recipes use it)
+  train.loss = 'softmax'  # or 'bce' (timm's binary cross-entropy on the one-hot targets)
+  train.bce_threshold = 0.0  # 'bce': targets above it become 1, the others 0 (0: off)
+  # Mixup / CutMix with timm's semantics (fixres_jax/mixing.py); 0: off.
+  train.mixup_alpha = 0.0
+  train.cutmix_alpha = 0.0
+  train.mix_prob = 1.0  # the probability that a batch is mixed at all
+  train.mix_switch_prob = 0.5  # with both alphas: the probability of CutMix over Mixup
   train.log_every_steps = 100
   train.eval_every_epochs = 0  # 0: evaluate at the end only
   train.profile_steps = 0  # >0: a jax.profiler trace of that many steps in WORKDIR/profile
@@ -236,7 +244,8 @@ def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
 def recipe_problems(config: ml_collections.ConfigDict) -> list:
   """What is wrong with the data options and BatchNorm groups."""
   data, problems = config.data, []
-  choices = {'data.decode': augmentations.DECODES, 'data.train_decode': augmentations.DECODES,
+  choices = {'train.optimizer': ('sgd', 'lamb'), 'train.loss': ('softmax', 'bce'),
+             'data.decode': augmentations.DECODES, 'data.train_decode': augmentations.DECODES,
              'data.test_resize': augmentations.TEST_RESIZES,
              'data.crop': augmentations.TRAIN_CROPS,
              'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS)}
@@ -244,6 +253,13 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
     section, field = name.split('.')
     if config[section][field] not in allowed:
       problems.append(f'config.{name}={config[section][field]!r}: use one of {allowed}.')
+  cfg = config.train
+  for name in ('mixup_alpha', 'cutmix_alpha', 'bce_threshold'):
+    if cfg[name] < 0:
+      problems.append(f'config.train.{name}={cfg[name]}: use a value >= 0 (0: off).')
+  for name in ('mix_prob', 'mix_switch_prob'):
+    if not 0 <= cfg[name] <= 1:
+      problems.append(f'config.train.{name}={cfg[name]}: use a probability in [0, 1].')
   if not 0 <= data.color_jitter:
     problems.append(f'config.data.color_jitter={data.color_jitter}: use a strength >= 0 '
                     '(0.3 in the official recipe, 0 for none).')

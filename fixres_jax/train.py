@@ -1,5 +1,6 @@
 """Training at K_train: the model, optimiser, train_step and the 'train' stage."""
 
+import dataclasses
 import functools
 import re
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from fixres_jax import checkpoint
 from fixres_jax import errors
 from fixres_jax import evaluate
 from fixres_jax import losses
+from fixres_jax import mixing
 from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import stage as stage_lib
@@ -64,21 +66,83 @@ def weight_decay_mask(params: Any, exclude: tuple) -> Any:
 
 def create_optimizer(cfg, learning_rate: optax.Schedule, params: Any
                      ) -> optax.GradientTransformation:
-  """SGD with momentum and masked (decoupled from the loss) L2 weight decay."""
-  return optax.chain(
-      optax.add_decayed_weights(cfg.weight_decay,
-                                mask=weight_decay_mask(params, tuple(cfg.no_decay))),
-      optax.sgd(learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov))
+  """cfg.optimizer: 'sgd' (momentum, masked L2 weight decay added to the gradient) or 'lamb'.
+
+  'lamb' is timm's Lamb as the ResNet-strikes-back recipes use it: the global gradient norm
+  clipped to 1, Adam moments (0.9, 0.999, eps 1e-6, bias-corrected), decoupled weight decay,
+  and the layer-wise trust ratio on the parameters that are decayed (timm adapts only
+  those); optax's own lamb adapts every parameter.
+  """
+  mask = weight_decay_mask(params, tuple(cfg.no_decay))
+  if cfg.optimizer == 'sgd':
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=mask),
+                       optax.sgd(learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov))
+  if cfg.optimizer == 'lamb':
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+                       optax.add_decayed_weights(cfg.weight_decay, mask=mask),
+                       optax.masked(optax.scale_by_trust_ratio(), mask),
+                       optax.scale_by_learning_rate(learning_rate))
+  raise errors.ConfigError(f"config.train.optimizer={cfg.optimizer!r}: use 'sgd' or 'lamb'.")
 
 
-def train_step(state: stage_lib.TrainState, batch: dict, label_smoothing: float = 0.0):
-  """One SGD step on a (sharded) global batch; every BN uses and updates batch statistics."""
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What train_step minimises: the loss on (smoothed, optionally mixed) targets.
+
+  Attributes:
+    loss: 'softmax' (cross-entropy) or 'bce' (timm's binary cross-entropy).
+    label_smoothing: timm's / optax's smoothing of the one-hot targets.
+    bce_threshold: 'bce' only: targets above it become 1, the others 0 (0: off).
+    mix: Mixup / CutMix (mixing.MixConfig; off by default).
+    seed: the mixing's randomness, folded with the step.
+  """
+  loss: str = 'softmax'
+  label_smoothing: float = 0.0
+  bce_threshold: float = 0.0
+  mix: mixing.MixConfig = mixing.MixConfig()
+  seed: int = 0
+
+
+def compute_loss(logits: jax.Array, labels: jax.Array, lam, objective: Objective
+                 ) -> jax.Array:
+  """The mean loss of a batch: on integer labels, or on the targets mixed with lam."""
+  if lam is None and objective.loss == 'softmax':  # the plain recipe: optax's smoothing
+    return losses.cross_entropy(logits, labels, objective.label_smoothing).mean()
+  num_classes = logits.shape[-1]
+  if lam is None:
+    targets = mixing.smooth_one_hot(labels, num_classes, objective.label_smoothing)
+  else:
+    targets = mixing.mix_targets(labels, num_classes, lam, objective.label_smoothing)
+  if objective.loss == 'bce':
+    return losses.binary_cross_entropy(logits, targets, objective.bce_threshold).mean()
+  return losses.soft_cross_entropy(logits, targets).mean()
+
+
+def objective(config) -> Objective:
+  """config.train's Objective."""
+  cfg = config.train
+  mix = mixing.MixConfig(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
+                         prob=cfg.mix_prob, switch_prob=cfg.mix_switch_prob,
+                         label_smoothing=cfg.label_smoothing)
+  return Objective(cfg.loss, cfg.label_smoothing, cfg.bce_threshold, mix, config.seed)
+
+
+def train_step(state: stage_lib.TrainState, batch: dict,
+               objective: Objective = Objective()):
+  """One optimiser step on a (sharded) global batch; every BN uses and updates batch
+  statistics."""
+  images, lam = batch['image'], None
+  if objective.mix.enabled:
+    key = jax.random.fold_in(jax.random.key(objective.seed), state.step)
+    images, lam = mixing.mix_images(key, images, objective.mix)
+
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
         mutable=['batch_stats'])
-    loss = losses.cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates['batch_stats'])
+    return compute_loss(logits, batch['label'], lam, objective), (logits,
+                                                                  updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -139,7 +203,7 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   tx = create_optimizer(cfg, learning_rate, variables['params'])
   state, manager = stage_lib.open_stage(
       'train', config, workdir, mesh, stage_lib.create_train_state(model, variables, tx))
-  step_fn = jax.jit(functools.partial(train_step, label_smoothing=cfg.label_smoothing),
+  step_fn = jax.jit(functools.partial(train_step, objective=objective(config)),
                     donate_argnums=0)
   batches = parallel.prefetch_to_devices(
       pipeline.stage_batches(config, dataset, 'train', int(state.step)), mesh)
