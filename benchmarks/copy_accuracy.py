@@ -22,6 +22,7 @@ from absl import flags
 from etils import epath
 import numpy as np
 
+from fixres_jax import claims
 from fixres_jax import reproduce
 
 flags.DEFINE_string('data_dir', '/tmp/tfds_copy', 'tfds data dir of the original dataset.')
@@ -82,8 +83,8 @@ def collect(root: epath.Path, seeds) -> dict:
         continue
       best = reproduce.best_heldout(select)['test_res']
       runs.append({'seed': seed, 'selected_test_res': best,
-                   'top1_selected': reproduce.top1_at(sweep, 'trained', best),
-                   'top1_train_res': reproduce.top1_at(sweep, 'trained', k),
+                   'top1_selected': claims.top1_at(sweep, 'trained', best),
+                   'top1_train_res': claims.top1_at(sweep, 'trained', k),
                    'curve': {r['test_res']: r['top1'] for r in sweep
                              if r['model'] == 'trained'},
                    'train_seconds': reproduce.train_step_seconds(
@@ -118,8 +119,8 @@ def format_table(results: dict, command: str) -> str:
   for source, runs in results.items():
     lines.append(
         f"| {source} | {len(runs)} | {', '.join(str(r['selected_test_res']) for r in runs)} | "
-        f"{pct(reproduce.stats([r['top1_selected'] for r in runs]))} | "
-        f"{pct(reproduce.stats([r['top1_train_res'] for r in runs]))} | "
+        f"{pct(claims.stats([r['top1_selected'] for r in runs]))} | "
+        f"{pct(claims.stats([r['top1_train_res'] for r in runs]))} | "
         f"{np.median([r['train_seconds'] for r in runs]) if runs else float('nan'):.0f} |")
   by_seed = {source: {r['seed']: r for r in runs} for source, runs in results.items()}
   paired = sorted(set(by_seed['original']) & set(by_seed['copy']))
@@ -143,7 +144,7 @@ def format_table(results: dict, command: str) -> str:
             '| trained from | ' + ' | '.join(str(r) for r in resolutions) + ' |',
             '|---|' + '---|' * len(resolutions)]
   for source, runs in results.items():
-    cells = [pct(reproduce.stats([r['curve'].get(res) for r in runs])) for res in resolutions]
+    cells = [pct(claims.stats([r['curve'].get(res) for r in runs])) for res in resolutions]
     lines.append(f'| {source} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 

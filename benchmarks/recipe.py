@@ -24,6 +24,7 @@ from absl import flags
 from etils import epath
 
 sys.path.insert(0, str(epath.Path(__file__).parent.parent))
+from fixres_jax import claims  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fixres_jax import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TRAIN_RES = 64
@@ -103,8 +104,8 @@ def collect(root: epath.Path, name: str, seed: int):
   run = {'seed': seed, 'test_res': chosen}
   for decode in ('exact', 'fast'):
     records = json.loads((workdir / f'val_{decode}' / 'sweep.json').read_text())
-    run[f'{decode}_at_train_res'] = reproduce.top1_at(records, 'trained', TRAIN_RES)
-    run[f'{decode}_at_chosen'] = reproduce.top1_at(records, 'trained', chosen)
+    run[f'{decode}_at_train_res'] = claims.top1_at(records, 'trained', TRAIN_RES)
+    run[f'{decode}_at_chosen'] = claims.top1_at(records, 'trained', chosen)
   return run
 
 
@@ -115,12 +116,12 @@ def summarize(root: epath.Path, seeds, variants) -> dict:
   for name, rs in runs.items():
     results[name] = {
         'runs': [r for r in rs if r],
-        'exact': reproduce.stats([field(r, 'exact_at_chosen') for r in rs]),
-        'exact_at_train_res': reproduce.stats([field(r, 'exact_at_train_res') for r in rs]),
-        'vs_baseline': reproduce.compare(
+        'exact': claims.stats([field(r, 'exact_at_chosen') for r in rs]),
+        'exact_at_train_res': claims.stats([field(r, 'exact_at_train_res') for r in rs]),
+        'vs_baseline': claims.compare(
             [field(r, 'exact_at_chosen') for r in rs],
             [field(r, 'exact_at_chosen') for r in runs.get('baseline', [None] * len(rs))]),
-        'exact_minus_fast': reproduce.compare(
+        'exact_minus_fast': claims.compare(
             [field(r, 'exact_at_chosen') for r in rs], [field(r, 'fast_at_chosen') for r in rs]),
     }
   return results
@@ -135,7 +136,7 @@ def format_report(results: dict, plan: reproduce.Plan, seconds: float) -> str:
       f'{reproduce.DATASET}, {plan.num_epochs} epochs of images seen for every variant; '
       'K_test chosen on the held-out train[90%:] (exact decoding); top-1 on '
       f'{EVAL_SPLIT}, mean ± std over seeds. Margins: variant minus baseline per seed, '
-      f'"beyond" when the mean exceeds {reproduce.SIGMAS:g} std of the per-seed differences. '
+      f'"beyond" when the mean exceeds {claims.SIGMAS:g} std of the per-seed differences. '
       'Measured on a shared, loaded 2-core CPU machine'
       + (f' ({seconds / 60:.0f} min of runs this invocation).' if seconds else '.')
       + ' "not run": no finished run of that variant (the measurement was stopped).',
@@ -146,10 +147,10 @@ def format_report(results: dict, plan: reproduce.Plan, seconds: float) -> str:
   ]
   for name, r in results.items():
     chosen = ', '.join(str(run['test_res']) for run in r['runs']) or '-'
-    versus = 'reference' if name == 'baseline' else reproduce.margin_text(r['vs_baseline'])
-    lines.append(f"| {LABELS[name]} | {r['exact']['n']} | {reproduce.pct(r['exact_at_train_res'])} "
-                 f"| {chosen} | {reproduce.pct(r['exact'])} | {versus} "
-                 f"| {reproduce.margin_text(r['exact_minus_fast'])} |")
+    versus = 'reference' if name == 'baseline' else claims.margin_text(r['vs_baseline'])
+    lines.append(f"| {LABELS[name]} | {r['exact']['n']} | {claims.pct(r['exact_at_train_res'])} "
+                 f"| {chosen} | {claims.pct(r['exact'])} | {versus} "
+                 f"| {claims.margin_text(r['exact_minus_fast'])} |")
   lines += ['', 'Each variant turns on one option of the official recipe: '
             '`data.ra_repetitions=3, data.ra_len_factor=2.0` (its epochs are twice as long, so '
             'it runs half as many), `data.color_jitter=0.3`, '

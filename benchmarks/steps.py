@@ -12,7 +12,7 @@ time (lowering and XLA compilation timed apart), XLA's FLOP count and the median
                  differentiated and only the last BN's statistics move, so XLA drops the
                  backbone's backward pass and the step should cost about one forward pass.
 With --torch, torchvision's same network runs the same SGD train step (and inference) in the
-same process, in both memory formats (benchmarks/torch_cpu.py).
+same process, in both memory formats (benchmarks/torch_steps.py).
 
 Timed rounds call every step once each, in a new random order every round, so that load from
 other processes on a shared machine, and the cold caches a large step leaves behind, hit all
@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import thunks
+from benchmarks import torch_steps
 from fixres_jax import evaluate
 from fixres_jax import finetune
 from fixres_jax import models
@@ -365,8 +367,7 @@ def benchmark(write) -> dict:
 
   for step in create_steps(model, FLAGS.batch, train_res, test_res, FLAGS.num_classes, mesh):
     if FLAGS.hlo_summary:
-      from benchmarks import torch_cpu  # pylint: disable=g-import-not-at-top
-      step.thunks = torch_cpu.count_thunks(step.compiled.as_text())
+      step.thunks = thunks.count_thunks(step.compiled.as_text())
     print(f'compiled {step.kind}@{step.resolution}: lower {step.lower_s:.1f} s, '
           f'compile {step.compile_s:.1f} s', file=sys.stderr)
     steps.append(step)
@@ -374,7 +375,7 @@ def benchmark(write) -> dict:
     # Warm up at once, so that running out of memory shows before the next compile.
     for _ in range(FLAGS.warmup):
       step.run()
-  for step in torch_steps(result):
+  for step in create_torch_steps(result):
     steps.append(step)
     for _ in range(FLAGS.warmup):
       step.run()
@@ -389,16 +390,15 @@ def benchmark(write) -> dict:
   return result
 
 
-def torch_steps(result: dict) -> list:
+def create_torch_steps(result: dict) -> list:
   """PyTorch's side (a note in result['torch'] when it is skipped)."""
   if not FLAGS.torch:
     result['torch'] = {'skipped': 'run without --torch'}
     return []
-  from benchmarks import torch_cpu  # pylint: disable=g-import-not-at-top
   try:
-    steps, info = torch_cpu.create_steps(FLAGS.model, FLAGS.batch,
-                                         [int(r) for r in FLAGS.torch_res], FLAGS.num_classes,
-                                         FLAGS.dtype, FLAGS.torch_threads, FLAGS.torch_formats)
+    steps, info = torch_steps.create_steps(FLAGS.model, FLAGS.batch,
+                                           [int(r) for r in FLAGS.torch_res], FLAGS.num_classes,
+                                           FLAGS.dtype, FLAGS.torch_threads, FLAGS.torch_formats)
   except ImportError as e:
     result['torch'] = {'skipped': f'PyTorch is not installed ({e})'}
     return []

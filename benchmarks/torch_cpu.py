@@ -1,15 +1,10 @@
-"""PyTorch's side of the step benchmark, and a study of why XLA:CPU trains slower.
+"""A study of why XLA:CPU trains slower than PyTorch.
 
 COMMAND
   python -m benchmarks.torch_cpu --out=docs/benchmarks/cpu_gap.json   # 2 cores: ~30 min
 
-`create_steps` gives benchmarks/steps.py (--torch) torchvision's same network running the same
-SGD train step (momentum 0.9, weight decay 1e-4, cross-entropy) and inference, in NCHW
-('contiguous') and NHWC ('channels_last') memory formats, so that both frameworks are timed
-in the same process and the same rounds.
-
-The study (this file's main) asks where the Flax/PyTorch gap on CPU comes from and how far it
-closes. It writes one JSON with
+It asks where the Flax/PyTorch gap on CPU comes from and how far it closes (PyTorch's steps:
+benchmarks/torch_steps.py). It writes one JSON with
   profile: one train step of each framework at --profile_res, its time split by operation
     (XLA's thunks from jax.profiler, classified from the compiled HLO: convolution forward,
     input gradient, kernel gradient, transposes and copies, the rest; PyTorch's operators
@@ -23,8 +18,6 @@ import collections
 import glob
 import json
 import os
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,90 +26,13 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import steps
+from benchmarks import thunks
+from benchmarks import torch_steps
+
 FLAGS = flags.FLAGS
-MEMORY_FORMATS = ('contiguous', 'channels_last')
-
-
-def create_torch_model(name: str, num_classes: int):
-  import torchvision  # pylint: disable=g-import-not-at-top
-  if name == 'tiny':  # the same network as benchmarks/steps.py's 'tiny'
-    from torchvision.models import resnet  # pylint: disable=g-import-not-at-top
-    return resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
-  return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-
-
-class TorchStep:
-  """One torchvision step (train: SGD update; eval: inference) on a fixed random batch."""
-
-  def __init__(self, kind, model, batch_size, resolution, num_classes, memory_format, dtype):
-    import torch  # pylint: disable=g-import-not-at-top
-    self.kind, self.resolution, self.batch_size = kind, resolution, batch_size
-    self.memory_format, self.times, self.cpu_times = memory_format, [], []
-    torch.manual_seed(0)
-    self.image = torch.randn(batch_size, 3, resolution, resolution)
-    self.label = torch.randint(0, num_classes, (batch_size,))
-    if memory_format == 'channels_last':
-      model = model.to(memory_format=torch.channels_last)
-      self.image = self.image.contiguous(memory_format=torch.channels_last)
-    self.model = model
-    self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                                     weight_decay=1e-4)
-    # bfloat16 the way PyTorch users get it on CPU: autocast, float32 parameters.
-    self.autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
-    self.torch = torch
-
-  def run(self) -> float:
-    torch = self.torch
-    start = time.perf_counter()
-    if self.kind == 'train':
-      self.model.train()
-      self.optimizer.zero_grad(set_to_none=True)
-      with self.autocast:
-        loss = torch.nn.functional.cross_entropy(self.model(self.image), self.label)
-      loss.backward()
-      self.optimizer.step()
-    else:
-      self.model.eval()
-      with torch.inference_mode(), self.autocast:
-        self.model(self.image).float().sum().item()
-    return time.perf_counter() - start
-
-  def record(self, peak_tflops) -> dict:
-    del peak_tflops  # FLOPs are XLA's count; see the Flax record of the same step
-    step_s = statistics.median(self.times) if self.times else None
-    return {'framework': 'torch', 'step': self.kind, 'resolution': self.resolution,
-            'batch': self.batch_size, 'memory_format': self.memory_format, 'step_s': step_s,
-            'fastest_s': min(self.times) if self.times else None, 'times_s': self.times,
-            'cpu_times_s': self.cpu_times,
-            'images_per_s': self.batch_size / step_s if step_s else None}
-
-
-def create_steps(model_name: str, batch_size: int, resolutions, num_classes: int,
-                 dtype: str = 'float32', threads: int = 0, memory_formats=MEMORY_FORMATS):
-  """Train and eval steps at each resolution in both memory formats, and what ran them.
-
-  Raises:
-    ImportError: when PyTorch or torchvision is not installed.
-  """
-  import torch  # pylint: disable=g-import-not-at-top
-  import torchvision  # pylint: disable=g-import-not-at-top
-  if threads:
-    torch.set_num_threads(threads)
-  unknown = set(memory_formats) - set(MEMORY_FORMATS)
-  if unknown:
-    raise ValueError(f'Unknown memory formats {sorted(unknown)}: use {MEMORY_FORMATS}.')
-  steps = []
-  for memory_format in memory_formats:
-    model = create_torch_model(model_name, num_classes)
-    for kind in ('train', 'eval'):
-      steps += [TorchStep(kind, model, batch_size, r, num_classes, memory_format, dtype)
-                for r in resolutions]
-  info = {'torch': torch.__version__, 'torchvision': torchvision.__version__,
-          'threads': torch.get_num_threads(), 'mkldnn': torch.backends.mkldnn.is_available(),
-          'resolutions': list(resolutions), 'memory_formats': list(memory_formats),
-          'step': 'SGD(momentum 0.9, weight decay 1e-4) on cross-entropy; eval: inference_mode'}
-  return steps, info
-
+# PyTorch's profiler does not split a convolution's backward pass into its two gradients.
+BACKWARD = 'convolution, backward (input and kernel gradients)'
 
 # The study: each variant is benchmarks/steps.py in a fresh process, pinned to one core with
 # one PyTorch thread unless it says otherwise: the CPU time of a single thread is not inflated
@@ -148,89 +64,13 @@ def define_study_flags():
   flags.DEFINE_integer('variant_timeout', 1200, 'Seconds allowed per variant.')
 
 
-FORWARD, INPUT_GRAD, KERNEL_GRAD = ('convolution, forward', 'convolution, input gradient',
-                                    'convolution, kernel gradient')
-BACKWARD = 'convolution, backward (input and kernel gradients)'
-COPIES, DENSE, OTHER = ('transposes and copies', 'dense layer',
-                        'BatchNorm, ReLU, pooling, loss, optimizer')
-GRAD_COPIES = 'transposes feeding gradient convolutions'
-
-
-def parse_entry(hlo_text: str) -> dict:
-  """{name: (opcode, shape, called computation's text, metadata op_name, operand names)} of
-  the entry computation: the thunks XLA:CPU runs."""
-  bodies = {m.group(1): m.group(2) for m in re.finditer(
-      r'^(?:ENTRY )?%?(\S+) \(.*?\{$\n(.*?)^\}', hlo_text, re.M | re.S)}
-  entry = re.search(r'^ENTRY %?(\S+) ', hlo_text, re.M).group(1)
-  instructions = {}
-  for line in bodies[entry].splitlines():
-    match = re.match(r'\s*(?:ROOT )?%?(\S+) = (\(.*?\)|\S+) ([\w-]+)\(', line)
-    if match:
-      called = re.search(r'calls=%?([\w.-]+)', line)
-      op_name = re.search(r'op_name="([^"]*)"', line)
-      operands = line[match.end():line.find(')', match.end())]
-      instructions[match.group(1)] = (
-          match.group(3), match.group(2), bodies.get(called.group(1), '') if called else '',
-          op_name.group(1) if op_name else '', re.findall(r'%([\w.-]+)', operands))
-  return instructions
-
-
-def dims(shape: str) -> tuple:
-  """(3, 3, 64, 64) from 'f32[3,3,64,64]{3,2,1,0}'."""
-  match = re.search(r'\[([\d,]*)\]', shape)
-  return tuple(int(d) for d in match.group(1).split(',') if d) if match else ()
-
-
-def classify_thunks(hlo_text: str) -> dict:
-  """{thunk name: category} for a compiled train step.
-
-  Forward convolutions carry jvp(...) in their op_name, gradients transpose(jvp(...)) or no
-  metadata at all; a gradient convolution whose result has a kernel's dimensions (in any
-  order) is a kernel gradient, the others are input gradients.
-  """
-  instructions = parse_entry(hlo_text)
-  kernels = {tuple(sorted(dims(shape))) for opcode, shape, *_ in instructions.values()
-             if opcode == 'parameter' and len(dims(shape)) == 4}
-  categories = {}
-  for name, (opcode, shape, body, op_name, _) in instructions.items():
-    convolution = re.search(r'= (\S+) convolution\(', body)
-    if opcode == 'convolution' or convolution:
-      result = dims(shape if opcode == 'convolution' else convolution.group(1))
-      if op_name and 'transpose(' not in op_name:
-        categories[name] = FORWARD
-      else:
-        categories[name] = KERNEL_GRAD if tuple(sorted(result)) in kernels else INPUT_GRAD
-    elif opcode in ('copy', 'transpose') or name.startswith(('transpose', 'copy')):
-      categories[name] = COPIES
-    elif opcode == 'dot' or ' dot(' in body:
-      categories[name] = DENSE
-    elif opcode != 'parameter':
-      categories[name] = OTHER
-  # Which transposes only feed gradient convolutions (layouts the gradients need)?
-  consumers = collections.defaultdict(set)
-  for name, info in instructions.items():
-    for operand in info[4]:
-      consumers[operand].add(categories.get(name))
-  for name, category in categories.items():
-    if category == COPIES and consumers[name] and consumers[name] <= {INPUT_GRAD, KERNEL_GRAD}:
-      categories[name] = GRAD_COPIES
-  return categories
-
-
-def count_thunks(hlo_text: str) -> dict:
-  """Top-level instructions of a compiled program by kind (name without its number)."""
-  kinds = collections.Counter(re.sub(r'\.\d+$', '', name) for name, info in
-                              parse_entry(hlo_text).items() if info[0] != 'parameter')
-  return dict(kinds.most_common(8))
-
-
 def profile_flax(step, rounds: int = 3) -> dict:
   """Milliseconds per step in each category, summed over XLA:CPU's thunks (jax.profiler).
 
   Each round is traced apart and the fastest is kept: the one other work disturbed least.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  categories = classify_thunks(step.compiled.as_text())
+  categories = thunks.classify_thunks(step.compiled.as_text())
   profiles = []
   for _ in range(rounds):
     with tempfile.TemporaryDirectory() as folder:
@@ -253,12 +93,12 @@ def profile_flax(step, rounds: int = 3) -> dict:
 
 def categorize_torch(op: str) -> str:
   if 'conv' in op.lower():
-    return BACKWARD if 'backward' in op.lower() else FORWARD
+    return BACKWARD if 'backward' in op.lower() else thunks.FORWARD
   if op in ('aten::copy_', 'aten::contiguous', 'aten::clone', 'aten::_to_copy', 'aten::to'):
-    return COPIES
+    return thunks.COPIES
   if op in ('aten::addmm', 'aten::mm', 'aten::linear'):
-    return DENSE
-  return OTHER
+    return thunks.DENSE
+  return thunks.OTHER
 
 
 def profile_torch(step, rounds: int = 3) -> dict:
@@ -286,15 +126,15 @@ def profile_both(resolution: int) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import steps  # pylint: disable=g-import-not-at-top
   cpus = os.sched_getaffinity(0)
   set_affinity({min(cpus)})
   torch.set_num_threads(1)
   mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
   model = steps.create_model(FLAGS.model, FLAGS.num_classes, FLAGS.dtype)
   flax_step, = steps.create_steps(model, FLAGS.batch, [resolution], [], FLAGS.num_classes, mesh)
-  torch_step = TorchStep('train', create_torch_model(FLAGS.model, FLAGS.num_classes),
-                         FLAGS.batch, resolution, FLAGS.num_classes, 'channels_last', FLAGS.dtype)
+  torch_model = torch_steps.create_torch_model(FLAGS.model, FLAGS.num_classes)
+  torch_step = torch_steps.TorchStep('train', torch_model, FLAGS.batch, resolution,
+                                     FLAGS.num_classes, 'channels_last', FLAGS.dtype)
   for step in (flax_step, torch_step, flax_step, torch_step):
     step.run()
   profile = {'resolution': resolution, 'batch': FLAGS.batch, 'model': FLAGS.model,
@@ -372,7 +212,6 @@ def run_variant(variant, folder: str) -> dict:
 
 def main(argv):
   del argv
-  from benchmarks import steps  # pylint: disable=g-import-not-at-top
   unknown = set(FLAGS.variants) - {v[0] for v in VARIANTS}
   if unknown:
     raise app.UsageError(f'Unknown --variants {sorted(unknown)}: '
@@ -396,7 +235,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from benchmarks import steps as _  # pylint: disable=g-import-not-at-top,unused-import
   define_study_flags()
   # The study's own defaults for the shared flags of benchmarks/steps.py.
   FLAGS.set_default('train_res', ['128', '224'])

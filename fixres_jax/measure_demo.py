@@ -26,6 +26,7 @@ from absl import logging
 from etils import epath
 import numpy as np
 
+from fixres_jax import claims
 from fixres_jax import reproduce
 
 FLAGS = flags.FLAGS
@@ -104,9 +105,9 @@ def collect_seed(root: epath.Path, seed: int):
       'seed': seed, 'train_res': k_train, 'selected_test_res': k_test,
       'selection_split': choice['split'], 'heldout': choice['records'],
       'analytic_test_res': meta['analytic_test_res']['test_res'],
-      'trained_at_train_res': reproduce.top1_at(records, 'trained', k_train),
-      'trained_at_selected': reproduce.top1_at(records, 'trained', k_test),
-      'finetuned_at_selected': reproduce.top1_at(records, 'finetuned', k_test),
+      'trained_at_train_res': claims.top1_at(records, 'trained', k_train),
+      'trained_at_selected': claims.top1_at(records, 'trained', k_test),
+      'finetuned_at_selected': claims.top1_at(records, 'finetuned', k_test),
       'trained_best_validation': {'test_res': best['test_res'], 'top1': best['top1']},
       'sweep': [{k: r[k] for k in ('model', 'test_res', 'top1')} for r in records],
       'eval_split': meta['eval_split'], 'generation_seconds': generation_seconds(workdir),
@@ -124,21 +125,21 @@ def generation_seconds(workdir: epath.Path):
 def summarize(runs: List[dict]) -> dict:
   """The demo's two claims over the seeds, and the sweep as mean ± std."""
   field = lambda name: [r[name] for r in runs]
-  claims = {
+  demo_claims = {
       'selected_above_train_res': all(r['selected_test_res'] > r['train_res'] for r in runs),
-      'selected_vs_train_res': reproduce.compare(field('trained_at_selected'),
-                                                 field('trained_at_train_res')),
-      'finetuned_vs_trained': reproduce.compare(field('finetuned_at_selected'),
-                                                field('trained_at_selected')),
-      'finetuned_vs_best_trained': reproduce.compare(
+      'selected_vs_train_res': claims.compare(field('trained_at_selected'),
+                                              field('trained_at_train_res')),
+      'finetuned_vs_trained': claims.compare(field('finetuned_at_selected'),
+                                             field('trained_at_selected')),
+      'finetuned_vs_best_trained': claims.compare(
           field('finetuned_at_selected'), [r['trained_best_validation']['top1'] for r in runs]),
   }
   resolutions = sorted({row['test_res'] for r in runs for row in r['sweep']})
   models = list(dict.fromkeys(row['model'] for r in runs for row in r['sweep']))
-  sweep = {m: {k: reproduce.stats([reproduce.top1_at(r['sweep'], m, k) for r in runs])
+  sweep = {m: {k: claims.stats([claims.top1_at(r['sweep'], m, k) for r in runs])
                for k in resolutions} for m in models}
-  return {'claims': claims, 'sweep': sweep, 'resolutions': resolutions, 'models': models,
-          'stats': {name: reproduce.stats(field(name)) for name in (
+  return {'claims': demo_claims, 'sweep': sweep, 'resolutions': resolutions, 'models': models,
+          'stats': {name: claims.stats(field(name)) for name in (
               'trained_at_train_res', 'trained_at_selected', 'finetuned_at_selected',
               'wall_seconds', 'cpu_seconds')}}
 
@@ -153,8 +154,8 @@ def sweep_table(summary: dict) -> str:
   models = summary['models']
   lines = ['| K_test | ' + ' | '.join(models) + ' |', '|---' * (len(models) + 1) + '|']
   for k in summary['resolutions']:
-    lines.append(f'| {k} | ' + ' | '.join(reproduce.pct(summary['sweep'][m][k])
-                                          for m in models) + ' |')
+    lines.append(f'| {k} | ' + ' | '.join(claims.pct(summary['sweep'][m][k])
+                                       for m in models) + ' |')
   return '\n'.join(lines)
 
 
@@ -165,15 +166,15 @@ def claim_lines(runs: List[dict], summary: dict) -> List[str]:
   return [
       f"1. **The trained network is best above K_train = {k_train}**: every seed chose K_test "
       f"above it on the held-out slice ({chosen}): "
-      f"{reproduce.verdict(c['selected_above_train_res'])}; on validation, at the chosen "
-      f"K_test against K_train: {reproduce.margin_text(c['selected_vs_train_res'])}: "
-      f"{reproduce.verdict(holds(c['selected_vs_train_res']))}.",
+      f"{claims.verdict(c['selected_above_train_res'])}; on validation, at the chosen "
+      f"K_test against K_train: {claims.margin_text(c['selected_vs_train_res'])}: "
+      f"{claims.verdict(holds(c['selected_vs_train_res']))}.",
       '2. **FixRes fine-tuning at the chosen K_test adds to the trained network tested there**:'
-      f" {reproduce.margin_text(c['finetuned_vs_trained'])}: "
-      f"{reproduce.verdict(holds(c['finetuned_vs_trained']))}.",
+      f" {claims.margin_text(c['finetuned_vs_trained'])}: "
+      f"{claims.verdict(holds(c['finetuned_vs_trained']))}.",
       "3. Not claimed, shown: against the trained network at its best K_test *on validation* "
       "(a choice a user could only make by looking at the test set), fine-tuning gives "
-      f"{reproduce.margin_text(c['finetuned_vs_best_trained'])}; every seed ahead: "
+      f"{claims.margin_text(c['finetuned_vs_best_trained'])}; every seed ahead: "
       f"{'yes' if holds(c['finetuned_vs_best_trained']) else 'no'}.",
   ]
 
@@ -199,7 +200,7 @@ def time_lines(runs: List[dict], cores: int) -> List[str]:
   """Wall and CPU times; the idle estimate is CPU time over the cores (a lower bound)."""
   first = next((r for r in runs if r['generated_dataset']), None)
   others = [r for r in runs if not r['generated_dataset']] or runs
-  cpu = reproduce.stats([r['cpu_seconds'] for r in others])
+  cpu = claims.stats([r['cpu_seconds'] for r in others])
   lines = [f"- CPU time (user + system) of one demo run with the dataset already generated: "
            f"{cpu['mean']:.0f} ± {cpu['std']:.0f} s; on {cores} idle cores that is at least "
            f"{cpu['mean'] / cores / 60:.1f} min of wall time (CPU time / cores: the wall time if "

@@ -205,4 +205,10 @@ def test_recipes_are_valid(name):
   config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
                                   lock_config=True, sys_argv=argv)
   flag_values(argv)
-  config_lib.validate(flag_values.config, device_count=8)
+  config = flag_values.config
+  config_lib.validate(config, device_count=8)
+  # validate reads the fields; building the network (shapes only, nothing allocated, so
+  # ResNet-50 and ResNeXt-101 are cheap) also catches a misspelt model or block name.
+  model = train.create_model(config, num_classes=10)
+  variables = jax.eval_shape(lambda: train.init_variables(model, config.train.image_size, 0))
+  assert variables['params']

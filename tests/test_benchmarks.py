@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from benchmarks import report
-from benchmarks import torch_cpu
+from benchmarks import thunks
 from fixres_jax import models
 from fixres_jax import stage
 from fixres_jax import train
@@ -145,10 +145,10 @@ def test_profile_categories_find_each_convolution_direction():
   state = stage.create_train_state(model, variables, tx)
   batch = {'image': np.zeros((2, 32, 32, 3), np.float32), 'label': np.zeros(2, np.int32)}
   hlo = jax.jit(train.train_step).lower(state, batch).compile().as_text()
-  categories = list(torch_cpu.classify_thunks(hlo).values())
-  assert categories.count(torch_cpu.FORWARD) == 12
-  assert categories.count(torch_cpu.KERNEL_GRAD) == 12
-  assert categories.count(torch_cpu.INPUT_GRAD) == 11
+  categories = list(thunks.classify_thunks(hlo).values())
+  assert categories.count(thunks.FORWARD) == 12
+  assert categories.count(thunks.KERNEL_GRAD) == 12
+  assert categories.count(thunks.INPUT_GRAD) == 11
   # Gradient convolutions read their operands through transposes (batch as features).
-  assert torch_cpu.GRAD_COPIES in categories and torch_cpu.OTHER in categories
-  assert sum(torch_cpu.count_thunks(hlo).values()) <= len(categories)
+  assert thunks.GRAD_COPIES in categories and thunks.OTHER in categories
+  assert sum(thunks.count_thunks(hlo).values()) <= len(categories)

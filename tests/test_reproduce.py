@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fixres_jax import claims
 from fixres_jax import reproduce
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -49,7 +50,7 @@ def test_quick_reproduction_writes_report(tmp_path, synthetic_data_dir):
   report = (out / 'RESULTS.md').read_text()
   for claim in ('### (a)', '### (b)', '### (c)', "### 'cached'"):
     line = next(l for l in report.splitlines() if l.startswith(claim))
-    assert line.endswith(tuple(reproduce.VERDICTS.values())), line
+    assert line.endswith(tuple(claims.VERDICTS.values())), line
   assert 'fixres_jax.reproduce --quick' in report
 
   # A re-run reuses every finished run: only the report is written again.
