@@ -337,7 +337,7 @@ def render_loop(name: str, result: dict) -> str:
   rounds = result['rounds_ms_per_step']
   return '\n\n'.join([
       f'## {name}: the training loop is not the bottleneck',
-      f"train.run_steps with a tiny ResNet ({config['model']}) at {config['image_size']} px, "
+      f"The step loop (stage.run_steps) with a tiny ResNet ({config['model']}) at {config['image_size']} px, "
       f"batch {config['batch']}, {result['devices']} CPU device(s), {result['cpu_count']} "
       f"cores; {result['date']}, load average {result['load_average_before_after'][0]} -> "
       f"{result['load_average_before_after'][1]}; the fastest (the least disturbed by other jobs) "

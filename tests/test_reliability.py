@@ -16,6 +16,7 @@ import pytest
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import main
+from fixres_jax import stage
 from fixres_jax import train
 from fixres_jax import workdir as workdir_lib
 
@@ -201,4 +202,4 @@ def test_out_of_memory_suggests_a_batch():
   def oom_step(state, batch):
     raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 1 GiB')
   with pytest.raises(MemoryError, match='Try 32 per device: --config.train.batch_size=256'):
-    train.run_step(oom_step, None, None, global_batch=512)
+    stage.run_step(oom_step, None, None, global_batch=512)
