@@ -10,7 +10,7 @@ up exactly. Features never leave the device.
 """
 
 import functools
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
 import jax.numpy as jnp

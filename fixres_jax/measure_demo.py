@@ -24,7 +24,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-import numpy as np
 
 from fixres_jax import claims
 from fixres_jax import reproduce

@@ -213,7 +213,7 @@ def format_claim_b(claim: dict) -> List[str]:
 
 
 def format_claim_c(claim: dict) -> List[str]:
-  lines = [f"### (c) Trained at the lowest K_train and fine-tuned at a higher K_test, it "
+  lines = ["### (c) Trained at the lowest K_train and fine-tuned at a higher K_test, it "
            'reaches the network trained at that K ('
            + '; '.join(f"K = {k}: {claims.verdict(row['holds'])}"
                        for k, row in sorted(claim['rows'].items()))

@@ -1,6 +1,5 @@
 """Nothing lost, every error clear: kills, NaNs, bad configs, bad workdirs, bad data."""
 
-import json
 import os
 import pathlib
 import signal

@@ -1,7 +1,6 @@
 """Folder datasets with mixed image formats, corrupt files, bad labels, caching."""
 
 import importlib.util
-import io
 import pathlib
 import re
 

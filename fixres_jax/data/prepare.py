@@ -35,7 +35,6 @@ import concurrent.futures
 import io
 import json
 import os
-import shutil
 import time
 from typing import Callable, Iterable, Iterator
 
