@@ -167,8 +167,8 @@ def create_batch(batch_size: int, resolution: int, num_classes: int, seed: int =
 
 def sgd_config(weight_decay=1e-4, momentum=0.9):
   """The few config fields create_optimizer/create_finetune_state read (no ml_collections)."""
-  return types.SimpleNamespace(weight_decay=weight_decay, momentum=momentum, nesterov=False,
-                               no_decay=())
+  return types.SimpleNamespace(optimizer='sgd', weight_decay=weight_decay, momentum=momentum,
+                               nesterov=False, no_decay=())
 
 
 def flops_of(costs) -> float:
