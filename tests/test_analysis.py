@@ -97,6 +97,7 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow  # two sweeps
 def test_sweep_skips_a_corrupt_validation_image_under_skip_corrupt(tmp_path, tiny_config):
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   root = make_folder(tmp_path / 'data')

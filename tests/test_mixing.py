@@ -109,6 +109,7 @@ def test_lamb_adapts_only_the_decayed_parameters():
   np.testing.assert_allclose(updates['dense']['kernel'], -0.1 * 2.0, rtol=1e-4)
 
 
+@pytest.mark.slow  # two compilations of a train step
 def test_mixed_bce_train_step_is_the_same_on_one_and_eight_devices():
   model = models.create_model('resnet', 5, stage_sizes=(1, 1), num_filters=8)
   variables = train.init_variables(model, 32, seed=0)
