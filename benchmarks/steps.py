@@ -1,7 +1,7 @@
 """Step times of the three jitted FixRes steps, side by side, in one process; prints JSON.
 
 COMMAND
-  python -m benchmarks.steps --torch --out=docs/benchmarks/cpu.json   # 2 cores: ~5 min
+  python -m benchmarks.steps --torch --out=docs/benchmarks/cpu.json
   bash benchmarks/gpu.sh OUT_DIR                                      # a GPU, see that file
 
 For one model and global batch, with synthetic in-memory batches, it measures the compile
