@@ -4,12 +4,18 @@ import jax
 import optax
 
 
+def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
+  """One-hot targets, smoothed: off = smoothing / C, on = 1 - smoothing + off (timm's and
+  optax's definition)."""
+  targets = jax.nn.one_hot(labels, num_classes)
+  return optax.smooth_labels(targets, smoothing) if smoothing else targets
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
                   ) -> jax.Array:
   """Softmax cross-entropy per example, optionally against smoothed one-hot targets."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
-  targets = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
-  return optax.softmax_cross_entropy(logits, targets)
+  return optax.softmax_cross_entropy(
+      logits, smooth_one_hot(labels, logits.shape[-1], label_smoothing))
 
 
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -18,25 +18,21 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from fixres_jax import losses
+
 
 @dataclasses.dataclass(frozen=True)
 class MixConfig:
-  """timm's Mixup arguments (mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing)."""
+  """timm's Mixup arguments (mixup_alpha, cutmix_alpha, prob, switch_prob); the targets'
+  label smoothing is the objective's."""
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
   prob: float = 1.0
   switch_prob: float = 0.5
-  label_smoothing: float = 0.0
 
   @property
   def enabled(self) -> bool:
     return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
-
-
-def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-  """timm's one-hot targets: off = smoothing / C, on = 1 - smoothing + off."""
-  off = smoothing / num_classes
-  return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
 
 
 def sample_params(key: jax.Array, cfg: MixConfig):
@@ -88,5 +84,5 @@ def mix_images(key: jax.Array, images: jax.Array, cfg: MixConfig):
 def mix_targets(labels: jax.Array, num_classes: int, lam: jax.Array, smoothing: float
                 ) -> jax.Array:
   """lam y + (1 - lam) y[::-1], y the smoothed one-hot labels (timm's mixup_target)."""
-  targets = smooth_one_hot(labels, num_classes, smoothing)
+  targets = losses.smooth_one_hot(labels, num_classes, smoothing)
   return lam * targets + (1.0 - lam) * targets[::-1]

@@ -107,11 +107,9 @@ class Objective:
 def compute_loss(logits: jax.Array, labels: jax.Array, lam, objective: Objective
                  ) -> jax.Array:
   """The mean loss of a batch: on integer labels, or on the targets mixed with lam."""
-  if lam is None and objective.loss == 'softmax':  # the plain recipe: optax's smoothing
-    return losses.cross_entropy(logits, labels, objective.label_smoothing).mean()
   num_classes = logits.shape[-1]
   if lam is None:
-    targets = mixing.smooth_one_hot(labels, num_classes, objective.label_smoothing)
+    targets = losses.smooth_one_hot(labels, num_classes, objective.label_smoothing)
   else:
     targets = mixing.mix_targets(labels, num_classes, lam, objective.label_smoothing)
   if objective.loss == 'bce':
@@ -123,8 +121,7 @@ def objective(config) -> Objective:
   """config.train's Objective."""
   cfg = config.train
   mix = mixing.MixConfig(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
-                         prob=cfg.mix_prob, switch_prob=cfg.mix_switch_prob,
-                         label_smoothing=cfg.label_smoothing)
+                         prob=cfg.mix_prob, switch_prob=cfg.mix_switch_prob)
   return Objective(cfg.loss, cfg.label_smoothing, cfg.bce_threshold, mix, config.seed)
 
 

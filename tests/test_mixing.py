@@ -16,8 +16,7 @@ from fixres_jax import parallel
 from fixres_jax import stage
 from fixres_jax import train
 
-BOTH = mixing.MixConfig(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
-                        label_smoothing=0.1)
+BOTH = mixing.MixConfig(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5)
 
 
 def timm_mix(images, lam, use_cutmix, box):
