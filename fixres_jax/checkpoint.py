@@ -104,7 +104,9 @@ def load_variables(directory) -> dict:
             '(e.g. WORKDIR/checkpoints/train).')
       target = _local_target(manager.item_metadata(step))
       tree = manager.restore(step, args=ocp.args.StandardRestore(target))
-  return to_host({'params': tree['params'], 'batch_stats': tree['batch_stats']})
+  # A train stage that kept an EMA of its weights hands on the EMA (stage.trained_variables).
+  source = tree['ema'] if tree.get('ema') else tree
+  return to_host({'params': source['params'], 'batch_stats': source['batch_stats']})
 
 
 def _local_target(metadata) -> Any:

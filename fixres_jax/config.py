@@ -1,6 +1,7 @@
 """The base configuration every file in configs/ starts from, and its validation."""
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
 from fixres_jax import augmentations
@@ -58,6 +59,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.name = 'resnet50'
   model.dtype = 'float32'  # computation dtype; 'bfloat16' keeps float32 parameters
   model.zero_init_residual = False
+  # Stochastic depth: the last block's probability of dropping its residual branch in
+  # training, linearly less in earlier blocks (timm's drop_path_rate; 0: off).
+  model.drop_path_rate = 0.0
   # BatchNorm statistics over groups of this many images of the global batch, as per-GPU BN
   # in PyTorch DDP (0: over the whole global batch, i.e. synchronised BN).
   model.bn_group_size = 0
@@ -68,6 +72,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.train = train = ml_collections.ConfigDict()
   train.image_size = 224  # K_train
+  # Progressive resizing: ((epoch, size), ...) trains from each epoch on at its size, ending
+  # at image_size, e.g. ramp_image_sizes(160, 192, 65, 76) as FFCV's ResNet-50 recipes;
+  # () = image_size throughout. The train step compiles once per size.
+  train.image_size_schedule = ()
   train.batch_size = 512  # global
   train.num_epochs = 120
   train.base_lr = 0.1  # per 256 images (linear scaling rule)
@@ -88,6 +96,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.cutmix_alpha = 0.0
   train.mix_prob = 1.0  # the probability that a batch is mixed at all
   train.mix_switch_prob = 0.5  # with both alphas: the probability of CutMix over Mixup
+  # An exponential moving average of the weights and BN statistics, updated every step with
+  # this decay (timm's ModelEmaV2; 0: off). It is evaluated beside the raw weights
+  # ('val_ema_*' metrics), checkpointed with them, and is what fine-tuning and the sweep use.
+  train.ema_decay = 0.0
   train.log_every_steps = 100
   train.eval_every_epochs = 0  # 0: evaluate at the end only
   train.profile_steps = 0  # >0: a jax.profiler trace of that many steps in WORKDIR/profile
@@ -140,6 +152,43 @@ def split_names(spec: str) -> list:
 def parse_stages(stages) -> tuple:
   """Accepts --config.stages=finetune,sweep as well as the tuple ('finetune', 'sweep')."""
   return tuple(s.strip() for entry in stages for s in entry.split(',') if s.strip())
+
+
+def ramp_image_sizes(min_res: int, max_res: int, start_ramp: int, end_ramp: int,
+                     step: int = 32) -> tuple:
+  """FFCV's progressive resizing as a train.image_size_schedule: min_res up to epoch
+  start_ramp, then each epoch's size interpolated linearly to max_res at end_ramp and
+  rounded to a multiple of `step`."""
+  schedule = [(0, min_res)]
+  for epoch in range(start_ramp + 1, end_ramp + 1):
+    size = int(round(np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res]) / step)) * step
+    if size != schedule[-1][1]:
+      schedule.append((epoch, size))
+  return tuple(schedule)
+
+
+def image_size_schedule(cfg) -> tuple:
+  """config.train's ((first epoch, size), ...), a single (0, image_size) without a
+  schedule."""
+  return tuple(tuple(pair) for pair in cfg.image_size_schedule) or ((0, cfg.image_size),)
+
+
+def schedule_problems(cfg) -> list:
+  """What is wrong with config.train.image_size_schedule."""
+  schedule = image_size_schedule(cfg)
+  where = f'config.train.image_size_schedule={tuple(cfg.image_size_schedule)}'
+  if any(len(pair) != 2 for pair in schedule):
+    return [f'{where}: use (epoch, size) pairs, e.g. ((0, 160), (10, 192)).']
+  epochs, sizes = zip(*schedule)
+  problems = []
+  if epochs[0] != 0 or list(epochs) != sorted(set(epochs)):
+    problems.append(f'{where}: the epochs must start at 0 and increase.')
+  if any(not isinstance(s, int) or s <= 0 for s in sizes):
+    problems.append(f'{where}: sizes must be positive integers.')
+  elif sizes[-1] != cfg.image_size:
+    problems.append(f'{where} ends at {sizes[-1]} px but config.train.image_size is '
+                    f'{cfg.image_size}: the last size is K_train; make them equal.')
+  return problems
 
 
 def get_imagenet_config(train_res: int, test_res: int,
@@ -205,6 +254,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
   problems += finetune_mode_problems(config.finetune)
   problems += recipe_problems(config)
+  problems += schedule_problems(config.train)
   train_name = split_names(config.data.train_split)[0]
   for name in ('finetune.auto_split', 'sweep.parametric_split'):
     section, field = name.split('.')
@@ -260,6 +310,12 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
   for name in ('mix_prob', 'mix_switch_prob'):
     if not 0 <= cfg[name] <= 1:
       problems.append(f'config.train.{name}={cfg[name]}: use a probability in [0, 1].')
+  if not 0 <= cfg.ema_decay < 1:
+    problems.append(f'config.train.ema_decay={cfg.ema_decay}: use a decay in [0, 1) '
+                    '(e.g. 0.9998 per step; 0: off).')
+  if not 0 <= config.model.drop_path_rate < 1:
+    problems.append(f'config.model.drop_path_rate={config.model.drop_path_rate}: use a '
+                    'probability in [0, 1) (0.05 in ResNet strikes back A3; 0: off).')
   if not 0 <= data.color_jitter:
     problems.append(f'config.data.color_jitter={data.color_jitter}: use a strength >= 0 '
                     '(0.3 in the official recipe, 0 for none).')

@@ -19,8 +19,10 @@ from fixres_jax import preemption
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus the BatchNorm running statistics."""
+  """Flax's TrainState plus the BatchNorm running statistics, and optionally an exponential
+  moving average of the variables ({'params', 'batch_stats'}, None when off)."""
   batch_stats: Any = None
+  ema: Any = None
 
 
 def split_params(params: Any, names: Sequence[str]) -> Tuple[dict, dict]:
@@ -36,13 +38,27 @@ def merge_params(flat: dict, subset: dict) -> dict:
 
 
 def create_train_state(model, variables: dict, tx: optax.GradientTransformation,
-                       trainable: Optional[Sequence[str]] = None) -> TrainState:
+                       trainable: Optional[Sequence[str]] = None, ema: bool = False
+                       ) -> TrainState:
   """A TrainState holding every variable, with optimiser state for every parameter, or for
-  the '/'-joined names `trainable` only (FixRes fine-tuning)."""
+  the '/'-joined names `trainable` only (FixRes fine-tuning); with `ema`, an EMA of the
+  variables starting from them."""
   params = variables['params']
   opt_params = params if trainable is None else split_params(params, trainable)[1]
+  average = None
+  if ema:  # copies: a donated state must not hold one buffer twice
+    average = jax.tree.map(jnp.copy, {'params': params, 'batch_stats': variables['batch_stats']})
   return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params,
-                    batch_stats=variables['batch_stats'], tx=tx, opt_state=tx.init(opt_params))
+                    batch_stats=variables['batch_stats'], tx=tx, opt_state=tx.init(opt_params),
+                    ema=average)
+
+
+def trained_variables(state: TrainState) -> dict:
+  """What a stage hands on: the EMA of the variables when it keeps one (as timm keeps its EMA
+  model), else the variables."""
+  if state.ema is not None:
+    return state.ema
+  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def update_subset(state: TrainState, names: Sequence[str], loss_fn: Callable):

@@ -27,7 +27,7 @@ def create_model(config, num_classes: int, bn_group_size: Optional[int] = None):
   return models.create_model(m.name, num_classes, dtype=m.dtype,
                              zero_init_residual=m.zero_init_residual,
                              stage_sizes=m.stage_sizes, block=m.block,
-                             num_filters=m.num_filters,
+                             num_filters=m.num_filters, drop_path_rate=m.drop_path_rate,
                              bn_group_size=m.bn_group_size if bn_group_size is None
                              else bn_group_size)
 
@@ -126,24 +126,28 @@ def objective(config) -> Objective:
 
 
 def train_step(state: stage_lib.TrainState, batch: dict,
-               objective: Objective = Objective()):
+               objective: Objective = Objective(), ema_decay: float = 0.0):
   """One optimiser step on a (sharded) global batch; every BN uses and updates batch
-  statistics."""
+  statistics. With state.ema, the EMA of the weights (and of the BN statistics, as timm's
+  ModelEma averages the whole state) follows with ema_decay."""
   images, lam = batch['image'], None
+  key = jax.random.fold_in(jax.random.key(objective.seed), state.step)
   if objective.mix.enabled:
-    key = jax.random.fold_in(jax.random.key(objective.seed), state.step)
     images, lam = mixing.mix_images(key, images, objective.mix)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-        mutable=['batch_stats'])
+        mutable=['batch_stats'], rngs={'dropout': jax.random.fold_in(key, 1)})
     return compute_loss(logits, batch['label'], lam, objective), (logits,
                                                                   updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema is not None:
+    current = {'params': state.params, 'batch_stats': state.batch_stats}
+    state = state.replace(ema=optax.incremental_update(current, state.ema, 1.0 - ema_decay))
   top1 = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return state, {'loss': loss, 'top1': top1}
 
@@ -199,9 +203,10 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   variables = load_initial_variables(config, model, cfg.image_size)
   tx = create_optimizer(cfg, learning_rate, variables['params'])
   state, manager = stage_lib.open_stage(
-      'train', config, workdir, mesh, stage_lib.create_train_state(model, variables, tx))
-  step_fn = jax.jit(functools.partial(train_step, objective=objective(config)),
-                    donate_argnums=0)
+      'train', config, workdir, mesh,
+      stage_lib.create_train_state(model, variables, tx, ema=cfg.ema_decay > 0))
+  step_fn = jax.jit(functools.partial(train_step, objective=objective(config),
+                                      ema_decay=cfg.ema_decay), donate_argnums=0)
   batches = parallel.prefetch_to_devices(
       pipeline.stage_batches(config, dataset, 'train', int(state.step)), mesh)
   logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
@@ -213,14 +218,18 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
       manager, stage_lib.stage_cadence(config, 'train'), eval_every=eval_every,
       evaluate_fn=lambda state: evaluate_state(config, state, dataset, mesh, eval_fn))
   manager.close()
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  return stage_lib.trained_variables(state)
 
 
 def evaluate_state(config, state, dataset, mesh, eval_fn) -> dict:
-  """Validation metrics at the training resolution, prefixed 'val_'."""
+  """Validation metrics at the training resolution, prefixed 'val_' (and 'val_ema_' for
+  the EMA of the weights), both models in one pass."""
   from fixres_jax.data import pipeline
   batches = pipeline.config_eval_batches(config, dataset, config.data.eval_split,
                                          config.train.image_size)
-  result = evaluate.evaluate_model(
-      eval_fn, {'params': state.params, 'batch_stats': state.batch_stats}, batches, mesh)
-  return {f'val_{k}': v for k, v in result.items()}
+  entries = {'val': ({'params': state.params, 'batch_stats': state.batch_stats}, None)}
+  if state.ema is not None:
+    entries['val_ema'] = (state.ema, None)
+  totals = evaluate.evaluate(eval_fn, entries, batches, mesh)
+  return {f'{name}_{k}': v for name, t in totals.items()
+          for k, v in evaluate.summarize(t['plain'])[0].items()}

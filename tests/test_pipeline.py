@@ -122,3 +122,22 @@ def test_official_recipe_epoch_is_5005_steps(num_shards):
   assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards,
                                   pipeline.Repetition(3, 2.0)) == 5005
   assert pipeline.steps_per_epoch(dataset, 'train', 512, num_shards) == 2502
+
+
+def test_progressive_resizing_changes_only_the_size_and_resumes(tiny_config, tiny_dataset):
+  tiny_config.train.image_size_schedule = ((0, 24), (1, 32))
+  steps = pipeline.stage_steps_per_epoch(tiny_config, tiny_dataset, 'train')
+  stream = list(itertools.islice(
+      pipeline.stage_batches(tiny_config, tiny_dataset, 'train', 0), steps + 2))
+  assert [b['image'].shape[1] for b in stream] == [24] * steps + [32] * 2
+  fixed = pipeline.train_batches(
+      tiny_dataset, tiny_config.data.train_split, tiny_config.train.batch_size,
+      tiny_config.seed, pipeline.train_transform(tiny_config, 32), 0,
+      pipeline.read_options(tiny_config))
+  for got, expected in zip(stream, fixed):  # the order of a fixed-size run
+    np.testing.assert_array_equal(got['label'], expected['label'])
+  np.testing.assert_array_equal(stream[-1]['image'], expected['image'])
+  for start in (steps - 1, steps + 1):  # resumed in either segment
+    resumed = pipeline.stage_batches(tiny_config, tiny_dataset, 'train', start)
+    for expected in stream[start:]:
+      np.testing.assert_array_equal(next(resumed)['image'], expected['image'])

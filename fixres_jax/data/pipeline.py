@@ -8,6 +8,7 @@ resumed run sees exactly the example order and augmentations it would have seen.
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Callable, Iterator, Optional, Union
 
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fixres_jax import config as config_lib
 from fixres_jax import errors
 from fixres_jax.data import preprocess
 from fixres_jax.data import service as service_lib
@@ -100,10 +102,12 @@ def repetition(config) -> Repetition:
   return Repetition(data.ra_repetitions, data.ra_len_factor, max(groups, 1))
 
 
-def train_transform(config) -> Callable:
-  """(image bytes, seed) -> image: the train stage's transform at K_train."""
+def train_transform(config, image_size: Optional[int] = None) -> Callable:
+  """(image bytes, seed) -> image: the train stage's transform at image_size (default
+  K_train)."""
   return functools.partial(
-      preprocess.preprocess_train, size=config.train.image_size, crop=config.data.crop,
+      preprocess.preprocess_train, size=image_size or config.train.image_size,
+      crop=config.data.crop,
       dtype=tf.dtypes.as_dtype(config.data.dtype), color_jitter=config.data.color_jitter,
       decode=config.data.train_decode)
 
@@ -136,12 +140,31 @@ def stage_steps_per_epoch(config, dataset: Dataset, stage: str) -> int:
 def stage_batches(config, dataset: Dataset, stage: str, start_step: int) -> Iterator[dict]:
   """The 'train' or 'finetune' stage's endless training batches from start_step."""
   if stage == 'train':
-    return train_batches(dataset, config.data.train_split, config.train.batch_size,
-                         config.seed, train_transform(config), start_step,
-                         read_options(config), repetition(config))
+    return sized_train_batches(config, dataset, start_step)
   return train_batches(dataset, config.data.train_split, config.finetune.batch_size,
                        config.seed + 1, finetune_transform(config), start_step,
                        read_options(config))
+
+
+def sized_train_batches(config, dataset: Dataset, start_step: int) -> Iterator[dict]:
+  """The train stage's batches, each epoch at its size of config.train.image_size_schedule.
+
+  The examples, their order and their crops are those of a fixed-size run (the seeds do not
+  depend on the size): only the output size changes, at the scheduled steps.
+  """
+  steps = stage_steps_per_epoch(config, dataset, 'train')
+  schedule = config_lib.image_size_schedule(config.train)
+  firsts = [int(epoch * steps) for epoch, _ in schedule] + [None]
+  for (_, size), first, end in zip(schedule, firsts, firsts[1:]):
+    if end is not None and start_step >= end:
+      continue
+    begin = max(start_step, first)
+    batches = train_batches(dataset, config.data.train_split, config.train.batch_size,
+                            config.seed, train_transform(config, size), begin,
+                            read_options(config), repetition(config))
+    if len(schedule) > 1:
+      logging.info('Training at %d px from step %d.', size, begin)
+    yield from batches if end is None else itertools.islice(batches, end - begin)
 
 
 def config_eval_batches(config, dataset: Dataset, split: str, image_size: int,

@@ -7,7 +7,8 @@ constructor to the registry below):
   model(x, train=False, finetune=False, return_features=False)
       x: normalised images [batch, height, width, 3]. train=True: every BatchNorm normalises
       with batch statistics and updates its running ones (mutable 'batch_stats');
-      finetune=True: only the last BatchNorm does (FixRes); neither: inference. Returns
+      finetune=True: only the last BatchNorm does (FixRes); neither: inference. With
+      stochastic depth, train=True draws from a 'dropout' rng. Returns
       float32 logits, or (logits, pooled features [batch, F] in float32) with
       return_features.
   model.HEAD          name of the classifier's parameters, a Dense layer on the pooled
@@ -52,7 +53,8 @@ BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 def create_model(name: str, num_classes: int, dtype: str = 'float32',
                  zero_init_residual: bool = False, stage_sizes=None, block: str = 'basic',
-                 num_filters: int = 64, bn_group_size: int = 0) -> ResNet:
+                 num_filters: int = 64, bn_group_size: int = 0,
+                 drop_path_rate: float = 0.0) -> ResNet:
   """Builds a model by name.
 
   Args:
@@ -62,6 +64,7 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
     dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
     zero_init_residual: zero-initialise the last BN scale of each residual block.
     bn_group_size: BatchNorm statistics over groups of this many images (0: whole batch).
+    drop_path_rate: stochastic depth (timm's rule; training then needs a 'dropout' rng).
 
   Returns:
     an unbound flax ResNet module.
@@ -73,7 +76,8 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
   else:
     raise ValueError(f'Unknown model {name!r}: config.model.name must be one of {ARCH_NAMES}.')
   return ResNet(num_classes=num_classes, dtype=jnp.dtype(dtype),
-                zero_init_residual=zero_init_residual, bn_group_size=bn_group_size, **arch)
+                zero_init_residual=zero_init_residual, bn_group_size=bn_group_size,
+                drop_path_rate=drop_path_rate, **arch)
 
 
 def apply_head(model, head_params: dict, features: jax.Array) -> jax.Array:

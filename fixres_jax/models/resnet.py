@@ -32,6 +32,18 @@ BN_EPSILON = 1e-5
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
+def apply_drop_path(block: nn.Module, y: jax.Array, train: bool) -> jax.Array:
+  """Stochastic depth (timm's DropPath): in training, each image's residual branch is
+  dropped with probability block.drop_path and the kept ones are scaled by 1 / keep, so the
+  expectation is unchanged; at inference (and in FixRes fine-tuning) the identity. Draws from
+  the 'dropout' rng."""
+  if not train or block.drop_path == 0:
+    return y
+  keep = 1.0 - block.drop_path
+  mask = jax.random.bernoulli(block.make_rng('dropout'), keep, (y.shape[0], 1, 1, 1))
+  return y * (mask / keep).astype(y.dtype)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions (resnet18/34)."""
   planes: int
@@ -40,18 +52,19 @@ class BasicBlock(nn.Module):
   base_width: int = 64
   downsample: bool = False
   norm: Any = None  # a function (name, use_running_average) -> BatchNorm module
+  drop_path: float = 0.0  # stochastic depth: the probability of dropping the residual branch
   dtype: Any = jnp.float32
   expansion = 1
   last_conv, last_bn = 'conv2', 'bn2'  # the block's output convolution and its BN
 
   @nn.compact
-  def __call__(self, x, bn_modes):
+  def __call__(self, x, bn_modes, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     residual = x
     y = conv(self.planes, (3, 3), (self.stride, self.stride), padding=1, name='conv1')(x)
     y = nn.relu(self.norm('bn1', bn_modes['bn1'])(y))
     y = conv(self.planes, (3, 3), padding=1, name='conv2')(y)
-    y = self.norm('bn2', bn_modes['bn2'], last_in_block=True)(y)
+    y = apply_drop_path(self, self.norm('bn2', bn_modes['bn2'], last_in_block=True)(y), train)
     if self.downsample:
       residual = conv(self.planes, (1, 1), (self.stride, self.stride), name='downsample_conv')(x)
       residual = self.norm('downsample_bn', bn_modes['downsample_bn'])(residual)
@@ -66,12 +79,13 @@ class Bottleneck(nn.Module):
   base_width: int = 64
   downsample: bool = False
   norm: Any = None
+  drop_path: float = 0.0
   dtype: Any = jnp.float32
   expansion = 4
   last_conv, last_bn = 'conv3', 'bn3'
 
   @nn.compact
-  def __call__(self, x, bn_modes):
+  def __call__(self, x, bn_modes, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     width = int(self.planes * (self.base_width / 64.0)) * self.groups
     residual = x
@@ -81,7 +95,7 @@ class Bottleneck(nn.Module):
              feature_group_count=self.groups, name='conv2')(y)
     y = nn.relu(self.norm('bn2', bn_modes['bn2'])(y))
     y = conv(self.planes * 4, (1, 1), name='conv3')(y)
-    y = self.norm('bn3', bn_modes['bn3'], last_in_block=True)(y)
+    y = apply_drop_path(self, self.norm('bn3', bn_modes['bn3'], last_in_block=True)(y), train)
     if self.downsample:
       residual = conv(self.planes * 4, (1, 1), (self.stride, self.stride), name='downsample_conv')(x)
       residual = self.norm('downsample_bn', bn_modes['downsample_bn'])(residual)
@@ -150,6 +164,9 @@ class ResNet(nn.Module):
     num_filters: planes of the first stage (64 in torchvision); stage i has num_filters * 2**i.
     groups, width_per_group: ResNeXt cardinality and group width (torchvision's arguments).
     zero_init_residual: initialise the last BN scale of every block to zero.
+    drop_path_rate: stochastic depth of the last block (timm's drop_path_rate); block k of
+      the n blocks drops its residual branch with probability drop_path_rate * k / (n - 1)
+      in training, timm's linear rule. Training then needs a 'dropout' rng.
     bn_group_size: batch statistics over groups of this many images (0: the whole batch).
     dtype: computation dtype (e.g. bfloat16); parameters and BN statistics stay float32.
   """
@@ -160,6 +177,7 @@ class ResNet(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   zero_init_residual: bool = False
+  drop_path_rate: float = 0.0
   bn_group_size: int = 0  # >0: batch statistics per group of this many images
   dtype: Any = jnp.float32
   HEAD = 'fc'  # the classifier's parameters: a Dense layer on the pooled features
@@ -208,6 +226,7 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     in_planes = self.num_filters
     last_block, last_bn = self.last_bn_path
+    block_index, num_blocks_total = 0, sum(self.stage_sizes)
     for i, num_blocks in enumerate(self.stage_sizes):
       planes = self.num_filters * 2**i
       for j in range(num_blocks):
@@ -219,8 +238,10 @@ class ResNet(nn.Module):
         x = self.block_cls(planes, stride=stride, groups=self.groups,
                            base_width=self.width_per_group,
                            downsample=stride != 1 or in_planes != out_planes,
-                           norm=norm, dtype=self.dtype, name=name)(x, bn_modes)
-        in_planes = out_planes
+                           norm=norm, drop_path=self.drop_path_rate * block_index
+                           / max(num_blocks_total - 1, 1),
+                           dtype=self.dtype, name=name)(x, bn_modes, train)
+        in_planes, block_index = out_planes, block_index + 1
     features = jnp.mean(x, axis=(1, 2))
     logits = create_head(self.num_classes, self.dtype, name=self.HEAD)(features)
     logits = logits.astype(jnp.float32)
