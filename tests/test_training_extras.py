@@ -64,9 +64,14 @@ def test_drop_path_rates_follow_timms_linear_rule():
   np.testing.assert_allclose(rates, [0.0, 0.15, 0.3])  # 0.3 * k / (3 - 1)
 
 
-def test_stochastic_depth_is_random_in_training_only():
+@pytest.fixture(scope='module')
+def variables():
+  """The tiny model's variables (stochastic depth adds none), initialised once."""
+  return train.init_variables(tiny_model(), SIZE, seed=0)
+
+
+def test_stochastic_depth_is_random_in_training_only(variables):
   model = tiny_model(drop_path_rate=0.5)
-  variables = train.init_variables(model, SIZE, seed=0)
   images = random_batch(8)['image']
   apply = jax.jit(lambda key: model.apply(variables, images, train=True,
                                           mutable=['batch_stats'],
@@ -74,26 +79,26 @@ def test_stochastic_depth_is_random_in_training_only():
   np.testing.assert_array_equal(apply(1), apply(1))
   assert np.abs(apply(1) - apply(2)).max() > 1e-3
   plain = tiny_model()  # same variables: stochastic depth adds none
-  np.testing.assert_array_equal(model.apply(variables, images),
-                                plain.apply(variables, images))
-  np.testing.assert_array_equal(  # FixRes fine-tuning's mode is deterministic
-      model.apply(variables, images, finetune=True, mutable=['batch_stats'])[0],
-      plain.apply(variables, images, finetune=True, mutable=['batch_stats'])[0])
+  run = lambda m, **kw: jax.jit(functools.partial(m.apply, **kw))(variables, images)
+  np.testing.assert_array_equal(run(model), run(plain))  # inference is deterministic
+  np.testing.assert_array_equal(  # and so is FixRes fine-tuning's mode
+      run(model, finetune=True, mutable=['batch_stats'])[0],
+      run(plain, finetune=True, mutable=['batch_stats'])[0])
 
 
-def create_state(model, ema):
-  variables = train.init_variables(model, SIZE, seed=0)
+def create_state(model, variables, ema):
   cfg = config_lib.get_base_config().train
   tx = train.create_optimizer(cfg, optax.constant_schedule(0.1), variables['params'])
   return stage.create_train_state(model, variables, tx, ema=ema)
 
 
-def test_ema_follows_the_weights_and_bn_statistics_with_its_decay():
+def test_ema_follows_the_weights_and_bn_statistics_with_its_decay(variables):
   model = tiny_model(drop_path_rate=0.2)
   batch = random_batch(16)  # one device: test_steps.py checks the sharding of train_step
   plain_fn = jax.jit(train.train_step)
   ema_fn = jax.jit(functools.partial(train.train_step, ema_decay=0.9))
-  state, plain = create_state(model, ema=True), create_state(model, ema=False)
+  state = create_state(model, variables, ema=True)
+  plain = create_state(model, variables, ema=False)
   expected = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   for _ in range(3):
     state, _ = ema_fn(state, batch)
@@ -109,8 +114,8 @@ def test_ema_follows_the_weights_and_bn_statistics_with_its_decay():
   assert stage.trained_variables(state) is state.ema
 
 
-def test_a_train_checkpoint_with_an_ema_hands_on_the_ema(tmp_path):
-  state = create_state(tiny_model(), ema=True)
+def test_a_train_checkpoint_with_an_ema_hands_on_the_ema(tmp_path, variables):
+  state = create_state(tiny_model(), variables, ema=True)
   state = state.replace(ema=jax.tree.map(lambda x: x + 1.0, state.ema))
   manager = checkpoint.create_manager(tmp_path / 'train', async_save=False)
   checkpoint.save_state(manager, 7, state)
@@ -120,7 +125,7 @@ def test_a_train_checkpoint_with_an_ema_hands_on_the_ema(tmp_path):
     np.testing.assert_array_equal(a, b)
   # Resuming restores both the raw weights and the EMA.
   manager = checkpoint.create_manager(tmp_path / 'train')
-  restored = checkpoint.restore_latest(manager, create_state(tiny_model(), ema=True))
+  restored = checkpoint.restore_latest(manager, create_state(tiny_model(), variables, ema=True))
   manager.close()
   np.testing.assert_array_equal(restored.ema['params']['fc']['bias'],
                                 state.ema['params']['fc']['bias'])
