@@ -28,6 +28,10 @@ with; without antialiasing a 3x downscale aliases, and aliasing changes with the
 the very variable FixRes studies. ScaleAndTranslate also takes a sub-pixel box, which keeps
 the test crop's geometry exact.
 
+Train augmentation. After the crop and flip, either torchvision's ColorJitter or timm's
+RandAugment (data/randaugment.py, on the crop rounded to integers as timm's uint8 image),
+each with a seed of its own, so that turning one on leaves the crops and flips unchanged.
+
 Crop samplers. 'torchvision' (default) is torchvision's RandomResizedCrop, the sampler
 FixRes used; 'inception' is tf.image.sample_distorted_bounding_box as in the flax and
 big_vision ImageNet pipelines, a different distribution with smaller crops (mean area 0.37
@@ -41,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from fixres_jax import augmentations
+from fixres_jax.data import randaugment as randaugment_lib
 
 MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
 STDDEV_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
@@ -408,15 +413,21 @@ def jitter_color(image, seed, strength: float = 0.05):
 
 
 def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', flip: bool = True,
-                     dtype=tf.float32, color_jitter: float = 0.0, decode: str = 'fast'):
-  """RandomResizedCrop at K_train (crop 'torchvision' or 'inception') + horizontal flip
-  (+ ColorJitter(color_jitter, color_jitter, color_jitter) when color_jitter > 0).
+                     dtype=tf.float32, color_jitter: float = 0.0, decode: str = 'fast',
+                     randaugment: str = ''):
+  """RandomResizedCrop at K_train (crop 'torchvision' or 'inception') + horizontal flip, then
+  either ColorJitter(color_jitter, color_jitter, color_jitter) when color_jitter > 0 or
+  timm's RandAugment when `randaugment` is set (timm turns the jitter off under it).
 
   Args:
     image_bytes: scalar string tensor, an encoded image (JPEG fast path; PNG/GIF/BMP too).
     seed: int [2] stateless seed.
     size: K_train.
+    color_jitter: ColorJitter strength, 0 for none.
     decode: 'fast' (decode only the crop, DCT-scaled when possible) or 'exact' (full decode).
+    randaugment: a timm RandAugment string such as 'rand-m6-mstd0.5-inc1' (see
+      augmentations.parse_randaugment), '' for none. The crop is rounded to integers in
+      [0, 255] first, as timm's uint8 PIL crop, and augmented by data/randaugment.py.
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
@@ -424,13 +435,25 @@ def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', fl
   samplers = {'torchvision': sample_crop_torchvision, 'inception': sample_crop_inception}
   if crop not in samplers:
     raise ValueError(f'Unknown crop {crop!r}: use one of {CROPS}.')
+  spec = augmentations.parse_randaugment(randaugment)
+  if spec is not None and color_jitter > 0:
+    raise ValueError(
+        f'config.data.color_jitter={color_jitter} and config.data.randaugment={randaugment!r} '
+        'are both set: timm turns ColorJitter off under RandAugment, so set one of them '
+        '(color_jitter=0 or randaugment=\'\').')
   crop_seed, flip_seed = split_seed(seed, 2)
   sample_box = lambda h, w: tf.stack(samplers[crop](crop_seed, h, w))
   image = decode_and_resize(image_bytes, sample_box, size, decode=decode)
   if flip:
     image = flip_image(image, flip_seed)
-  # Its own seed, so that turning the jitter on leaves the crops and flips unchanged.
-  image = jitter_color(image, tf.random.experimental.stateless_fold_in(seed, 2), color_jitter)
+  # Their own seeds, so that turning either on leaves the crops and flips unchanged.
+  if spec is not None:
+    image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+    image = randaugment_lib.rand_augment(
+        image, tf.random.experimental.stateless_fold_in(seed, 3), spec)
+  else:
+    image = jitter_color(image, tf.random.experimental.stateless_fold_in(seed, 2),
+                         color_jitter)
   return normalize_image(image, dtype)
 
 
