@@ -17,15 +17,14 @@ doc from the finished runs.
 
 import json
 import sys
-import time
 
 from absl import app
-from absl import flags
 from etils import epath
 
 sys.path.insert(0, str(epath.Path(__file__).parent.parent))
 from fixres_jax import claims  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fixres_jax import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import variant_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TRAIN_RES = 64
 EVAL_SPLIT = 'validation[:2000]'  # a 2-core machine's budget: 2,000 of the 10,000
@@ -46,23 +45,12 @@ LABELS = {
     'train_exact': "train_decode='exact'",
 }
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('out', 'docs', 'Where RECIPE.md and recipe.json go.')
-flags.DEFINE_string('results_root', '/tmp/fixres_recipe', 'One workdir per run under here.')
-flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic.')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
-flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run.')
-flags.DEFINE_integer('epochs', 8, 'Training epochs of the baseline (images seen: epochs x '
-                     'the training split, for every variant).')
-flags.DEFINE_bool('quick', False, 'fixres_synthetic/tiny and a tiny network (CI).')
-flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the doc.")
+variant_grid.define_flags('recipe', VARIANTS)
 
 
 def apply_overrides(config, name: str, plan: reproduce.Plan):
   """The variant's options on a config (the RA epochs shortened to keep the images seen)."""
-  for key, value in VARIANTS[name].items():
-    section, field = key.split('.')
-    config[section][field] = value
+  variant_grid.set_fields(config, VARIANTS[name])
   factor = config.data.ra_len_factor
   for field in ('num_epochs', 'warmup_epochs'):  # the same steps: epochs are longer
     value = (plan.num_epochs if field == 'num_epochs' else config.train[field]) / factor
@@ -164,24 +152,8 @@ def format_report(results: dict, plan: reproduce.Plan, seconds: float) -> str:
 
 def main(argv):
   del argv
-  seeds = [int(s) for s in FLAGS.seeds]
-  unknown = set(FLAGS.variants) - set(VARIANTS)
-  if unknown:
-    raise app.UsageError(f'Unknown variants {sorted(unknown)}: use {sorted(VARIANTS)}.')
-  plan = reproduce.Plan(train_res=(TRAIN_RES,), seeds=seeds, quick=FLAGS.quick,
-                        data_dir=FLAGS.data_dir, num_epochs=FLAGS.epochs)
-  root = epath.Path(FLAGS.results_root)
-  start = time.perf_counter()
-  if FLAGS.phase == 'all':
-    for seed in seeds:
-      for name in FLAGS.variants:
-        run_variant(plan, root, name, seed)
-  results = summarize(root, seeds, FLAGS.variants)
-  out = epath.Path(FLAGS.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / 'recipe.json').write_text(json.dumps(results, indent=2))
-  seconds = time.perf_counter() - start if FLAGS.phase == 'all' else None
-  (out / 'RECIPE.md').write_text(format_report(results, plan, seconds))
+  variant_grid.main(variant_grid.Grid('recipe', VARIANTS, run_variant, summarize, format_report,
+                                      TRAIN_RES))
 
 
 if __name__ == '__main__':

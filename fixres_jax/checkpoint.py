@@ -117,11 +117,13 @@ def _local_target(metadata) -> Any:
 
 
 def estimate_bytes(model, config) -> int:
-  """Disk space for the checkpoints a run keeps: variables plus momentum, per kept step."""
+  """Disk space for the checkpoints a run keeps: the variables, the optimiser's copies of
+  them (SGD's momentum, LAMB's two moments) and the EMA, per kept step and stage."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   variable_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  copies = 1 + (2 if config.train.optimizer == 'lamb' else 1) + (config.train.ema_decay > 0)
   stages = 2  # train and finetune
-  return 2 * variable_bytes * (config.checkpoint.max_to_keep + 1) * stages
+  return copies * variable_bytes * (config.checkpoint.max_to_keep + 1) * stages
 
 
 def to_host(tree: Any) -> Any:

@@ -44,6 +44,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the crop and flip (0: none), and repeated augmentation (RASampler: each image drawn
   # ra_repetitions times in a row, an epoch is ra_len_factor x the split; 1, 1.0: off).
   data.color_jitter = 0.0
+  # timm's RandAugment after the crop and flip, e.g. 'rand-m6-mstd0.5-inc1' (ResNet strikes
+  # back A3; data/randaugment.py); '' = off. Replaces the colour jitter, as in timm.
+  data.randaugment = ''
   data.ra_repetitions = 1
   data.ra_len_factor = 1.0
   # 'exact': full decode, then the antialiased resize (PIL's pixels); 'fast': decode only the
@@ -316,6 +319,14 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
   if not 0 <= config.model.drop_path_rate < 1:
     problems.append(f'config.model.drop_path_rate={config.model.drop_path_rate}: use a '
                     'probability in [0, 1) (0.05 in ResNet strikes back A3; 0: off).')
+  try:
+    augmentations.parse_randaugment(data.randaugment)
+  except ValueError as e:
+    problems.append(str(e))
+  if data.randaugment and data.color_jitter:
+    problems.append(f'config.data.randaugment={data.randaugment!r} and config.data.color_jitter='
+                    f'{data.color_jitter}: RandAugment replaces the colour jitter (as in timm); '
+                    'set color_jitter=0.')
   if not 0 <= data.color_jitter:
     problems.append(f'config.data.color_jitter={data.color_jitter}: use a strength >= 0 '
                     '(0.3 in the official recipe, 0 for none).')

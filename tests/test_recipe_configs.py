@@ -55,3 +55,27 @@ def test_bad_recipe_options_are_named():
     config_lib.validate(config, 8)
   for field in ('bn_group_size', 'ra_repetitions', 'data.decode'):
     assert field in str(error.value)
+
+
+def test_rsb_a3_recipe():
+  config = load('r50_rsb_a3')
+  config_lib.validate(config, 8)
+  cfg = config.train
+  assert (cfg.image_size, cfg.batch_size, cfg.num_epochs) == (160, 2048, 100)
+  steps = 1_281_167 // cfg.batch_size
+  lr = train.create_schedule_per_256(cfg, steps, cfg.batch_size)
+  assert float(lr(5 * steps)) == pytest.approx(8e-3)  # the peak, after 5 warm-up epochs
+  assert float(lr(100 * steps - 1)) < 1e-6
+  assert (cfg.optimizer, cfg.weight_decay, cfg.loss, cfg.bce_threshold) == ('lamb', 0.02,
+                                                                            'bce', 0.2)
+  assert (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob, cfg.mix_switch_prob) == (
+      0.1, 1.0, 1.0, 0.5)
+  assert cfg.label_smoothing == 0 and config.model.drop_path_rate == 0 and cfg.ema_decay == 0
+  assert config.data.randaugment == 'rand-m6-mstd0.5-inc1' and config.data.color_jitter == 0
+  assert config.data.crop_pct == 0.95 and 224 in config.sweep.resolutions
+  # timm decays the weights only: every BN parameter and bias is exempt.
+  mask = train.weight_decay_mask(
+      {'layer1_0': {'bn1': {'scale': 0, 'bias': 0}, 'conv1': {'kernel': 0}},
+       'fc': {'kernel': 0, 'bias': 0}}, tuple(cfg.no_decay))
+  assert mask == {'layer1_0': {'bn1': {'scale': False, 'bias': False}, 'conv1': {'kernel': True}},
+                  'fc': {'kernel': True, 'bias': False}}

@@ -109,7 +109,7 @@ def train_transform(config, image_size: Optional[int] = None) -> Callable:
       preprocess.preprocess_train, size=image_size or config.train.image_size,
       crop=config.data.crop,
       dtype=tf.dtypes.as_dtype(config.data.dtype), color_jitter=config.data.color_jitter,
-      decode=config.data.train_decode)
+      decode=config.data.train_decode, randaugment=config.data.randaugment)
 
 
 def finetune_transform(config) -> Callable:

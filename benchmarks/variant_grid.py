@@ -1,0 +1,81 @@
+"""What benchmarks/recipe.py and benchmarks/modern.py share: training variants x seeds of the
+demo network on the embedded dataset, one resumable workdir per run, then a generated report.
+
+A benchmark defines its variants (config overrides), how one (variant, seed) runs, how the
+finished runs are summarized and how the report reads, and calls define_flags and main.
+"""
+
+import dataclasses
+import json
+import time
+from typing import Callable, Dict
+
+from absl import app
+from absl import flags
+from etils import epath
+
+from fixres_jax import reproduce
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A benchmark's variants and its steps.
+
+  Attributes:
+    name: the report's file stem: OUT/NAME.md and OUT/name.json.
+    variants: {variant: {'section.field': value}}.
+    run_variant: (plan, root, variant, seed) -> None; skips what has finished.
+    summarize: (root, seeds, variants) -> results (JSON-serialisable).
+    format_report: (results, plan, seconds of runs or None) -> Markdown.
+    train_res: the baseline's K_train.
+  """
+  name: str
+  variants: Dict[str, dict]
+  run_variant: Callable
+  summarize: Callable
+  format_report: Callable
+  train_res: int = 64
+
+
+def define_flags(name: str, variants) -> None:
+  flags.DEFINE_string('out', 'docs', f'Where {name.upper()}.md and {name}.json go.')
+  flags.DEFINE_string('results_root', f'/tmp/fixres_{name}', 'One workdir per run under here.')
+  flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic.')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
+  flags.DEFINE_list('variants', list(variants), 'Variants to run.')
+  flags.DEFINE_integer('epochs', 8, 'Training epochs of the baseline.')
+  flags.DEFINE_bool('quick', False, 'fixres_synthetic/tiny and a tiny network (CI).')
+  flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the doc.")
+
+
+def set_fields(config, overrides: dict):
+  """config with {'section.field': value} set."""
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def main(grid: Grid) -> None:
+  """Runs FLAGS.variants x FLAGS.seeds (seeds in the outer loop, so that an interrupted
+  measurement has whole seeds), then writes the report from every finished run."""
+  seeds = [int(s) for s in FLAGS.seeds]
+  unknown = set(FLAGS.variants) - set(grid.variants)
+  if unknown:
+    raise app.UsageError(f'Unknown variants {sorted(unknown)}: use {sorted(grid.variants)}.')
+  plan = reproduce.Plan(train_res=(grid.train_res,), seeds=seeds, quick=FLAGS.quick,
+                        data_dir=FLAGS.data_dir, num_epochs=FLAGS.epochs)
+  root = epath.Path(FLAGS.results_root)
+  start = time.perf_counter()
+  if FLAGS.phase == 'all':
+    for seed in seeds:
+      for name in FLAGS.variants:
+        grid.run_variant(plan, root, name, seed)
+  results = grid.summarize(root, seeds, FLAGS.variants)
+  out = epath.Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f'{grid.name}.json').write_text(json.dumps(results, indent=2))
+  seconds = time.perf_counter() - start if FLAGS.phase == 'all' else None
+  (out / f'{grid.name.upper()}.md').write_text(grid.format_report(results, plan, seconds))
