@@ -18,7 +18,8 @@ is not measured.
 
 Downscaled copies: train@128 (fast path) also runs on the same images passed through
 fixres_jax.data.prepare.downscale_image at each --copy_short_sides, in the same rounds as the
-originals. Decode costs: the time to decode the whole image at DCT scale 1, 1/2, 1/4 and 1/8
+originals. RandAugment: train@160 with RANDAUGMENT (the A3 recipe's), against train@160
+without it, in the same rounds: the ratio is what RandAugment costs the pipeline. Decode costs: the time to decode the whole image at DCT scale 1, 1/2, 1/4 and 1/8
 (single-threaded): no transform that reads the pixels of a crop can cost less than its
 entropy decoding, which even the 1/8-scale decode pays for every row above the crop's bottom.
 
@@ -42,6 +43,9 @@ import tensorflow as tf
 
 from benchmarks import output
 from fixres_jax.data import preprocess
+
+
+RANDAUGMENT = 'rand-m6-mstd0.5-inc1'  # ResNet strikes back A3's, at its K_train
 
 
 def define_flags() -> None:
@@ -250,6 +254,11 @@ def main(argv):
     copies[cap] = round(np.mean([len(c) for c in copy]) / 1024, 1)
     datasets[f'train@128 copy s{cap}'] = [datasets['train@128'][1],
                                          make_dataset(tf.constant(copy), fast_128)]
+  # What RandAugment adds to the train transform: "baseline" is the train@160 fast path.
+  datasets[f'train@160 + RandAugment {RANDAUGMENT}'] = [
+      datasets['train@160'][1],
+      make_dataset(images, lambda b, s: preprocess.preprocess_train(b, s, 160,
+                                                                    randaugment=RANDAUGMENT))]
   load_before = os.getloadavg()[0]
   runs = {name: [] for name in datasets}
   for _ in range(FLAGS.rounds):

@@ -263,7 +263,7 @@ def render_input(name: str, result: dict, rates: dict) -> str:
       f'{f * 100:.0f}% {w}x{h}' for f, w, h in mix) if mix else 'the given images')
   rows, core_rows = [], []
   for transform, r in result['results'].items():
-    if ' copy ' in transform:
+    if ' copy ' in transform or 'RandAugment' in transform:
       continue
     rows.append([transform, number(r['fast_img_per_cpu_s'], 0), number(r['fast_img_per_s'], 0),
                  number(r['baseline_img_per_cpu_s'], 0), number(r['cpu_ratio']),
@@ -281,6 +281,9 @@ def render_input(name: str, result: dict, rates: dict) -> str:
                 number(r['baseline_img_per_cpu_s'], 0), number(r['fast_img_per_cpu_s'], 0),
                 number(r['cpu_ratio']), number(r['ratio'])]
                for t, r in result['results'].items() if ' copy ' in t]
+  augment_rows = [[t, number(r['baseline_img_per_cpu_s'], 0), number(r['fast_img_per_cpu_s'], 0),
+                   number(r['cpu_ratio']), number(r['ratio'])]
+                  for t, r in result['results'].items() if 'RandAugment' in t]
   decode = result.get('decode_img_per_cpu_s', {})
   full = decode.get('1/1')
   devices = sorted({v[1] for v in rates.values()})
@@ -313,6 +316,13 @@ def render_input(name: str, result: dict, rates: dict) -> str:
               'in the same rounds.',
               table(['copy', 'mean JPEG KiB', 'originals img/CPU-s', 'copy img/CPU-s',
                      'copy / originals (CPU)', 'copy / originals (wall)'], copy_rows)]
+  if augment_rows:
+    parts += ['### RandAugment in the train transform',
+              'The train transform with `data.randaugment` against the same transform without '
+              'it (the fast path both times), in the same rounds: the ratio is what '
+              'RandAugment costs per core.',
+              table(['transform', 'without img/CPU-s', 'with img/CPU-s',
+                     'with / without (CPU)', 'with / without (wall)'], augment_rows)]
   if full:
     parts += ['### Where a decode\'s time goes',
               'Whole-image decode at each DCT scale (libjpeg), images per CPU second: '
@@ -468,7 +478,8 @@ def summarize_input(result: dict, rates: dict) -> str:
   """One README bullet: per-core rates, cores per GPU, the copies' gain."""
   r = result['results']
   facts = [f"{t} {number(v['fast_img_per_cpu_s'], 0)} img/CPU-s (fast/full decode "
-           f"{number(v['cpu_ratio'])})" for t, v in r.items() if ' copy ' not in t]
+           f"{number(v['cpu_ratio'])})" for t, v in r.items()
+           if ' copy ' not in t and 'RandAugment' not in t]
   cores = [f"{t}: {number(rates[FEEDS[t]][0] / r[t]['fast_img_per_cpu_s'], 1)}"
            for t in r if t in FEEDS and FEEDS[t] in rates]
   copies = [f"short side {t.split(' copy s')[1]}: {number(v['cpu_ratio'])}x"
@@ -479,6 +490,10 @@ def summarize_input(result: dict, rates: dict) -> str:
     text += '; cores to feed one ' + sorted({v[1] for v in rates.values()})[0] + ': ' + ', '.join(cores)
   if copies:
     text += '; train@128 on a downscaled copy, per CPU second over the originals: ' + ', '.join(copies)
+  augments = [f"{t.split(' + ')[1]} at {t.split(' + ')[0]}: {number(v['cpu_ratio'])}x"
+              for t, v in r.items() if 'RandAugment' in t]
+  if augments:
+    text += '; with ' + ', '.join(augments) + ' the images per CPU second of the same transform'
   return text + '.'
 
 
