@@ -39,8 +39,9 @@ def test_input_and_loop_json_render_cores_needed(tmp_path, synthetic_data_dir):
        '--dataset=fixres_synthetic/tiny', '--image_size=32', '--batch=16', '--steps=3',
        '--rounds=1', f'--out={loop}'])
   result = json.loads(inputs.read_text())
+  randaugment = f'train@160 + RandAugment {input_pipeline.RANDAUGMENT}'
   assert set(result['results']) == {'train@128', 'train@160', 'train@224', 'finetune@288',
-                                    'test@224', 'test@288', 'train@128 copy s160'}
+                                    'test@224', 'test@288', 'train@128 copy s160', randaugment}
   for r in result['results'].values():
     assert r['fast_img_per_cpu_s'] > 0 and r['baseline_img_per_cpu_s'] > 0
   # Decoding at 1/8 scale is cheaper than a full decode of the same images.
@@ -61,3 +62,9 @@ def test_input_and_loop_json_render_cores_needed(tmp_path, synthetic_data_dir):
   assert f'| {cores:,.1f} |' in text
   assert '| train@160 | train_step@160 | not measured |' in text
   assert 'the training loop is not the bottleneck' in text
+  # RandAugment has its own table (its baseline is the transform without it), not a row of
+  # the fast-against-full-decode table.
+  augment = result['results'][randaugment]
+  assert (f"| {randaugment} | {augment['baseline_img_per_cpu_s']:,.0f} "
+          f"| {augment['fast_img_per_cpu_s']:,.0f} |") in text
+  assert text.count(randaugment) == 1
