@@ -29,6 +29,7 @@ from fixres_jax import reproduce  # pylint: disable=g-import-not-at-top,wrong-im
 from benchmarks import variant_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TRAIN_RES = 64  # the demo's K_train
+CHANCE, CHANCE_MARGIN = 0.1, 1.5  # 10 classes; a run below 1.5x chance never learned
 MIX = {'train.mixup_alpha': 0.1, 'train.cutmix_alpha': 1.0}  # timm's switch_prob 0.5
 # 48 px for half the epochs, then 64, then 80 (FFCV ramps up at the end): per epoch
 # (4 x 48^2 + 2 x 64^2 + 2 x 80^2) / 8 = 3776 pixels per image, against 64^2 = 4096 fixed.
@@ -144,6 +145,13 @@ def format_report(results: dict, plan: reproduce.Plan, seconds) -> str:
         f"| {claims.pct(r['trained_at_train_res'])} | {chosen} "
         f"| {claims.pct(r['trained_at_chosen'])} | {claims.pct(r['finetuned_at_chosen'])} "
         f"| {claims.margin_text(r['fixres_gain'])} | {versus} |")
+  stuck = [f'{LABELS[name]} seed {run["seed"]} ({100 * run["trained_at_train_res"]:.1f}%)'
+           for name, r in results.items() for run in r['runs']
+           if run['trained_at_train_res'] < CHANCE_MARGIN * CHANCE]
+  if stuck:
+    lines += ['', f'Runs that never left chance level ({100 * CHANCE:.0f}% on 10 classes; top-1 '
+              f'at K_train below {100 * CHANCE_MARGIN * CHANCE:.0f}%), counted above as they '
+              'are: ' + '; '.join(stuck) + '.']
   lines += [
       '',
       'Recipes: `train.mixup_alpha=0.1, train.cutmix_alpha=1.0` (timm\'s Mixup with '
