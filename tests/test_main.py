@@ -54,6 +54,7 @@ def test_main_runs_a_modern_recipe_and_hands_on_the_ema(tmp_path, tiny_config):
   tiny_config.model.drop_path_rate = 0.1
   tiny_config.data.randaugment = 'rand-m6-mstd0.5-inc1'
   tiny_config.finetune.mode = 'cached'
+  tiny_config.sweep.resolutions, tiny_config.sweep.parametric = (32,), False
   workdir = tmp_path / 'run'
   main.run(tiny_config, str(workdir))
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
