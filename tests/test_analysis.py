@@ -31,6 +31,7 @@ def create_models(config, dataset):
   return model, {'trained': trained, 'finetuned': finetuned}
 
 
+@pytest.mark.slow  # the whole sweep: every resolution and model, the fits, the figures
 def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny_dataset,
                                                      monkeypatch):
   traced = []
