@@ -7,6 +7,7 @@ finished runs are summarized and how the report reads, and calls define_flags an
 
 import dataclasses
 import json
+import sys
 import time
 from typing import Callable, Dict
 
@@ -17,6 +18,7 @@ from etils import epath
 from fixres_jax import reproduce
 
 FLAGS = flags.FLAGS
+CHANCE, CHANCE_MARGIN = 0.1, 1.5  # 10 classes; a run below 1.5x chance never learned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Grid:
     variants: {variant: {'section.field': value}}.
     run_variant: (plan, root, variant, seed) -> None; skips what has finished.
     summarize: (root, seeds, variants) -> results (JSON-serialisable).
-    format_report: (results, plan, seconds of runs or None) -> Markdown.
+    format_report: (results, plan, seconds of runs or None, the command) -> Markdown.
     train_res: the baseline's K_train.
   """
   name: str
@@ -39,13 +41,13 @@ class Grid:
   train_res: int = 64
 
 
-def define_flags(name: str, variants) -> None:
+def define_flags(name: str, variants, epochs: int = 8) -> None:
   flags.DEFINE_string('out', 'docs', f'Where {name.upper()}.md and {name}.json go.')
   flags.DEFINE_string('results_root', f'/tmp/fixres_{name}', 'One workdir per run under here.')
   flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
   flags.DEFINE_list('variants', list(variants), 'Variants to run.')
-  flags.DEFINE_integer('epochs', 8, 'Training epochs of the baseline.')
+  flags.DEFINE_integer('epochs', epochs, 'Training epochs of the baseline.')
   flags.DEFINE_bool('quick', False, 'fixres_synthetic/tiny and a tiny network (CI).')
   flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the doc.")
 
@@ -78,4 +80,23 @@ def main(grid: Grid) -> None:
   out.mkdir(parents=True, exist_ok=True)
   (out / f'{grid.name}.json').write_text(json.dumps(results, indent=2))
   seconds = time.perf_counter() - start if FLAGS.phase == 'all' else None
-  (out / f'{grid.name.upper()}.md').write_text(grid.format_report(results, plan, seconds))
+  command = ' '.join(['python', f'benchmarks/{grid.name}.py', *sys.argv[1:]])
+  (out / f'{grid.name.upper()}.md').write_text(
+      grid.format_report(results, plan, seconds, command))
+
+
+def never_learned(results: dict, labels: Dict[str, str], key: str) -> str:
+  """A sentence naming the runs whose top-1 (run[key]) stayed near chance, or ''.
+
+  Such a run spent its whole budget on the loss plateau at ln(classes) the demo network
+  starts on; it is counted in the statistics as it is, and named so a reader sees why a
+  spread is large.
+  """
+  stuck = [f'{labels[name]} seed {run["seed"]} ({100 * run[key]:.1f}%)'
+           for name, r in results.items() for run in r['runs']
+           if run[key] < CHANCE_MARGIN * CHANCE]
+  if not stuck:
+    return ''
+  return (f'Runs that never left chance level ({100 * CHANCE:.0f}% on 10 classes; top-1 at '
+          f'K_train below {100 * CHANCE_MARGIN * CHANCE:.0f}%), counted above as they are: '
+          + '; '.join(stuck) + '.')
