@@ -18,7 +18,8 @@ Why 16 epochs by default: the demo network starts on a loss plateau at ln(10) (c
 leaves it after a seed-dependent number of steps. With the demo's 8 epochs that moment
 decided the final top-1 more than any option did (some runs never left the plateau); 16
 epochs is the training length fixres_jax.reproduce chose on the held-out slice
-(docs/RESULTS.md), where every seed has long left it and the seeds agree to a few points.
+(docs/RESULTS.md), where every baseline seed has long left it and the seeds agree to a few
+points.
 """
 
 import json
@@ -150,7 +151,8 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
     lines += ['', stuck]
   lines += ['', 'Each variant turns on one option of the official recipe: '
             '`data.ra_repetitions=3, data.ra_len_factor=2.0` (its epochs are twice as long, so '
-            'it runs half as many), `data.color_jitter=0.3`, '
+            'it runs half as many; at the demo\'s global batch of 64 a step holds about 21 '
+            'distinct images, the official recipe\'s 512 about 171), `data.color_jitter=0.3`, '
             f'`model.bn_group_size={GROUP_SIZE}`; `data.train_decode=\'exact\'` trains on '
             'full decodes (the others on the fast path), so the last column compares test-time '
             'decodings for a network trained each way. A tiny network on 10 synthetic texture '
