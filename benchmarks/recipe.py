@@ -158,7 +158,7 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
             'decodings for a network trained each way. A tiny network on 10 synthetic texture '
             'classes for a few epochs says nothing about ImageNet at 120 epochs; the table is '
             'what these runs gave, not a prediction.', '',
-            f'Per seed (top-1 at the chosen K_test, exact decoding): ' + '; '.join(
+            'Per seed (top-1 at the chosen K_test, exact decoding): ' + '; '.join(
                 f"{LABELS[name]} " + ', '.join(
                     f"s{run['seed']} {100 * run['exact_at_chosen']:.2f}" for run in r['runs'])
                 for name, r in results.items()) + '.', '']
