@@ -27,6 +27,8 @@ import matplotlib.cbook
 import numpy as np
 from PIL import Image
 
+from studies import common
+
 RESOLUTIONS = (64, 96, 128, 160, 224, 288, 320, 384, 448)
 
 
@@ -113,17 +115,19 @@ def format_report(rows: list, speeds: list) -> str:
            "transform against torchvision's Resize(int(K/0.875)) + CenterCrop(K) on the PIL "
            'decode of real photos (benchmarks/decode.py says which); higher is closer, '
            'identical rounding alone would give about 58 dB.', '',
-           '| photo | K_test | exact (dB) | fast (dB) | fast: max error (0-255) |',
-           '|---|---|---|---|---|']
-  lines += [f"| {r['photo']} | {r['test_res']} | {r['exact_db']:.1f} | {r['fast_db']:.1f} "
-            f"| {r['fast_max_error']:.0f} |" for r in rows]
+           common.format_table(
+               ['photo', 'K_test', 'exact (dB)', 'fast (dB)', 'fast: max error (0-255)'],
+               [[r['photo'], r['test_res'], f"{r['exact_db']:.1f}", f"{r['fast_db']:.1f}",
+                 f"{r['fast_max_error']:.0f}"] for r in rows])]
   lines += ['', f"Lowest exact: {min(r['exact_db'] for r in rows):.1f} dB; lowest fast: "
             f"{min(r['fast_db'] for r in rows):.1f} dB.", '',
             'Speed of the test transform (images/s in one tf.data pipeline, best of 3 '
             'alternated rounds; a shared, loaded 2-core machine: the ratio is the number to '
-            'read):', '', '| K_test | exact | fast | fast / exact |', '|---|---|---|---|']
-  lines += [f"| {s['test_res']} | {s['exact_images_per_s']:.0f} | {s['fast_images_per_s']:.0f} "
-            f"| {s['fast_over_exact']:.2f}x |" for s in speeds]
+            'read):', '',
+            common.format_table(
+                ['K_test', 'exact', 'fast', 'fast / exact'],
+                [[s['test_res'], f"{s['exact_images_per_s']:.0f}", f"{s['fast_images_per_s']:.0f}",
+                  f"{s['fast_over_exact']:.2f}x"] for s in speeds])]
   return '\n'.join(lines) + '\n'
 
 

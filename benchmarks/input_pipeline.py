@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from benchmarks import output
 from fixres_jax.data import preprocess
+from studies import common
 
 
 RANDAUGMENT = 'rand-m6-mstd0.5-inc1'  # ResNet strikes back A3's, at its K_train
@@ -210,11 +211,7 @@ def dct_ratio_shares(shapes, sizes=(128, 160, 224), samples=4000) -> dict:
 
 
 def describe_machine() -> dict:
-  model = 'unknown'
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      model = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), model)
-  return {'cpu_model': model, 'cpu_count': os.cpu_count(),
+  return {'cpu_model': common.read_cpu_model(), 'cpu_count': os.cpu_count(),
           'cpu_affinity': len(os.sched_getaffinity(0)), 'tensorflow': tf.__version__,
           'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
 

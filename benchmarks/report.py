@@ -16,6 +16,8 @@ import os
 from absl import app
 from absl import flags
 
+from studies import common
+
 flags.DEFINE_list('inputs', ['docs/benchmarks/*.json'], 'JSON files or glob patterns.')
 flags.DEFINE_string('out', 'docs/PERFORMANCE.md', 'Markdown file to write.')
 FLAGS = flags.FLAGS
@@ -48,12 +50,6 @@ def flax_over_torch(derived) -> list:
     return ['n/a'] * 3
   return [number(derived['measured']), number(derived.get('fastest')),
           number(derived.get('cpu_time'))]
-
-
-def table(header, rows) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
-  return '\n'.join(lines)
 
 
 def describe_machine(machine: dict) -> str:
@@ -101,25 +97,28 @@ def render_steps(name: str, result: dict) -> str:
       '(its CPU lowering, the same figure on every device); '
       + (f"MFU uses the {config['peak_note']} ({number(peak, 0)} TFLOP/s)." if peak else
          "no MFU: this device's peak FLOP/s is unknown."),
-      table(['step', 'K', 'step time (ms)', 'fastest (ms)', 'images/s', 'lower + compile (s)',
-             'GFLOP/step', 'TFLOP/s', 'MFU'],
-            [[STEP_NAMES[r['step']], r['resolution'], milliseconds(r['step_s']),
-              milliseconds(r.get('fastest_s')), number(r.get('images_per_s'), 1),
-              number(r['lower_s'] + r['compile_s'], 1),
-              number(r['flops'] / 1e9, 1), number(r.get('tflops_per_s'), 3),
-              number(r['mfu'] * 100, 1, '%') if r.get('mfu') else 'n/a'] for r in flax]),
+      common.format_table(
+          ['step', 'K', 'step time (ms)', 'fastest (ms)', 'images/s', 'lower + compile (s)',
+           'GFLOP/step', 'TFLOP/s', 'MFU'],
+          [[STEP_NAMES[r['step']], r['resolution'], milliseconds(r['step_s']),
+            milliseconds(r.get('fastest_s')), number(r.get('images_per_s'), 1),
+            number(r['lower_s'] + r['compile_s'], 1),
+            number(r['flops'] / 1e9, 1), number(r.get('tflops_per_s'), 3),
+            number(r['mfu'] * 100, 1, '%') if r.get('mfu') else 'n/a'] for r in flax]),
       '### What FixRes saves',
-      table(['train_step cost', 'measured (time)', 'fastest rounds', 'theory (pixels)',
-             "XLA's FLOP ratio"],
-            [[f"K={d['resolution']} / K={d['base']}", number(d['measured']),
-              number(d.get('fastest')), number(d['theory']), number(d['flops_ratio'])]
-             for d in result['derived']['train_cost_ratio']]),
-      table(['K_test', 'finetune_step / eval_step', 'fastest rounds', 'target',
-             'met (measured)'],
-            [[d['resolution'], number(d['measured'], 3), number(d.get('fastest'), 3),
-              f"<= {d['target']}",
-              'yes' if d['measured'] is not None and d['measured'] <= d['target'] else 'no']
-             for d in result['derived']['finetune_over_eval']]),
+      common.format_table(
+          ['train_step cost', 'measured (time)', 'fastest rounds', 'theory (pixels)',
+           "XLA's FLOP ratio"],
+          [[f"K={d['resolution']} / K={d['base']}", number(d['measured']),
+            number(d.get('fastest')), number(d['theory']), number(d['flops_ratio'])]
+           for d in result['derived']['train_cost_ratio']]),
+      common.format_table(
+          ['K_test', 'finetune_step / eval_step', 'fastest rounds', 'target',
+           'met (measured)'],
+          [[d['resolution'], number(d['measured'], 3), number(d.get('fastest'), 3),
+            f"<= {d['target']}",
+            'yes' if d['measured'] is not None and d['measured'] <= d['target'] else 'no']
+           for d in result['derived']['finetune_over_eval']]),
   ]
   if torch:
     ratios = {(d['step'], d['resolution'], d['memory_format']): d
@@ -133,13 +132,14 @@ def render_steps(name: str, result: dict) -> str:
         'median of per-round ratios, the ratio of the fastest rounds, and the median ratio of '
         "CPU time (all threads). Other work on the machine slows PyTorch's OpenMP threads far "
         "more than XLA's thread pool, so the fastest rounds are the fairer comparison.",
-        table(['PyTorch step', 'K', 'memory format', 'step time (ms)', 'fastest (ms)',
-               'images/s', 'Flax / PyTorch', 'fastest rounds', 'CPU time'],
-              [[STEP_NAMES[r['step']], r['resolution'], r['memory_format'],
-                milliseconds(r['step_s']), milliseconds(r.get('fastest_s')),
-                number(r.get('images_per_s'), 1)] + flax_over_torch(
-                    ratios.get((r['step'], r['resolution'], r['memory_format'])))
-               for r in torch])]
+        common.format_table(
+            ['PyTorch step', 'K', 'memory format', 'step time (ms)', 'fastest (ms)',
+             'images/s', 'Flax / PyTorch', 'fastest rounds', 'CPU time'],
+            [[STEP_NAMES[r['step']], r['resolution'], r['memory_format'],
+              milliseconds(r['step_s']), milliseconds(r.get('fastest_s')),
+              number(r.get('images_per_s'), 1)] + flax_over_torch(
+                  ratios.get((r['step'], r['resolution'], r['memory_format'])))
+             for r in torch])]
   elif 'skipped' in result.get('torch', {}):
     parts.append(f"PyTorch: skipped ({result['torch']['skipped']}).")
   return '\n\n'.join(parts)
@@ -175,7 +175,7 @@ def render_profile(profile: dict) -> str:
       'Operations may '
       "overlap, so the sum can differ from the wall-clock step. Flax's thunks by category: "
       + ', '.join(f'{k}: {v}' for k, v in profile['flax']['thunks'].items()) + '.',
-      table(['operation', 'Flax (XLA:CPU)', 'PyTorch', 'Flax / PyTorch'], rows),
+      common.format_table(['operation', 'Flax (XLA:CPU)', 'PyTorch', 'Flax / PyTorch'], rows),
       f"The largest excess over PyTorch is in '{largest}': "
       f"{number(flax.get(largest, 0) - torch.get(largest, 0), 1)} ms per step more.",
   ])
@@ -212,8 +212,9 @@ def render_variants(variants: list) -> str:
       'default" compares the compiled train steps\' operations by kind: "same" means the '
       'setting did not change what XLA compiled. "load" is the 1-minute load average when the '
       'variant started.',
-      table(['variant', 'what', 'setting', 'Flax train (ms)', 'PyTorch train (ms)',
-             'Flax / PyTorch', 'compile (s)', 'XLA program vs default', 'load'], rows)]
+      common.format_table(
+          ['variant', 'what', 'setting', 'Flax train (ms)', 'PyTorch train (ms)',
+           'Flax / PyTorch', 'compile (s)', 'XLA program vs default', 'load'], rows)]
   key, scored = rank_variants(variants)
   if key:
     base = dict((name, r) for r, name in scored).get('default')
@@ -299,8 +300,9 @@ def render_input(name: str, result: dict, rates: dict) -> str:
       f"{result['mean_megapixels']} Mpixel) in {mix_text}; encoded bytes in memory; tf.data "
       f"parallel map, batch {result['batch_size']}; median of {result['rounds']} rounds of "
       f"{result['seconds_per_run']} s, the fast path and the full-decode baseline alternating.",
-      table(['transform', 'fast path img/CPU-s', 'fast path img/s (wall)',
-             'full decode img/CPU-s', 'fast / full (CPU)', 'fast / full (wall)'], rows),
+      common.format_table(
+          ['transform', 'fast path img/CPU-s', 'fast path img/s (wall)',
+           'full decode img/CPU-s', 'fast / full (CPU)', 'fast / full (wall)'], rows),
       '### CPU cores needed to feed one GPU',
       'Cores = the GPU step rate (images/s) / the fast path\'s images per CPU second, '
       'assuming per-core throughput scales with cores (tf.data\'s parallel map does, short of '
@@ -308,21 +310,24 @@ def render_input(name: str, result: dict, rates: dict) -> str:
       + (f" GPU rates: {', '.join(devices)} from "
          f"{', '.join(sorted({v[2] for v in rates.values()}))}." if rates else
          ' No GPU step rates found (benchmarks/gpu.sh writes them).'),
-      table(['transform', 'feeds', 'GPU img/s', 'img/CPU-s', 'cores needed'], core_rows)]
+      common.format_table(
+          ['transform', 'feeds', 'GPU img/s', 'img/CPU-s', 'cores needed'], core_rows)]
   if copy_rows:
     parts += ['### train@128 on downscaled copies',
               'The same images through fixres_jax.data.prepare.downscale_image (shorter side '
               f"capped, JPEG quality {result['copies']['quality']}), the fast path on both, "
               'in the same rounds.',
-              table(['copy', 'mean JPEG KiB', 'originals img/CPU-s', 'copy img/CPU-s',
-                     'copy / originals (CPU)', 'copy / originals (wall)'], copy_rows)]
+              common.format_table(
+                  ['copy', 'mean JPEG KiB', 'originals img/CPU-s', 'copy img/CPU-s',
+                   'copy / originals (CPU)', 'copy / originals (wall)'], copy_rows)]
   if augment_rows:
     parts += ['### RandAugment in the train transform',
               'The train transform with `data.randaugment` against the same transform without '
               'it (the fast path both times), in the same rounds: the ratio is what '
               'RandAugment costs per core.',
-              table(['transform', 'without img/CPU-s', 'with img/CPU-s',
-                     'with / without (CPU)', 'with / without (wall)'], augment_rows)]
+              common.format_table(
+                  ['transform', 'without img/CPU-s', 'with img/CPU-s',
+                   'with / without (CPU)', 'with / without (wall)'], augment_rows)]
   if full:
     parts += ['### Where a decode\'s time goes',
               'Whole-image decode at each DCT scale (libjpeg), images per CPU second: '
@@ -353,14 +358,15 @@ def render_loop(name: str, result: dict) -> str:
       f"{result['load_average_before_after'][1]}; the fastest (the least disturbed by other jobs) "
       f"and the median of {config['rounds']} rounds of {config['steps']} steps (python -m "
       'benchmarks.loop_overhead).',
-      table(['fed by', 'ms per step, fastest round', 'median'],
-            [[what, number(ms[key]), number(result['median_ms_per_step'][key])]
-             for what, key in (
-                 ('one batch already on the device', 'device'),
-                 ('NumPy batches in memory, through prefetch_to_devices', 'host'),
-                 (f"the real pipeline ({config['dataset']} JPEGs), through "
-                  'prefetch_to_devices', 'pipeline'),
-                 ('the real pipeline alone, no model (ms per batch)', 'pipeline alone'))]),
+      common.format_table(
+          ['fed by', 'ms per step, fastest round', 'median'],
+          [[what, number(ms[key]), number(result['median_ms_per_step'][key])]
+           for what, key in (
+               ('one batch already on the device', 'device'),
+               ('NumPy batches in memory, through prefetch_to_devices', 'host'),
+               (f"the real pipeline ({config['dataset']} JPEGs), through "
+                'prefetch_to_devices', 'pipeline'),
+               ('the real pipeline alone, no model (ms per batch)', 'pipeline alone'))]),
       f"Host-to-device transfer and prefetching: {signed_ms(result['transfer_and_prefetch_ms'])}"
       ' per step over the batch already on the device (fastest rounds). Fed by the real '
       f"pipeline, a step takes {signed_ms(result['pipeline_over_bound_ms'])} than the slower "
@@ -386,9 +392,10 @@ def render_service(name: str, result: dict) -> str:
       'The batches are the same as the local ones (tests/test_service.py); on one machine the '
       'workers compete with each other for the same cores, so this shows the overhead, not '
       'the speed-up of workers on other hosts.',
-      table(['workers', 'service img/s', 'local img/s (same round)', 'service / local'],
-            [[r['workers'], number(r['service_img_per_s'], 0), number(r['local_img_per_s'], 0),
-              number(r['ratio'])] for r in result['runs']])])
+      common.format_table(
+          ['workers', 'service img/s', 'local img/s (same round)', 'service / local'],
+          [[r['workers'], number(r['service_img_per_s'], 0), number(r['local_img_per_s'], 0),
+            number(r['ratio'])] for r in result['runs']])])
 
 
 def render(results: list) -> str:

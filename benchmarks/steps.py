@@ -55,6 +55,7 @@ from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import stage
 from fixres_jax import train
+from studies import common
 
 flags.DEFINE_string('model', 'resnet50',
                     f"One of {models.ARCH_NAMES[:-1]}, or 'tiny' (one basic block per stage).")
@@ -134,14 +135,10 @@ def load_average() -> float | None:
 def describe_machine() -> dict:
   """Where the numbers come from."""
   device = jax.devices()[0]
-  cpu_model = platform.processor()
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    cpu_model = names[0] if names else cpu_model
   return {
       'platform': device.platform, 'device_kind': device.device_kind,
-      'device_count': jax.device_count(), 'cpu_count': os.cpu_count(), 'cpu_model': cpu_model,
+      'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+      'cpu_model': common.read_cpu_model(),
       'python': platform.python_version(), 'jax': jax.__version__,
       'jaxlib': package_version('jaxlib'),
       'jax_cuda_plugin': package_version('jax-cuda13-plugin') or package_version(

@@ -8,7 +8,7 @@ K_train=64 on train[:90%], picks K_test as the trained network's best top-1 on t
 train[90%:] (finetune.test_res='auto'), FixRes-fine-tunes the last BN statistics and the
 classifier there, then sweeps K_test in 48..128 for both models on the validation split.
 What it shows over five seeds, with the spread, and how long it takes: docs/DEMO.md, written
-by `python -m fixres_jax.measure_demo`.
+by `python -m studies.demo`.
 """
 
 from fixres_jax import config as config_lib
@@ -34,7 +34,7 @@ def get_config():
   config.train.num_epochs = 8
   config.train.base_lr = 0.2
   config.train.schedule = 'cosine'
-  config.train.warmup_epochs = 1
+  config.train.warmup_epochs = 1.0
   config.train.weight_decay = 5e-5
   config.train.log_every_steps = 50
   config.finetune.log_every_steps = 50

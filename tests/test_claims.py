@@ -1,8 +1,9 @@
-"""The reproduction's statistics and verdicts (fixres_jax/claims.py) on synthetic run records."""
+"""The reproduction's statistics and verdicts (studies/claims.py) on synthetic run records."""
 
 import pytest
 
-from fixres_jax import claims
+from studies import claims
+from studies import common
 
 # Small per-seed jitter: the differences it leaves are far inside 3 std of a 0.1 margin.
 JITTER = (0.0, 0.002, 0.001)
@@ -185,9 +186,10 @@ def test_cached_matches_sgd_within_the_spread_and_not_far_below():
 
 
 def test_text_of_stats_and_comparisons():
-  assert claims.pct(claims.stats([0.5, 0.7, 0.9])) == '70.00 ± 20.00'
-  assert claims.pct(claims.stats([None])) == 'not run'
-  assert claims.pct(None) == 'not run'
+  assert common.pct(claims.stats([0.5, 0.7, 0.9])) == '70.00 ± 20.00'
+  assert common.pct(claims.stats([0.6, None])) == '60.00'  # one seed: no spread
+  assert common.pct(claims.stats([None])) == 'not run'
+  assert common.pct(None) == 'not run'
   assert claims.margin_text(claims.compare([0.8, 0.9, 0.7], [0.5, 0.6, 0.5])) == (
       '+26.67 pts (per-seed spread 5.77, beyond 3 std; per seed +30.0, +30.0, +20.0)')
   assert claims.margin_text(claims.compare([0.8], [0.5])) == (

@@ -1,5 +1,5 @@
 """The demo: K_test chosen on held-out training images, an output that says what it shows, and
-the seed report (fixres_jax/measure_demo.py) that docs/DEMO.md and README's table come from."""
+the seed report (studies/demo.py) that docs/DEMO.md and README's table come from."""
 
 import json
 import pathlib
@@ -10,15 +10,15 @@ import pytest
 
 from fixres_jax import analysis
 from fixres_jax import config as config_lib
-from fixres_jax import measure_demo
-from fixres_jax import reproduce
 from fixres_jax.data import sources
+from studies import common
+from studies import demo
 
 REPO = pathlib.Path(__file__).parent.parent
 
 
 def test_demo_chooses_k_test_on_images_it_never_trains_on():
-  config = reproduce.load_config_file(epath.Path(REPO / 'configs' / 'demo.py'))
+  config = common.load_config_file(REPO / 'configs' / 'demo.py')
   config_lib.validate(config, device_count=8)
   assert config.finetune.test_res == analysis.AUTO
   sizes = {'train': types.SimpleNamespace(num_examples=10_000, shard_lengths=[10_000])}
@@ -50,7 +50,7 @@ def test_the_output_says_where_things_are_and_what_the_table_shows(tmp_path, tin
 
 
 def write_run(root, seed, selected, top1, generated=False):
-  """A finished demo workdir as measure_demo.run_seed and fixres_jax.main leave it."""
+  """A finished demo workdir as demo.run_seed and fixres_jax.main leave it."""
   workdir = root / f'seed_{seed}'
   workdir.mkdir(parents=True)
   (workdir / 'config.json').write_text(json.dumps({'train': {'image_size': 64}}))
@@ -62,7 +62,7 @@ def write_run(root, seed, selected, top1, generated=False):
   (workdir / 'demo.log').write_text(
       'I1129 builder.py:110] Generated fixres_synthetic/default/1.0.0 in 41.5 s.\n'
       if generated else 'no generation\n')
-  (workdir / measure_demo.TIME_FILE).write_text(json.dumps(
+  (workdir / demo.TIME_FILE).write_text(json.dumps(
       {'seed': seed, 'wall_seconds': 300.0, 'cpu_seconds': 400.0 + seed,
        'generated_dataset': generated, 'load_average_5min': [1.0, 2.0], 'command': 'x'}))
 
@@ -77,9 +77,9 @@ def test_report_states_each_claim_from_every_seed(tmp_path):
               generated=seed == 0)
   readme = tmp_path / 'README.md'
   readme.write_text(
-      f'intro\n{measure_demo.README_START}\nSTALE TABLE\n{measure_demo.README_END}\nend\n')
-  result = measure_demo.write_report(root, [0, 1, 2, 3], tmp_path / 'docs', 'cmd',
-                                     readme=epath.Path(readme))
+      f'intro\n{demo.README_START}\nSTALE TABLE\n{demo.README_END}\nend\n')
+  result = demo.write_report(root, [0, 1, 2, 3], tmp_path / 'docs', 'cmd',
+                             readme=epath.Path(readme))
   assert [r['seed'] for r in result['runs']] == [0, 1, 2]  # seed 3 has not run
   claims = result['summary']['claims']
   assert claims['selected_above_train_res'] is True

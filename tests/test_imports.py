@@ -1,5 +1,8 @@
-"""The model, step, checkpoint and analysis code never imports TensorFlow (only data/ does)."""
+"""The model, step, checkpoint and analysis code never imports TensorFlow (only data/ does),
+and the library never imports the studies or the benchmarks."""
 
+import ast
+import pathlib
 import subprocess
 import sys
 
@@ -19,3 +22,23 @@ def test_only_the_data_package_imports_tensorflow():
   without_data, with_data = result.stdout.strip().splitlines()[-2:]
   assert without_data == '[]', without_data
   assert with_data == 'True'  # the check itself can see TensorFlow
+
+
+def imported_modules(path: pathlib.Path) -> set:
+  """The top-level packages a source file imports, wherever the import stands."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names.update(alias.name.split('.')[0] for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names.add(node.module.split('.')[0])
+  return names
+
+
+def test_the_library_never_imports_the_studies_or_the_benchmarks():
+  """`python -m fixres_jax.main` needs only fixres_jax/: the studies that write docs/ and the
+  speed benchmarks use the library, never the other way round."""
+  library = pathlib.Path(__file__).parent.parent / 'fixres_jax'
+  found = {str(path.relative_to(library)): imported_modules(path) & {'studies', 'benchmarks'}
+           for path in library.rglob('*.py')}
+  assert not {path: names for path, names in found.items() if names}

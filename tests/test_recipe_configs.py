@@ -1,6 +1,5 @@
 """configs/r50_*.py are the official ImageNet recipe (facebookresearch/FixRes)."""
 
-import importlib.util
 import pathlib
 
 import pytest
@@ -8,6 +7,7 @@ import pytest
 from fixres_jax import config as config_lib
 from fixres_jax import train
 from fixres_jax.data import pipeline
+from studies import common
 
 CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
 
@@ -19,10 +19,7 @@ class _ImageNetTrain:
 
 
 def load(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return common.load_config_file(CONFIGS / f'{name}.py')
 
 
 @pytest.mark.parametrize('name,train_res', [('r50_224', 224), ('r50_128', 128)])

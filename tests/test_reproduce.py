@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from fixres_jax import claims
-from fixres_jax import reproduce
+from studies import claims
+from studies import reproduce
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def run_quick(out, root, data_dir):
   """The CLI in its own process: many stages, kept out of the test process's memory."""
-  subprocess.run([sys.executable, '-m', 'fixres_jax.reproduce', '--quick', '--seeds=0',
+  subprocess.run([sys.executable, '-m', 'studies.reproduce', '--quick', '--seeds=0',
                   f'--out={out}', f'--results_root={root}', f'--data_dir={data_dir}'],
                  cwd=REPO, check=True, timeout=900, capture_output=True,
                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu'))
@@ -51,7 +51,7 @@ def test_quick_reproduction_writes_report(tmp_path, synthetic_data_dir):
   for claim in ('### (a)', '### (b)', '### (c)', "### 'cached'"):
     line = next(l for l in report.splitlines() if l.startswith(claim))
     assert line.endswith(tuple(claims.VERDICTS.values())), line
-  assert 'fixres_jax.reproduce --quick' in report
+  assert 'python -m studies.reproduce --quick' in report
 
   # A re-run reuses every finished run: only the report is written again.
   def finished():

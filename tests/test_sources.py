@@ -1,6 +1,5 @@
 """Folder datasets with mixed image formats, corrupt files, bad labels, caching."""
 
-import importlib.util
 import pathlib
 import re
 
@@ -10,6 +9,7 @@ import pytest
 
 from fixres_jax.data import pipeline
 from fixres_jax.data import sources
+from studies import common
 from transforms import eval_at, train_at
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -212,15 +212,8 @@ def test_bad_folder_splits_are_named(tmp_path, spec, message):
   assert spec in str(error.value) and "tfds's grammar" in str(error.value)
 
 
-def load_config(path):
-  spec = importlib.util.spec_from_file_location('config_file', REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def test_transfer_recipe_trains_on_every_class_and_selects_on_every_class(tmp_path):
-  config = load_config('configs/transfer.py')
+  config = common.load_config_file(REPO / 'configs' / 'transfer.py')
   config.data.folder = str(make_unbalanced_folder(tmp_path / 'data', images=True))
   dataset = pipeline.load_dataset(config)
   config.train.image_size, config.train.batch_size = 32, 8
@@ -236,7 +229,7 @@ def test_transfer_recipe_trains_on_every_class_and_selects_on_every_class(tmp_pa
 
 
 def test_selection_on_trained_images_is_warned(tmp_path):
-  config = load_config('configs/transfer.py')
+  config = common.load_config_file(REPO / 'configs' / 'transfer.py')
   config.data.folder = str(make_unbalanced_folder(tmp_path))
   config.data.train_split = 'train'
   dataset = sources.FolderSource(config.data.folder, 'train')

@@ -1,6 +1,6 @@
-"""The variant benchmarks' shared report helpers (benchmarks/variant_grid.py)."""
+"""The variant studies' shared report helpers (studies/variant_grid.py)."""
 
-from benchmarks import variant_grid
+from studies import variant_grid
 
 LABELS = {'baseline': 'baseline', 'ra': 'repeated augmentation'}
 

@@ -1,10 +1,9 @@
 """What training on a downscaled copy costs in accuracy: the embedded dataset, K_train 64.
 
-COMMAND
-  python -m benchmarks.copy_accuracy --data_dir=/tmp/tfds_copy --results_root=/tmp/copy_acc \
+  python -m studies.copy_accuracy --data_dir=/tmp/tfds_copy --results_root=/tmp/copy_acc \
       [--short_side=128] [--quality=90] [--seeds=0,1,2] [--epochs=16] [--out=docs/COPY_ACCURACY.md]
 
-For each seed, the demo network (configs/demo.py, through fixres_jax.reproduce's configs) is
+For each seed, the demo network (configs/demo.py, through studies/reproduce.py's configs) is
 trained at K_train on train[:90%] of fixres_synthetic/reproduce twice: from the original
 JPEGs (short sides 200-320 px) and from a copy made by `python -m fixres_jax.data.prepare`
 with the shorter side capped at --short_side. Everything after training reads the originals,
@@ -15,26 +14,30 @@ finished; --phase=report only writes it.
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
 from etils import epath
 import numpy as np
 
-from fixres_jax import claims
-from fixres_jax import reproduce
+from studies import claims
+from studies import common
+from studies import reproduce
 
-flags.DEFINE_string('data_dir', '/tmp/tfds_copy', 'tfds data dir of the original dataset.')
-flags.DEFINE_string('results_root', '/tmp/copy_accuracy', 'One workdir per run, and the copy.')
-flags.DEFINE_integer('short_side', 128, 'Cap on the shorter side of the copy.')
-flags.DEFINE_integer('quality', 90, 'JPEG quality of the copy.')
-flags.DEFINE_integer('train_res', 64, 'K_train.')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each trains both networks).')
-flags.DEFINE_integer('epochs', 16, 'Training epochs (why 16: benchmarks/recipe.py).')
-flags.DEFINE_string('out', 'docs/COPY_ACCURACY.md', 'The generated table.')
-flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the table.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined only when run as a script (tests import this module next to others' flags)."""
+  flags.DEFINE_string('data_dir', '/tmp/tfds_copy', 'tfds data dir of the original dataset.')
+  flags.DEFINE_string('results_root', '/tmp/copy_accuracy', 'One workdir per run, and the copy.')
+  flags.DEFINE_integer('short_side', 128, 'Cap on the shorter side of the copy.')
+  flags.DEFINE_integer('quality', 90, 'JPEG quality of the copy.')
+  flags.DEFINE_integer('train_res', 64, 'K_train.')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each trains both networks).')
+  flags.DEFINE_integer('epochs', 16, 'Training epochs (why 16: studies/recipe.py).')
+  flags.DEFINE_string('out', 'docs/COPY_ACCURACY.md', 'The generated table.')
+  flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the table.")
 
 SOURCES = ('original', 'copy')
 
@@ -77,8 +80,8 @@ def collect(root: epath.Path, seeds) -> dict:
     runs = []
     for seed in seeds:
       select = reproduce.run_dir(root / source, k, seed, 'select')
-      sweep = reproduce.read_json(reproduce.run_dir(root / source, k, seed, 'sweep') /
-                                  'sweep.json')
+      sweep = common.read_json(reproduce.run_dir(root / source, k, seed, 'sweep') /
+                               'sweep.json')
       if sweep is None or not (select / 'sweep.json').exists():
         continue
       best = reproduce.best_heldout(select)['test_res']
@@ -93,13 +96,8 @@ def collect(root: epath.Path, seeds) -> dict:
   return results
 
 
-def format_table(results: dict, command: str) -> str:
+def format_report(results: dict, command: str) -> str:
   k = FLAGS.train_res
-  def pct(s):  # no spread from a single seed
-    if s['mean'] is None:
-      return 'n/a'
-    return f"{s['mean'] * 100:.2f}" + (f" ± {s['std'] * 100:.2f}" if s['n'] > 1 else '')
-
   lines = [
       '# Accuracy cost of a downscaled copy',
       '',
@@ -113,21 +111,32 @@ def format_table(results: dict, command: str) -> str:
       'Mean ± std over seeds (ddof=1); the difference is per seed (the same seed, the same '
       'initialisation and example order).',
       '',
-      '| trained from | seeds | K_test selected (per seed) | top-1 at selected K_test | '
-      f'top-1 at K_test={k} | median step x steps (s) |',
-      '|---|---|---|---|---|---|']
-  for source, runs in results.items():
-    lines.append(
-        f"| {source} | {len(runs)} | {', '.join(str(r['selected_test_res']) for r in runs)} | "
-        f"{pct(claims.stats([r['top1_selected'] for r in runs]))} | "
-        f"{pct(claims.stats([r['top1_train_res'] for r in runs]))} | "
-        f"{np.median([r['train_seconds'] for r in runs]) if runs else float('nan'):.0f} |")
+      common.format_table(
+          ['trained from', 'seeds', 'K_test selected (per seed)', 'top-1 at selected K_test',
+           f'top-1 at K_test={k}', 'median step x steps (s)'],
+          [[source, len(runs), ', '.join(str(r['selected_test_res']) for r in runs),
+            common.pct(claims.stats([r['top1_selected'] for r in runs])),
+            common.pct(claims.stats([r['top1_train_res'] for r in runs])),
+            f"{np.median([r['train_seconds'] for r in runs]) if runs else float('nan'):.0f}"]
+           for source, runs in results.items()]),
+      '', *difference_lines(results)]
+  resolutions = sorted({res for runs in results.values() for r in runs for res in r['curve']})
+  lines += ['', '### Validation top-1 by K_test (mean over seeds)', '',
+            common.format_table(
+                ['trained from', *resolutions],
+                [[source, *(common.pct(claims.stats([r['curve'].get(res) for r in runs]))
+                            for res in resolutions)] for source, runs in results.items()])]
+  return '\n'.join(lines) + '\n'
+
+
+def difference_lines(results: dict) -> list:
+  """Copy minus original, paired by seed, and the seeds whose selected K_test moved."""
   by_seed = {source: {r['seed']: r for r in runs} for source, runs in results.items()}
   paired = sorted(set(by_seed['original']) & set(by_seed['copy']))
   diffs = [by_seed['copy'][s]['top1_selected'] - by_seed['original'][s]['top1_selected']
            for s in paired]
   missing = [s for s in FLAGS.seeds if int(s) not in paired]
-  lines += ['', f'Seeds without both runs finished: {missing}.' if missing else '']
+  lines = [f'Seeds without both runs finished: {missing}.' if missing else '']
   if diffs:
     spread = (f'spread {np.std(diffs, ddof=1) * 100:.2f}' if len(diffs) > 1 else
               'one seed: no spread')
@@ -139,14 +148,7 @@ def format_table(results: dict, command: str) -> str:
              by_seed['original'][s]['selected_test_res']]
     lines.append(f'The selected K_test moved for {len(moved)} of {len(paired)} seeds'
                  + (f' ({moved}).' if moved else '.'))
-  resolutions = sorted({res for runs in results.values() for r in runs for res in r['curve']})
-  lines += ['', '### Validation top-1 by K_test (mean over seeds)', '',
-            '| trained from | ' + ' | '.join(str(r) for r in resolutions) + ' |',
-            '|---|' + '---|' * len(resolutions)]
-  for source, runs in results.items():
-    cells = [pct(claims.stats([r['curve'].get(res) for r in runs])) for res in resolutions]
-    lines.append(f'| {source} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+  return lines
 
 
 def main(argv):
@@ -162,9 +164,8 @@ def main(argv):
     for seed in seeds:
       run_pair(plan, root, copy_dir, seed)
   results = collect(root, seeds)
-  command = 'python -m benchmarks.copy_accuracy ' + ' '.join(sys.argv[1:])
   out = epath.Path(FLAGS.out)
-  out.write_text(format_table(results, command))
+  out.write_text(format_report(results, common.format_command('studies.copy_accuracy')))
   out.with_suffix('.json').write_text(json.dumps(
       {'settings': {k: FLAGS[k].value for k in ('short_side', 'quality', 'train_res', 'epochs')},
        'results': results}, indent=1))
@@ -172,4 +173,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -1,7 +1,7 @@
 """What FixRes fine-tuning adds on top of the modern training recipes, on the embedded
 dataset; writes docs/MODERN.md and docs/modern.json.
 
-  python benchmarks/modern.py --data_dir=/tmp/tfds_repro --results_root=/tmp/fixres_modern \
+  python -m studies.modern --data_dir=/tmp/tfds_repro --results_root=/tmp/fixres_modern \
       --out=docs [--seeds=0,1,2] [--variants=baseline,mix,a3,progressive] [--epochs=8]
 
 Each variant is the demo network (configs/demo.py) trained on train[:90%] of
@@ -9,7 +9,7 @@ fixres_synthetic/reproduce with one modern recipe: Mixup 0.1 + CutMix 1.0 (timm'
 an A3-like recipe (ResNet strikes back A3's LAMB, binary cross-entropy with target threshold
 0.2, Mixup/CutMix and RandAugment rand-m6-mstd0.5-inc1), or FFCV-style progressive resizing
 ending at a higher K_train for no more training pixels than the baseline's fixed K_train.
-Then, as fixres_jax.reproduce does (with its functions): K_test chosen as the trained
+Then, as studies/reproduce.py does (with its functions): K_test chosen as the trained
 network's best on the held-out train[90%:], FixRes fine-tuning there (the demo's settings),
 and the validation split (10,000 images) evaluated at K_train and at the chosen K_test for
 the trained and the fine-tuned network. Every run has its own workdir under --results_root
@@ -17,16 +17,12 @@ and a re-run skips finished runs; seeds run in the outer loop, so an interrupted
 has whole seeds. --phase=report only rewrites the doc from the finished runs.
 """
 
-import json
-import sys
-
-from absl import app
 from etils import epath
 
-sys.path.insert(0, str(epath.Path(__file__).parent.parent))
-from fixres_jax import claims  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fixres_jax import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
-from benchmarks import variant_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
+from studies import claims
+from studies import common
+from studies import reproduce
+from studies import variant_grid
 
 TRAIN_RES = 64  # the demo's K_train
 MIX = {'train.mixup_alpha': 0.1, 'train.cutmix_alpha': 1.0}  # timm's switch_prob 0.5
@@ -51,12 +47,10 @@ LABELS = {
     'progressive': 'progressive resizing 48 -> 64 -> 80',
 }
 
-variant_grid.define_flags('modern', VARIANTS)
 
-
-def apply_overrides(config, name: str, plan: reproduce.Plan):
+def apply_variant(config, name: str, plan: reproduce.Plan):
   """The variant's options on a reproduce config."""
-  variant_grid.set_fields(config, VARIANTS[name])
+  common.apply_overrides(config, VARIANTS[name])
   if name == 'progressive':
     config.train.image_size_schedule = tuple(
         (fraction * plan.num_epochs, size) for fraction, size in PROGRESSIVE)
@@ -70,15 +64,15 @@ def train_res(name: str) -> int:
 def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) -> None:
   """Train, choose K_test on the held-out slice, fine-tune there, evaluate on validation."""
   workdir, k_train = root / name / f's{seed}', train_res(name)
-  config = apply_overrides(reproduce.train_config(plan, k_train, seed), name, plan)
+  config = apply_variant(reproduce.train_config(plan, k_train, seed), name, plan)
   reproduce.run_once(config, workdir / 'train')
   trained = workdir / 'train' / 'checkpoints' / 'train'
-  select = apply_overrides(reproduce.eval_config(
+  select = apply_variant(reproduce.eval_config(
       plan, k_train, seed, trained, plan.select_resolutions(k_train),
       split=reproduce.HELDOUT_SPLIT), name, plan)
   reproduce.run_once(select, workdir / 'select')
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
-  finetune = apply_overrides(reproduce.finetune_config(
+  finetune = apply_variant(reproduce.finetune_config(
       plan, k_train, seed, trained, chosen, [k_train]), name, plan)
   reproduce.run_finetune(finetune, workdir / 'finetune')
 
@@ -89,7 +83,7 @@ def collect(root: epath.Path, name: str, seed: int):
   if not (workdir / 'finetune' / 'sweep.json').exists():
     return None
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
-  records = json.loads((workdir / 'finetune' / 'sweep.json').read_text())
+  records = common.read_json(workdir / 'finetune' / 'sweep.json')
   return {'seed': seed, 'train_res': k_train, 'test_res': chosen,
           'trained_at_train_res': claims.top1_at(records, 'trained', k_train),
           'trained_at_chosen': claims.top1_at(records, 'trained', chosen),
@@ -131,19 +125,18 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
       'CPU machine' + (f' ({seconds / 60:.0f} min of runs this invocation).' if seconds else '.')
       + ' "not run": no finished run of that variant.',
       '',
-      '| recipe | seeds | K_train | trained at K_train | K_test chosen | trained at K_test '
-      '| fine-tuned at K_test | FixRes gain (fine-tuned - trained, at K_test) '
-      '| fine-tuned vs baseline fine-tuned |',
-      '|---|---|---|---|---|---|---|---|---|',
+      common.format_table(
+          ['recipe', 'seeds', 'K_train', 'trained at K_train', 'K_test chosen',
+           'trained at K_test', 'fine-tuned at K_test',
+           'FixRes gain (fine-tuned - trained, at K_test)', 'fine-tuned vs baseline fine-tuned'],
+          [[LABELS[name], r['trained_at_chosen']['n'], train_res(name),
+            common.pct(r['trained_at_train_res']),
+            ', '.join(str(run['test_res']) for run in r['runs']) or '-',
+            common.pct(r['trained_at_chosen']), common.pct(r['finetuned_at_chosen']),
+            claims.margin_text(r['fixres_gain']),
+            'reference' if name == 'baseline' else claims.margin_text(r['finetuned_vs_baseline'])]
+           for name, r in results.items()]),
   ]
-  for name, r in results.items():
-    chosen = ', '.join(str(run['test_res']) for run in r['runs']) or '-'
-    versus = 'reference' if name == 'baseline' else claims.margin_text(r['finetuned_vs_baseline'])
-    lines.append(
-        f"| {LABELS[name]} | {r['trained_at_chosen']['n']} | {train_res(name)} "
-        f"| {claims.pct(r['trained_at_train_res'])} | {chosen} "
-        f"| {claims.pct(r['trained_at_chosen'])} | {claims.pct(r['finetuned_at_chosen'])} "
-        f"| {claims.margin_text(r['fixres_gain'])} | {versus} |")
   stuck = variant_grid.never_learned(results, LABELS, 'trained_at_train_res')
   if stuck:
     lines += ['', stuck]
@@ -163,11 +156,7 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
-  variant_grid.main(variant_grid.Grid('modern', VARIANTS, run_variant, summarize, format_report,
-                                      TRAIN_RES))
-
+GRID = variant_grid.Grid('modern', VARIANTS, run_variant, summarize, format_report, TRAIN_RES)
 
 if __name__ == '__main__':
-  app.run(main)
+  variant_grid.run(GRID)

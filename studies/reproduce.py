@@ -1,6 +1,6 @@
 """Reproduces the paper's claims on the embedded dataset and generates docs/RESULTS.md.
 
-  python -m fixres_jax.reproduce --out=docs --data_dir=/tmp/tfds_repro \
+  python -m studies.reproduce --out=docs --data_dir=/tmp/tfds_repro \
       --results_root=/tmp/fixres_repro [--seeds=0,1,2] [--train_res=48,64,96] [--quick]
 
 First the training epochs are chosen on the held-out train[90%:]: the lowest K_train's first
@@ -16,19 +16,18 @@ reproduction resumes where it stopped. Then it writes OUT/RESULTS.md (every numb
 OUT/results.json (the raw numbers) and the figures OUT/accuracy_vs_test_res.png and
 OUT/zero_fraction.png.
 
-This module plans and runs the grid and collects each run's numbers; fixres_jax/claims.py
-judges the claims from them and fixres_jax/reproduce_report.py writes the files.
+This module plans and runs the grid and collects each run's numbers; studies/claims.py
+judges the claims from them and studies/reproduce_report.py writes the files. The recipe,
+modern and copy_accuracy studies run their grids with its configs and run_once.
 
 --quick runs a tiny grid on fixres_synthetic/tiny (CI): the same files, numbers meaningless.
 """
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -38,8 +37,9 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-from fixres_jax import claims
-from fixres_jax import reproduce_report
+from studies import claims
+from studies import common
+from studies import reproduce_report
 
 FLAGS = flags.FLAGS
 
@@ -67,7 +67,6 @@ def define_flags() -> None:
 HELDOUT_SPLIT = 'train[90%:]'  # selects K_test; never seen in training or fine-tuning
 FIT_SPLIT = 'train[:90%]'
 EVAL_SPLIT = 'validation'
-REPO = epath.Path(__file__).parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +100,9 @@ DATASET = 'fixres_synthetic/reproduce'  # the demo's training images, 10,000 val
 # Configs
 
 
-def load_config_file(path: epath.Path):
-  spec = importlib.util.spec_from_file_location(path.stem, str(path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def base_config(plan: Plan):
   """configs/demo.py, or a tiny model on fixres_synthetic/tiny for --quick."""
-  config = load_config_file(REPO / 'configs' / 'demo.py')
+  config = common.load_config_file(common.REPO / 'configs' / 'demo.py')
   config.data.name = DATASET
   if plan.quick:
     config.data.name = 'fixres_synthetic/tiny'
@@ -180,7 +172,7 @@ def run_once(config, workdir: epath.Path) -> float:
   from fixres_jax import main  # pylint: disable=g-import-not-at-top
   done = workdir / f"reproduce_{'_'.join(config.stages)}.json"
   if done.exists():
-    return json.loads(done.read_text())['seconds']
+    return common.read_json(done)['seconds']
   workdir.mkdir(parents=True, exist_ok=True)
   logging.info('Running %s in %s', tuple(config.stages), workdir)
   start = time.perf_counter()
@@ -229,7 +221,7 @@ def select_epochs(plan: Plan, root: epath.Path) -> Plan:
 
 def recorded_epochs(plan: Plan, root: epath.Path) -> Plan:
   """The plan with the epochs chosen before (ROOT/epochs.json), or its only candidate."""
-  record = read_json(root / 'epochs.json')
+  record = common.read_json(root / 'epochs.json')
   if record:
     return dataclasses.replace(plan, num_epochs=record['chosen'])
   return dataclasses.replace(plan, num_epochs=(list(plan.epochs_grid) or [0])[0])
@@ -252,7 +244,7 @@ def analytic_test_res(plan: Plan, train_res: int) -> dict:
 
 def best_heldout(workdir: epath.Path) -> dict:
   """The trained network's best record of a held-out sweep (ties: the lower loss)."""
-  records = json.loads((workdir / 'sweep.json').read_text())
+  records = common.read_json(workdir / 'sweep.json')
   trained = [r for r in records if r['model'] == 'trained']
   return max(trained, key=lambda r: (r['top1'], -r['loss']))
 
@@ -325,10 +317,6 @@ def train_flops_per_image(plan: Plan, train_res: int) -> float:
 # Collecting
 
 
-def read_json(path: epath.Path, default=None):
-  return json.loads(path.read_text()) if path.exists() else default
-
-
 def train_step_seconds(path: epath.Path) -> float:
   """Training time as median step time x steps: robust to other jobs on a shared machine
   and to interruptions (a resumed run's wall time covers only its last part)."""
@@ -344,31 +332,32 @@ VARIANTS = ('ft_selected', 'ft_analytic', 'ft_train_res', 'bn_stats_only', 'cach
 def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Optional[dict]:
   """The numbers of one (K_train, seed): None until its training has finished."""
   workdir = functools.partial(run_dir, root, train_res, seed)
-  timing = read_json(workdir('train') / 'reproduce_train.json')
+  timing = common.read_json(workdir('train') / 'reproduce_train.json')
   if timing is None:
     return None
   run = {'train_res': train_res, 'seed': seed, 'train_wall_seconds': timing['seconds'],
          'train_seconds': train_step_seconds(workdir('train') / 'metrics.jsonl'),
          'analytic_test_res': k_star}
-  select = read_json(workdir('select') / 'sweep.json')
+  select = common.read_json(workdir('select') / 'sweep.json')
   if select:
     run['heldout'] = [{k: r[k] for k in ('test_res', 'top1', 'loss')}
                       for r in select if r['model'] == 'trained']
     run['selected_test_res'] = best_heldout(workdir('select'))['test_res']
-  sweep = read_json(workdir('sweep') / 'sweep.json')
+  sweep = common.read_json(workdir('sweep') / 'sweep.json')
   if sweep:
     run['sweep'] = [{k: r[k] for k in ('model', 'test_res', 'top1', 'zero_fraction')}
                     for r in sweep]
   run['variants'] = {}
   for name in VARIANTS + tuple(f'ft_at_{k}' for k in range(8, 1025, 8)):
-    records = read_json(workdir(name) / 'sweep.json')
+    records = common.read_json(workdir(name) / 'sweep.json')
     if not records:
       continue
-    config = read_json(workdir(name) / 'config.json')
+    config = common.read_json(workdir(name) / 'config.json')
     test_res = config['finetune']['test_res']
     run['variants'][name] = {
         'test_res': test_res, 'top1': claims.top1_at(records, 'finetuned', test_res),
-        'finetune_seconds': read_json(workdir(name) / 'reproduce_finetune.json')['seconds'],
+        'finetune_seconds': common.read_json(
+            workdir(name) / 'reproduce_finetune.json')['seconds'],
         'mode': config['finetune']['mode'],
         'epochs': config['finetune']['num_epochs'],
         'curve': [{k: r[k] for k in ('test_res', 'top1', 'zero_fraction')}
@@ -382,7 +371,7 @@ def run_times(root: epath.Path, runs_by_res: Dict[int, list]) -> tuple:
   for k, runs in runs_by_res.items():
     for run in runs:
       for path in run_dir(root, k, run['seed'], '').glob('*/reproduce_*.json'):
-        seconds = json.loads(path.read_text())['seconds']
+        seconds = common.read_json(path)['seconds']
         end = os.path.getmtime(path)
         spans.append((end - seconds, end))
   return (sum(end - start for start, end in spans),
@@ -412,7 +401,7 @@ def write_report(plan: Plan, root: epath.Path, out: epath.Path, seconds: float,
       'analytic': {k: {f: v[f] for f in ('test_res', 'test_res_exact', 'expected_sigma')}
                    for k, v in analytic.items()},
       'train_flops_per_image': flops, 'claims': claims.evaluate(runs_by_res, flops),
-      'epochs_selection': read_json(root / 'epochs.json'),
+      'epochs_selection': common.read_json(root / 'epochs.json'),
       'runs': [r for runs in runs_by_res.values() for r in runs]}
   reproduce_report.write(out, base_config(plan), results, runs_by_res)
   return results
@@ -457,7 +446,7 @@ def main(argv):
         plan, train_res=plan.train_res if FLAGS['train_res'].present else QUICK_TRAIN_RES,
         seeds=plan.seeds if FLAGS['seeds'].present else QUICK_SEEDS)
   reproduce(plan, epath.Path(FLAGS.results_root), epath.Path(FLAGS.out), FLAGS.phase,
-            'python -m fixres_jax.reproduce ' + ' '.join(sys.argv[1:]))
+            common.format_command('studies.reproduce'))
 
 
 if __name__ == '__main__':

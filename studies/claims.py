@@ -1,13 +1,13 @@
 """Statistics over seeds and the verdicts of the paper's claims, from collected run records.
 
-Pure functions, no files: fixres_jax/reproduce.py collects one record per (K_train, seed) run
+Pure functions, no files: studies/reproduce.py collects one record per (K_train, seed) run
 and passes them here as runs_by_res, {K_train: [run, ...]} (each K_train with at least one run
 whose K_test was selected, and swept). A run record holds
   train_res, seed, train_seconds, analytic_test_res, selected_test_res;
   sweep: [{model, test_res, top1, ...}] over the validation sweep ('trained', 'parametric');
   variants: {name: {test_res, top1, finetune_seconds, epochs, ...}} of the fine-tuning runs.
-The text forms of a stat, a comparison and a verdict (pct, margin_text, verdict) are shared by
-every generated report (RESULTS.md, DEMO.md, RECIPE.md).
+The text forms of a comparison and a verdict (margin_text, verdict) are shared by every
+generated report (RESULTS.md, DEMO.md, RECIPE.md, MODERN.md); a stat's is common.pct.
 
 A verdict is True (holds), False (does not hold) or None (undecided: runs missing, or one
 seed, which gives no spread).
@@ -242,13 +242,6 @@ def evaluate(runs_by_res: Dict[int, list], flops: Dict[int, float]) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Text
-
-
-def pct(s: Optional[dict]) -> str:
-  """'mean ± std' in percent, from stats(); 'not run' for no values (or no stats at all)."""
-  if not s or s['mean'] is None:
-    return 'not run'
-  return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
 
 
 def margin_text(c: dict) -> str:

@@ -1,13 +1,12 @@
-"""What benchmarks/recipe.py and benchmarks/modern.py share: training variants x seeds of the
+"""What studies/recipe.py and studies/modern.py share: training variants x seeds of the
 demo network on the embedded dataset, one resumable workdir per run, then a generated report.
 
-A benchmark defines its variants (config overrides), how one (variant, seed) runs, how the
-finished runs are summarized and how the report reads, and calls define_flags and main.
+A study defines its variants (config overrides), how one (variant, seed) runs, how the
+finished runs are summarized and how the report reads, as a Grid, and runs it with run(grid).
 """
 
 import dataclasses
 import json
-import sys
 import time
 from typing import Callable, Dict
 
@@ -15,7 +14,8 @@ from absl import app
 from absl import flags
 from etils import epath
 
-from fixres_jax import reproduce
+from studies import common
+from studies import reproduce
 
 FLAGS = flags.FLAGS
 CHANCE, CHANCE_MARGIN = 0.1, 2.0  # 10 classes; a run below 2x chance never learned
@@ -23,7 +23,7 @@ CHANCE, CHANCE_MARGIN = 0.1, 2.0  # 10 classes; a run below 2x chance never lear
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-  """A benchmark's variants and its steps.
+  """A study's variants and its steps.
 
   Attributes:
     name: the report's file stem: OUT/NAME.md and OUT/name.json.
@@ -32,6 +32,7 @@ class Grid:
     summarize: (root, seeds, variants) -> results (JSON-serialisable).
     format_report: (results, plan, seconds of runs or None, the command) -> Markdown.
     train_res: the baseline's K_train.
+    epochs: the baseline's training epochs when --epochs is not given.
   """
   name: str
   variants: Dict[str, dict]
@@ -39,25 +40,26 @@ class Grid:
   summarize: Callable
   format_report: Callable
   train_res: int = 64
+  epochs: int = 8
 
 
-def define_flags(name: str, variants, epochs: int = 8) -> None:
+def define_flags(grid: Grid) -> None:
+  """The study's flags, defined only when it runs (tests import it beside other commands)."""
+  name = grid.name
   flags.DEFINE_string('out', 'docs', f'Where {name.upper()}.md and {name}.json go.')
   flags.DEFINE_string('results_root', f'/tmp/fixres_{name}', 'One workdir per run under here.')
   flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
-  flags.DEFINE_list('variants', list(variants), 'Variants to run.')
-  flags.DEFINE_integer('epochs', epochs, 'Training epochs of the baseline.')
+  flags.DEFINE_list('variants', list(grid.variants), 'Variants to run.')
+  flags.DEFINE_integer('epochs', grid.epochs, 'Training epochs of the baseline.')
   flags.DEFINE_bool('quick', False, 'fixres_synthetic/tiny and a tiny network (CI).')
   flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the doc.")
 
 
-def set_fields(config, overrides: dict):
-  """config with {'section.field': value} set."""
-  for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
-  return config
+def run(grid: Grid) -> None:
+  """The study's command: its flags, then main."""
+  define_flags(grid)
+  app.run(lambda argv: main(grid))
 
 
 def main(grid: Grid) -> None:
@@ -80,7 +82,7 @@ def main(grid: Grid) -> None:
   out.mkdir(parents=True, exist_ok=True)
   (out / f'{grid.name}.json').write_text(json.dumps(results, indent=2))
   seconds = time.perf_counter() - start if FLAGS.phase == 'all' else None
-  command = ' '.join(['python', f'benchmarks/{grid.name}.py', *sys.argv[1:]])
+  command = common.format_command(f'studies.{grid.name}')
   (out / f'{grid.name.upper()}.md').write_text(
       grid.format_report(results, plan, seconds, command))
 

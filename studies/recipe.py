@@ -1,13 +1,13 @@
 """The official recipe's training extras on the embedded dataset, and exact against fast
 decoding at test time; writes docs/RECIPE.md and docs/recipe.json.
 
-  python benchmarks/recipe.py --data_dir=/tmp/tfds_repro --results_root=/tmp/fixres_recipe \
+  python -m studies.recipe --data_dir=/tmp/tfds_repro --results_root=/tmp/fixres_recipe \
       --out=docs [--seeds=0,1,2] [--variants=baseline,ra,jitter,bn_groups,train_exact] [--epochs=16]
 
 Each variant is the demo network (configs/demo.py) trained at K_train=64 on train[:90%] of
 fixres_synthetic/reproduce with ONE option of the official ImageNet recipe turned on, for the
 same number of images seen. K_test is chosen on the held-out train[90%:] (as
-fixres_jax.reproduce does, with its functions), then the validation split (10,000 images) is
+studies/reproduce.py does, with its functions), then the validation split (10,000 images) is
 evaluated at K_train and at the chosen K_test, with exact and with fast decoding (its first
 2,000 images by default: EVAL_SPLIT). Every run
 has its own workdir under --results_root and a re-run skips finished runs; seeds run in the
@@ -17,21 +17,17 @@ doc from the finished runs.
 Why 16 epochs by default: the demo network starts on a loss plateau at ln(10) (chance) and
 leaves it after a seed-dependent number of steps. With the demo's 8 epochs that moment
 decided the final top-1 more than any option did (some runs never left the plateau); 16
-epochs is the training length fixres_jax.reproduce chose on the held-out slice
+epochs is the training length studies/reproduce.py chose on the held-out slice
 (docs/RESULTS.md), where every baseline seed has long left it and the seeds agree to a few
 points.
 """
 
-import json
-import sys
-
-from absl import app
 from etils import epath
 
-sys.path.insert(0, str(epath.Path(__file__).parent.parent))
-from fixres_jax import claims  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fixres_jax import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
-from benchmarks import variant_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
+from studies import claims
+from studies import common
+from studies import reproduce
+from studies import variant_grid
 
 TRAIN_RES = 64
 EVAL_SPLIT = 'validation[:2000]'  # a 2-core machine's budget: 2,000 of the 10,000
@@ -52,12 +48,10 @@ LABELS = {
     'train_exact': "train_decode='exact'",
 }
 
-variant_grid.define_flags('recipe', VARIANTS, epochs=16)
 
-
-def apply_overrides(config, name: str, plan: reproduce.Plan):
+def apply_variant(config, name: str, plan: reproduce.Plan):
   """The variant's options on a config (the RA epochs shortened to keep the images seen)."""
-  variant_grid.set_fields(config, VARIANTS[name])
+  common.apply_overrides(config, VARIANTS[name])
   factor = config.data.ra_len_factor
   for field in ('num_epochs', 'warmup_epochs'):  # the same steps: epochs are longer
     value = (plan.num_epochs if field == 'num_epochs' else config.train[field]) / factor
@@ -70,14 +64,14 @@ def apply_overrides(config, name: str, plan: reproduce.Plan):
 def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) -> None:
   """Train, choose K_test on the held-out slice, evaluate on validation (exact and fast)."""
   workdir = root / name / f's{seed}'
-  config = apply_overrides(reproduce.train_config(plan, TRAIN_RES, seed), name, plan)
+  config = apply_variant(reproduce.train_config(plan, TRAIN_RES, seed), name, plan)
   config.data.eval_split = EVAL_SPLIT
   reproduce.run_once(config, workdir / 'train')
   trained = workdir / 'train' / 'checkpoints' / 'train'
 
   def sweep(resolutions, split, decode):
     config = reproduce.eval_config(plan, TRAIN_RES, seed, trained, resolutions, split=split)
-    config = apply_overrides(config, name, plan)
+    config = apply_variant(config, name, plan)
     config.data.decode = decode
     return config
 
@@ -98,7 +92,7 @@ def collect(root: epath.Path, name: str, seed: int):
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
   run = {'seed': seed, 'test_res': chosen}
   for decode in ('exact', 'fast'):
-    records = json.loads((workdir / f'val_{decode}' / 'sweep.json').read_text())
+    records = common.read_json(workdir / f'val_{decode}' / 'sweep.json')
     run[f'{decode}_at_train_res'] = claims.top1_at(records, 'trained', TRAIN_RES)
     run[f'{decode}_at_chosen'] = claims.top1_at(records, 'trained', chosen)
   return run
@@ -136,16 +130,15 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
       + (f' ({seconds / 60:.0f} min of runs this invocation).' if seconds else '.')
       + ' "not run": no finished run of that variant (the measurement was stopped).',
       '',
-      '| variant | seeds | top-1 at K_train (exact) | K_test chosen | top-1 at K_test (exact) '
-      '| vs baseline | exact - fast decoding at K_test |',
-      '|---|---|---|---|---|---|---|',
+      common.format_table(
+          ['variant', 'seeds', 'top-1 at K_train (exact)', 'K_test chosen',
+           'top-1 at K_test (exact)', 'vs baseline', 'exact - fast decoding at K_test'],
+          [[LABELS[name], r['exact']['n'], common.pct(r['exact_at_train_res']),
+            ', '.join(str(run['test_res']) for run in r['runs']) or '-',
+            common.pct(r['exact']),
+            'reference' if name == 'baseline' else claims.margin_text(r['vs_baseline']),
+            claims.margin_text(r['exact_minus_fast'])] for name, r in results.items()]),
   ]
-  for name, r in results.items():
-    chosen = ', '.join(str(run['test_res']) for run in r['runs']) or '-'
-    versus = 'reference' if name == 'baseline' else claims.margin_text(r['vs_baseline'])
-    lines.append(f"| {LABELS[name]} | {r['exact']['n']} | {claims.pct(r['exact_at_train_res'])} "
-                 f"| {chosen} | {claims.pct(r['exact'])} | {versus} "
-                 f"| {claims.margin_text(r['exact_minus_fast'])} |")
   stuck = variant_grid.never_learned(results, LABELS, 'exact_at_train_res')
   if stuck:
     lines += ['', stuck]
@@ -165,11 +158,8 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
-  variant_grid.main(variant_grid.Grid('recipe', VARIANTS, run_variant, summarize, format_report,
-                                      TRAIN_RES))
-
+GRID = variant_grid.Grid('recipe', VARIANTS, run_variant, summarize, format_report, TRAIN_RES,
+                         epochs=16)
 
 if __name__ == '__main__':
-  app.run(main)
+  variant_grid.run(GRID)

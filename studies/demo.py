@@ -1,6 +1,6 @@
 """Measures the demo (configs/demo.py) over seeds and generates docs/DEMO.md and docs/demo.json.
 
-  python -m fixres_jax.measure_demo --out=docs --root=/tmp/fixres_demo_seeds \
+  python -m studies.demo --out=docs --root=/tmp/fixres_demo_seeds \
       --data_dir=/tmp/tfds_demo --seeds=0,1,2,3,4
 
 Runs README's demo command once per seed, each in its own process and workdir (ROOT/seed_N),
@@ -11,9 +11,10 @@ training slice, the demo's claims with their margins and per-seed spread, the va
 as mean ± std over seeds, and the times. A re-run skips seeds whose run has finished.
 """
 
+import collections
 import json
+import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,12 +26,14 @@ from absl import flags
 from absl import logging
 from etils import epath
 
-from fixres_jax import claims
-from fixres_jax import reproduce
+from studies import claims
+from studies import common
+from studies import plateau
 
 FLAGS = flags.FLAGS
 CONFIG = 'configs/demo.py'
 TIME_FILE = 'demo_time.json'
+NUM_CLASSES = 10  # fixres_synthetic's
 
 
 def define_flags() -> None:
@@ -41,6 +44,10 @@ def define_flags() -> None:
                       'time the dataset generation too.')
   flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'One full demo run per seed.')
   flags.DEFINE_list('overrides', [], 'Extra --config.X=V flags for every run (e.g. for tests).')
+  flags.DEFINE_integer('perturbed_seed', 0, 'Also run this seed on two XLA:CPU devices (another '
+                       'reduction order, as another machine has), -1: not.')
+  flags.DEFINE_string('plateau_root', '', 'studies.plateau records: DEMO.md explains the chance '
+                      'plateau from them ("" = no such section).')
   flags.DEFINE_enum('phase', 'all', ['run', 'report', 'all'],
                     "'run': the demo runs only; 'report': DEMO.md from finished runs.")
 
@@ -51,10 +58,18 @@ def demo_command(workdir: epath.Path, seed: int, data_dir: str, overrides=()) ->
           f'--config.seed={seed}', f'--config.data.data_dir={data_dir}', *overrides]
 
 
-def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=()) -> dict:
-  """One demo run in ROOT/seed_N (skipped when finished); returns its times."""
-  workdir = root / f'seed_{seed}'
-  done = reproduce.read_json(workdir / TIME_FILE)
+# What mimics another machine: XLA:CPU split into two devices shards every batch, so every
+# reduction (BatchNorm statistics, gradients) runs in another order.
+PERTURBATION = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+PERTURBED = 'perturbed'
+
+
+def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=(), env=None,
+             name: str = '') -> dict:
+  """One demo run in ROOT/seed_N (ROOT/seed_N_NAME with another `env`; skipped when
+  finished); returns its times."""
+  workdir = root / (f'seed_{seed}_{name}' if name else f'seed_{seed}')
+  done = common.read_json(workdir / TIME_FILE)
   if done:
     return done
   workdir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +81,7 @@ def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=()) -> dict:
   start = time.perf_counter()
   with (workdir / 'demo.log').open('w') as log:
     subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
-                   cwd=reproduce.REPO)
+                   cwd=common.REPO, env={**os.environ, **(env or {})})
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   record = {'seed': seed, 'wall_seconds': time.perf_counter() - start,
             'cpu_seconds': (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
@@ -76,27 +91,30 @@ def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=()) -> dict:
   return record
 
 
-def run_all(root: epath.Path, seeds, data_dir: str, overrides=()) -> None:
+def run_all(root: epath.Path, seeds, data_dir: str, overrides=(), perturbed_seed: int = -1
+            ) -> None:
   for seed in seeds:  # one after the other: each run uses every core
     record = run_seed(root, seed, data_dir, overrides)
     logging.info('Seed %d done: %.0f s wall, %.0f s CPU.', seed, record['wall_seconds'],
                  record['cpu_seconds'])
+  if perturbed_seed >= 0:
+    run_seed(root, perturbed_seed, data_dir, overrides, PERTURBATION, PERTURBED)
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 
 
-def collect_seed(root: epath.Path, seed: int):
+def collect_seed(root: epath.Path, seed: int, name: str = ''):
   """One seed's numbers from its workdir; None until its run has finished."""
-  workdir = root / f'seed_{seed}'
-  timing = reproduce.read_json(workdir / TIME_FILE)
-  records = reproduce.read_json(workdir / 'sweep.json')
+  workdir = root / (f'seed_{seed}_{name}' if name else f'seed_{seed}')
+  timing = common.read_json(workdir / TIME_FILE)
+  records = common.read_json(workdir / 'sweep.json')
   if not timing or not records:
     return None
-  choice = reproduce.read_json(workdir / 'auto_test_res.json')
-  meta = reproduce.read_json(workdir / 'sweep_meta.json')
-  config = reproduce.read_json(workdir / 'config.json')
+  choice = common.read_json(workdir / 'auto_test_res.json')
+  meta = common.read_json(workdir / 'sweep_meta.json')
+  config = common.read_json(workdir / 'config.json')
   k_train, k_test = config['train']['image_size'], choice['test_res']
   trained = [r for r in records if r['model'] == 'trained']
   best = max(trained, key=lambda r: r['top1'])
@@ -110,7 +128,19 @@ def collect_seed(root: epath.Path, seed: int):
       'trained_best_validation': {'test_res': best['test_res'], 'top1': best['top1']},
       'sweep': [{k: r[k] for k in ('model', 'test_res', 'top1')} for r in records],
       'eval_split': meta['eval_split'], 'generation_seconds': generation_seconds(workdir),
-      **timing}
+      'loss_after_tenth': loss_after_tenth(workdir), **timing}
+
+
+def loss_after_tenth(workdir: epath.Path) -> dict:
+  """The training loss logged first at or after 10% of the steps (the mean over the steps
+  since the previous log line), and its step."""
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  train = [r for r in records if r['stage'] == 'train' and 'loss' in r]
+  total = max(r['step'] for r in train)
+  first = min((r for r in train if r['step'] >= total / 10), key=lambda r: r['step'])
+  before = max((r['step'] for r in train if r['step'] < first['step']), default=0)
+  return {'step': first['step'], 'total_steps': total, 'loss': first['loss'],
+          'window_start': before + 1}
 
 
 def generation_seconds(workdir: epath.Path):
@@ -143,6 +173,45 @@ def summarize(runs: List[dict]) -> dict:
               'wall_seconds', 'cpu_seconds')}}
 
 
+def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
+  """Whether the demo is a measuring instrument: each check with its per-seed numbers."""
+  threshold = 0.9 * math.log(NUM_CLASSES)
+  losses = [r['loss_after_tenth'] for r in runs]
+  late = [r['seed'] for r, l in zip(runs, losses) if l['loss'] > threshold]
+  chosen = [r['selected_test_res'] for r in runs]
+  mode, agree = collections.Counter(chosen).most_common(1)[0]
+  gains = [100 * (r['finetuned_at_selected'] - r['trained_at_selected']) for r in runs]
+  spread = {name: claims.stats([100 * r[name] for r in runs])['std']
+            for name in ('trained_at_selected', 'finetuned_at_selected')}
+  lines = [
+      f"- **Off the chance plateau by 10% of the steps**: the training loss logged first at "
+      f"or after 10% of the steps (at step {losses[0]['step']} of {losses[0]['total_steps']}: "
+      f"the mean over steps {losses[0]['window_start']}-{losses[0]['step']}) per seed: "
+      f"{', '.join('%.3f' % l['loss'] for l in losses)} against 0.9 ln {NUM_CLASSES} = "
+      f"{threshold:.3f}: {'every seed below' if not late else f'above on seeds {late}'}.",
+      f"- **Spread**: std over seeds of top-1 at the chosen K_test: trained "
+      f"{spread['trained_at_selected']:.2f}, fine-tuned {spread['finetuned_at_selected']:.2f} "
+      'points (target: at most 1.5).',
+      f"- **The same K_test**: {agree} of {len(runs)} seeds chose {mode} ({chosen}; target: "
+      'at least 4 of 5).',
+      f"- **Something for FixRes to fix**: fine-tuning at the chosen K_test adds "
+      f"{', '.join('%+.2f' % g for g in gains)} points per seed (target: at least +1 on "
+      f"every seed): {'holds' if min(gains) >= 1 else 'does not hold'}.",
+  ]
+  if perturbed:
+    base = next((r for r in runs if r['seed'] == perturbed['seed']), None)
+    if base:
+      moves = {name: 100 * (perturbed[name] - base[name])
+               for name in ('trained_at_selected', 'finetuned_at_selected')}
+      lines.append(
+          f"- **Robust to the machine**: seed {base['seed']} again on two XLA:CPU devices "
+          "(every batch sharded, so every reduction runs in another order): K_test chosen "
+          f"{perturbed['selected_test_res']} (was {base['selected_test_res']}); top-1 at the "
+          f"chosen K_test moved by {moves['trained_at_selected']:+.2f} (trained) and "
+          f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1).")
+  return lines
+
+
 def holds(comparison: dict) -> bool:
   """A demo claim holds when every seed is ahead (the margin and its spread are shown)."""
   return bool(comparison.get('n', 0) > 1 and comparison['every_seed'])
@@ -151,11 +220,10 @@ def holds(comparison: dict) -> bool:
 def sweep_table(summary: dict) -> str:
   """Validation top-1 per K_test (rows) and model (columns), mean ± std over the seeds."""
   models = summary['models']
-  lines = ['| K_test | ' + ' | '.join(models) + ' |', '|---' * (len(models) + 1) + '|']
-  for k in summary['resolutions']:
-    lines.append(f'| {k} | ' + ' | '.join(claims.pct(summary['sweep'][m][k])
-                                       for m in models) + ' |')
-  return '\n'.join(lines)
+  return common.format_table(
+      ['K_test', *models],
+      [[k, *(common.pct(summary['sweep'][m][k]) for m in models)]
+       for k in summary['resolutions']])
 
 
 def claim_lines(runs: List[dict], summary: dict) -> List[str]:
@@ -179,20 +247,20 @@ def claim_lines(runs: List[dict], summary: dict) -> List[str]:
 
 
 def seed_table(runs: List[dict]) -> str:
-  lines = ['| seed | K_test chosen (held-out) | analytic K_test* | trained at K_train | '
-           'trained at chosen | fine-tuned at chosen | trained, best on validation | '
-           'wall (s) | CPU (s) | load (5 min) |', '|---' * 10 + '|']
+  rows = []
   for r in runs:
     best = r['trained_best_validation']
-    load = ' -> '.join(f'{x:.1f}' for x in r['load_average_5min'])
-    lines.append(
-        f"| {r['seed']} | {r['selected_test_res']} | {r['analytic_test_res']} | "
-        f"{100 * r['trained_at_train_res']:.2f} | {100 * r['trained_at_selected']:.2f} | "
-        f"{100 * r['finetuned_at_selected']:.2f} | {100 * best['top1']:.2f} at "
-        f"{best['test_res']} | {r['wall_seconds']:.0f}"
-        f"{' (with the dataset)' if r['generated_dataset'] else ''} | {r['cpu_seconds']:.0f} | "
-        f'{load} |')
-  return '\n'.join(lines)
+    rows.append([
+        r['seed'], r['selected_test_res'], r['analytic_test_res'],
+        f"{100 * r['trained_at_train_res']:.2f}", f"{100 * r['trained_at_selected']:.2f}",
+        f"{100 * r['finetuned_at_selected']:.2f}",
+        f"{100 * best['top1']:.2f} at {best['test_res']}",
+        f"{r['wall_seconds']:.0f}" + (' (with the dataset)' if r['generated_dataset'] else ''),
+        f"{r['cpu_seconds']:.0f}", ' -> '.join(f'{x:.1f}' for x in r['load_average_5min'])])
+  return common.format_table(
+      ['seed', 'K_test chosen (held-out)', 'analytic K_test*', 'trained at K_train',
+       'trained at chosen', 'fine-tuned at chosen', 'trained, best on validation', 'wall (s)',
+       'CPU (s)', 'load (5 min)'], rows)
 
 
 def time_lines(runs: List[dict], cores: int) -> List[str]:
@@ -217,19 +285,6 @@ def time_lines(runs: List[dict], cores: int) -> List[str]:
   return lines
 
 
-def cpu_model() -> str:
-  with open('/proc/cpuinfo') as f:
-    names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-  return names[0] if names else platform.processor()
-
-
-def versions() -> str:
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  names = ('jax', 'jaxlib', 'flax', 'tensorflow-cpu', 'tensorflow-datasets', 'numpy', 'pillow')
-  found = ', '.join(f'{n} {importlib.metadata.version(n)}' for n in names)
-  return f'Python {platform.python_version()}, {found}'
-
-
 def readme_block(runs: List[dict], summary: dict, machine: str, cores: int) -> str:
   """The block README embeds between its demo markers."""
   c = summary['claims']
@@ -248,7 +303,7 @@ def readme_block(runs: List[dict], summary: dict, machine: str, cores: int) -> s
       '', *time_lines(runs, cores)[:2]])
 
 
-README_START, README_END = '<!-- demo table: generated by fixres_jax.measure_demo -->', (
+README_START, README_END = '<!-- demo table: generated by studies.demo -->', (
     '<!-- end of demo table -->')
 
 
@@ -260,20 +315,22 @@ def update_readme(path: epath.Path, block: str) -> None:
 
 
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
-                 readme: Optional[epath.Path] = None) -> dict:
+                 readme: Optional[epath.Path] = None, perturbed_seed: int = -1,
+                 plateau_root: str = '') -> dict:
   """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs."""
   runs = [r for r in (collect_seed(root, s) for s in seeds) if r]
+  perturbed = collect_seed(root, perturbed_seed, PERTURBED) if perturbed_seed >= 0 else None
   if len(runs) < 2:
     raise ValueError(f'{len(runs)} finished demo runs under {root}: run --phase=run first.')
   summary = summarize(runs)
   cores = len(os.sched_getaffinity(0))
-  machine = f'{cpu_model()}, {cores} cores; {versions()}'
+  machine = common.describe_machine(cores)
   result = {'runs': runs, 'summary': summary, 'machine': machine, 'command': command}
   out.mkdir(parents=True, exist_ok=True)
   (out / 'demo.json').write_text(json.dumps(result, indent=2))
   lines = [
       '# The demo over seeds', '',
-      'Generated by `fixres_jax/measure_demo.py`; do not edit by hand. Written by', '',
+      'Generated by `studies/demo.py`; do not edit by hand. Written by', '',
       f'    {command}', '',
       f'which ran README\'s demo command (`python -m fixres_jax.main --config={CONFIG} '
       '--workdir=...`) once per seed with --config.seed=N, each in its own process (some of '
@@ -287,12 +344,17 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       'fine-tunes there; the analytic K_test* (resolution.py, from the crop sampler and the '
       'image shapes) is shown beside it. Every accuracy below is on '
       f"`{runs[0]['eval_split']}`.", '',
+      '## Is the demo a measuring instrument?', '', *instrument_lines(runs, perturbed), '',
       '## Claims (a claim holds when every seed is ahead)', '', *claim_lines(runs, summary), '',
       '## Per seed', '', seed_table(runs), '',
       '## Validation sweep, mean ± std over seeds', '',
       "'finetuned' is each seed's network fine-tuned at its own chosen K_test.", '',
       sweep_table(summary), '', '## Time', '',
       *time_lines(runs, cores), '']
+  if plateau_root:
+    lines += ['## Why the demo used to sit at chance', '', plateau.EXPLANATION, '',
+              'Written by', '', f'    {plateau.COMMAND}', '',
+              plateau.report(epath.Path(plateau_root), plateau.REPORT_SEEDS, out), '']
   (out / 'DEMO.md').write_text('\n'.join(lines))
   if readme:
     update_readme(readme, readme_block(runs, summary, machine, cores))
@@ -304,11 +366,11 @@ def main(argv):
   del argv
   root, seeds = epath.Path(FLAGS.root), [int(s) for s in FLAGS.seeds]
   if FLAGS.phase in ('run', 'all'):
-    run_all(root, seeds, FLAGS.data_dir, FLAGS.overrides)
+    run_all(root, seeds, FLAGS.data_dir, FLAGS.overrides, FLAGS.perturbed_seed)
   if FLAGS.phase in ('report', 'all'):
     write_report(root, seeds, epath.Path(FLAGS.out),
-                 'python -m fixres_jax.measure_demo ' + ' '.join(sys.argv[1:]),
-                 readme=reproduce.REPO / 'README.md')
+                 common.format_command('studies.demo'), readme=common.REPO / 'README.md',
+                 perturbed_seed=FLAGS.perturbed_seed, plateau_root=FLAGS.plateau_root)
 
 
 if __name__ == '__main__':
