@@ -62,6 +62,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.name = 'resnet50'
   model.dtype = 'float32'  # computation dtype; 'bfloat16' keeps float32 parameters
   model.zero_init_residual = False
+  model.zero_init_head = False  # a zero classifier kernel at the start (big_vision's)
   # Stochastic depth: the last block's probability of dropping its residual branch in
   # training, linearly less in earlier blocks (timm's drop_path_rate; 0: off).
   model.drop_path_rate = 0.0
@@ -85,7 +86,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.schedule = 'step'
   train.lr_decay_epochs = (30, 60, 90)
   train.lr_decay_factor = 0.1
-  train.warmup_epochs = 0
+  train.warmup_epochs = 0.0
   train.momentum = 0.9
   train.nesterov = False
   train.weight_decay = 1e-4

@@ -125,7 +125,8 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
               eval_every: int = 0, evaluate_fn: Optional[Callable] = None):
   """The loop shared by the train and finetune stages.
 
-  Runs step_fn from state.step to total_steps; logs every cadence.log_every steps;
+  Runs step_fn from state.step to total_steps; logs every cadence.log_every steps the mean
+  of the metrics since the last log;
   checkpoints every cadence.checkpoint_every steps, at the end, and on SIGTERM (then raises
   preemption.Preempted); evaluates with evaluate_fn every eval_every steps and at the end.
 
@@ -139,19 +140,22 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
   # A few steps after the start, once compiled: cadence.profile_steps of them.
   trace = metrics_lib.TraceWindow(writer.local_dir('profile', stage), start_step + 3,
                                   cadence.profile_steps)
+  window = MetricWindow()
   try:
     for step in range(start_step + 1, total_steps + 1):
       trace.before_step(step)
       with jax.profiler.StepTraceAnnotation(stage, step_num=step):  # step times in profiles
         state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
       trace.after_step(step, state)
+      window.add(step_metrics)
       save = step % cadence.checkpoint_every == 0 or step == total_steps
       if save or step % cadence.log_every == 0:
-        summary = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        summary = window.mean()
         check_finite(summary['loss'], step, manager.directory)  # never save a NaN state
       if step % cadence.log_every == 0 or step == total_steps:
         summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
         writer.write(step, summary, line=progress.line(step, summary))
+        window = MetricWindow()
       if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
         writer.write(step, evaluate_fn(state))
       if save:
@@ -172,6 +176,21 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
     writer.close()
     guard.close()
   return state
+
+
+class MetricWindow:
+  """The mean of the step metrics since the last log line: a logged loss describes every
+  step it stands for, not one batch. Sums stay on the device until read."""
+
+  def __init__(self):
+    self.total, self.count = None, 0
+
+  def add(self, metrics: dict) -> None:
+    self.total = metrics if self.total is None else jax.tree.map(jnp.add, self.total, metrics)
+    self.count += 1
+
+  def mean(self) -> dict:
+    return {k: float(v) / self.count for k, v in jax.device_get(self.total).items()}
 
 
 def run_step(step_fn: Callable, state, batch: dict, global_batch: int):

@@ -26,6 +26,7 @@ def create_model(config, num_classes: int, bn_group_size: Optional[int] = None):
   m = config.model
   return models.create_model(m.name, num_classes, dtype=m.dtype,
                              zero_init_residual=m.zero_init_residual,
+                             zero_init_head=m.zero_init_head,
                              stage_sizes=m.stage_sizes, block=m.block,
                              num_filters=m.num_filters, drop_path_rate=m.drop_path_rate,
                              bn_group_size=m.bn_group_size if bn_group_size is None

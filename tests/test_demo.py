@@ -49,10 +49,16 @@ def test_the_output_says_where_things_are_and_what_the_table_shows(tmp_path, tin
     assert str(tmp_path / name) in text
 
 
-def write_run(root, seed, selected, top1, generated=False):
-  """A finished demo workdir as demo.run_seed and fixres_jax.main leave it."""
-  workdir = root / f'seed_{seed}'
+def write_run(root, seed, selected, top1, generated=False, losses=(2.2, 1.9, 1.5), name=''):
+  """A finished demo workdir as demo.run_seed and fixres_jax.main leave it; `losses` are the
+  training losses logged at steps 50, 100 and 150 of 300."""
+  workdir = root / (f'seed_{seed}_{name}' if name else f'seed_{seed}')
   workdir.mkdir(parents=True)
+  logged = [{'stage': 'train', 'step': step, 'loss': loss}
+            for step, loss in zip((50, 100, 150), losses)]
+  logged += [{'stage': 'train', 'step': 300, 'loss': 1.0},
+             {'stage': 'finetune', 'step': 10, 'loss': 0.5}]
+  (workdir / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in logged) + '\n')
   (workdir / 'config.json').write_text(json.dumps({'train': {'image_size': 64}}))
   (workdir / 'auto_test_res.json').write_text(json.dumps(
       {'test_res': selected, 'split': 'train[90%:]', 'resolutions': [64, 96], 'records': []}))
@@ -95,3 +101,23 @@ def test_report_states_each_claim_from_every_seed(tmp_path):
   assert text.startswith('intro\n') and text.endswith('end\n') and 'STALE' not in text
   assert '(2 of 3 seeds ahead)' in text and 'vary with the processor' in text
   assert json.loads((tmp_path / 'docs' / 'demo.json').read_text())['command'] == 'cmd'
+
+
+def test_report_says_whether_the_demo_is_a_measuring_instrument(tmp_path):
+  root = tmp_path / 'runs'
+  # Seed 1 is still on the plateau at 10% of its steps (step 50 of 300 logs 2.2 > 0.9 ln 10)
+  # and chooses another K_test; seed 2's fine-tuning adds only half a point.
+  plans = {0: (96, 0.02, (1.9, 1.7)), 1: (112, 0.03, (2.2, 1.9)), 2: (96, 0.005, (2.0, 1.8))}
+  for seed, (selected, gain, losses) in plans.items():
+    write_run(root, seed, selected, {('trained', 64): 0.70, ('trained', selected): 0.76,
+                                     ('finetuned', selected): 0.76 + gain}, losses=losses)
+  write_run(root, 0, 96, {('trained', 64): 0.70, ('trained', 96): 0.765,
+                          ('finetuned', 96): 0.77}, name=demo.PERTURBED)
+  demo.write_report(root, [0, 1, 2], tmp_path / 'docs', 'cmd', perturbed_seed=0)
+  doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
+  assert ('per seed: 1.900, 2.200, 2.000 against 0.9 ln 10 = 2.072: above on seeds [1]'
+          in doc)
+  assert '2 of 3 seeds chose 96 ([96, 112, 96]' in doc
+  assert 'adds +2.00, +3.00, +0.50 points per seed' in doc and 'does not hold' in doc
+  assert 'K_test chosen 96 (was 96)' in doc
+  assert 'moved by +0.50 (trained) and -1.00 (fine-tuned) points' in doc

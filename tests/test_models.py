@@ -115,3 +115,15 @@ def test_batchnorm_modes_update_the_right_statistics(mode, updated, small_variab
   all_bns = {path[:-1] for path in before}
   expected = {'all': all_bns, 'last': {model.last_bn_path}, 'none': set()}[updated]
   assert changed == expected
+
+
+def test_zero_init_head_starts_from_uniform_logits():
+  model = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8,
+                              zero_init_head=True)
+  images = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+  variables = model.init(jax.random.key(0), images)
+  np.testing.assert_array_equal(variables['params']['fc']['kernel'], 0.0)
+  np.testing.assert_array_equal(model.apply(variables, images), 0.0)
+  random_head = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8)
+  assert float(jnp.std(random_head.apply(random_head.init(jax.random.key(0), images),
+                                         images))) > 0

@@ -154,3 +154,10 @@ def test_learning_rate_schedule_scales_and_warms_up():
   assert float(lr(0)) == 0.0
   np.testing.assert_allclose(float(lr(100)), 0.2, rtol=1e-6)  # 0.1 * 512 / 256
   assert float(lr(999)) < 1e-3
+
+
+def test_logged_metrics_are_the_mean_since_the_last_log():
+  window = stage.MetricWindow()
+  for loss in (3.0, 1.0, 2.0):
+    window.add({'loss': jnp.float32(loss), 'top1': jnp.float32(loss / 10)})
+  assert window.mean() == pytest.approx({'loss': 2.0, 'top1': 0.2})

@@ -44,7 +44,8 @@ def test_tiny_builds_and_reads_back_like_any_tfds_dataset(synthetic_data_dir):
     shapes.append(image.size[::-1])
   heights, widths = np.array(shapes).T
   short, aspect = np.minimum(heights, widths), widths / heights
-  assert short.min() >= render.SHORT_SIDE[0] and short.max() <= render.SHORT_SIDE[1]
+  low, high = render.DEFAULT_STYLE.short_side
+  assert short.min() >= low and short.max() <= high
   assert short.max() - short.min() > 60  # varied sizes
   assert np.all((aspect > 0.74) & (aspect < 1.34))
   assert (aspect < 0.9).sum() > 10 and (aspect > 1.1).sum() > 10  # portrait and landscape
@@ -116,8 +117,8 @@ def test_objects_fill_the_configured_range_of_sizes():
     relative.append(obj.shape.size / min(height, width))
     cy, cx = obj.shape.center
     assert 0 <= cy <= height and 0 <= cx <= width
-  assert render.OBJECT_SIZE[0] <= min(relative) < 0.25
-  assert 0.75 < max(relative) <= render.OBJECT_SIZE[1]
+  assert render.DEFAULT_STYLE.object_size[0] <= min(relative) < 0.25
+  assert 0.75 < max(relative) <= render.DEFAULT_STYLE.object_size[1]
 
 
 def test_colour_does_not_give_the_class_away(synthetic_data_dir):
@@ -140,9 +141,10 @@ def test_colour_does_not_give_the_class_away(synthetic_data_dir):
 def test_render_example_is_a_photo_sized_uint8_image():
   image, obj = render.render_example(np.random.default_rng(3), 4)
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-  assert render.SHORT_SIDE[0] <= min(image.shape[:2]) <= render.SHORT_SIDE[1]
+  low, high = render.DEFAULT_STYLE.short_side
+  assert low <= min(image.shape[:2]) <= high
   assert obj.label == 4 and obj.period == pytest.approx(obj.shape.size / obj.cycles)
-  assert render.CYCLES[0] <= obj.cycles <= render.CYCLES[1]
+  assert render.DEFAULT_STYLE.cycles[0] <= obj.cycles <= render.DEFAULT_STYLE.cycles[1]
   decoded = np.asarray(Image.open(io.BytesIO(render.encode_jpeg(image, quality=95))))
   assert decoded.shape == image.shape
   assert np.abs(decoded.astype(int) - image).mean() < 6
@@ -165,10 +167,10 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 # (prepared copies on disk are otherwise reused) and replace the digest.
 FINGERPRINT_EXAMPLES = 4
 DATA_FINGERPRINTS = {
-    'default': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
-    'reproduce': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
-    'small': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
-    'tiny': '047e594343c4deacc3b8ad36513a7a0d27167c7350a46f2ef2202c52a2150e90',
+    'default': '0efa06072bfc958ab8bfa5976a91d4a4000331db93b9c1c07f495a86fea52d9e',
+    'reproduce': '0efa06072bfc958ab8bfa5976a91d4a4000331db93b9c1c07f495a86fea52d9e',
+    'small': '0efa06072bfc958ab8bfa5976a91d4a4000331db93b9c1c07f495a86fea52d9e',
+    'tiny': '0efa06072bfc958ab8bfa5976a91d4a4000331db93b9c1c07f495a86fea52d9e',
 }
 
 

@@ -52,7 +52,8 @@ BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
 def create_model(name: str, num_classes: int, dtype: str = 'float32',
-                 zero_init_residual: bool = False, stage_sizes=None, block: str = 'basic',
+                 zero_init_residual: bool = False, zero_init_head: bool = False,
+                 stage_sizes=None, block: str = 'basic',
                  num_filters: int = 64, bn_group_size: int = 0,
                  drop_path_rate: float = 0.0) -> ResNet:
   """Builds a model by name.
@@ -63,6 +64,7 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
     num_classes: classifier size.
     dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
     zero_init_residual: zero-initialise the last BN scale of each residual block.
+    zero_init_head: zero-initialise the classifier's kernel.
     bn_group_size: BatchNorm statistics over groups of this many images (0: whole batch).
     drop_path_rate: stochastic depth (timm's rule; training then needs a 'dropout' rng).
 
@@ -76,7 +78,8 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
   else:
     raise ValueError(f'Unknown model {name!r}: config.model.name must be one of {ARCH_NAMES}.')
   return ResNet(num_classes=num_classes, dtype=jnp.dtype(dtype),
-                zero_init_residual=zero_init_residual, bn_group_size=bn_group_size,
+                zero_init_residual=zero_init_residual, zero_init_head=zero_init_head,
+                bn_group_size=bn_group_size,
                 drop_path_rate=drop_path_rate, **arch)
 
 

@@ -149,9 +149,12 @@ class GroupBatchNorm(nn.Module):
     return (y * scale + bias).astype(self.dtype)
 
 
-def create_head(num_classes: int, dtype: Any, name: Any = None) -> nn.Dense:
-  """The classifier on the pooled features (torchvision's `fc`)."""
-  return nn.Dense(num_classes, dtype=dtype, name=name)
+def create_head(num_classes: int, dtype: Any, name: Any = None, zero_init: bool = False
+                ) -> nn.Dense:
+  """The classifier on the pooled features (torchvision's `fc`); zero_init starts it at zero
+  (big_vision's head_zeroinit), so the first logits are uniform whatever the input."""
+  kernel_init = nn.initializers.zeros if zero_init else nn.linear.default_kernel_init
+  return nn.Dense(num_classes, dtype=dtype, name=name, kernel_init=kernel_init)
 
 
 class ResNet(nn.Module):
@@ -164,6 +167,9 @@ class ResNet(nn.Module):
     num_filters: planes of the first stage (64 in torchvision); stage i has num_filters * 2**i.
     groups, width_per_group: ResNeXt cardinality and group width (torchvision's arguments).
     zero_init_residual: initialise the last BN scale of every block to zero.
+    zero_init_head: initialise the classifier's kernel to zero (big_vision's head_zeroinit):
+      the first logits are uniform, so the first steps cannot lower the loss by silencing
+      the random features (see docs/DEMO.md, which measured it on the demo network).
     drop_path_rate: stochastic depth of the last block (timm's drop_path_rate); block k of
       the n blocks drops its residual branch with probability drop_path_rate * k / (n - 1)
       in training, timm's linear rule. Training then needs a 'dropout' rng.
@@ -177,6 +183,7 @@ class ResNet(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   zero_init_residual: bool = False
+  zero_init_head: bool = False
   drop_path_rate: float = 0.0
   bn_group_size: int = 0  # >0: batch statistics per group of this many images
   dtype: Any = jnp.float32
@@ -243,7 +250,8 @@ class ResNet(nn.Module):
                            dtype=self.dtype, name=name)(x, bn_modes, train)
         in_planes, block_index = out_planes, block_index + 1
     features = jnp.mean(x, axis=(1, 2))
-    logits = create_head(self.num_classes, self.dtype, name=self.HEAD)(features)
+    logits = create_head(self.num_classes, self.dtype, name=self.HEAD,
+                         zero_init=self.zero_init_head)(features)
     logits = logits.astype(jnp.float32)
     if return_features:
       return logits, features.astype(jnp.float32)

@@ -22,10 +22,12 @@ both orientations. The background is a smooth colour field with blurred shapes (
 nor colour locate the object; the object gets a soft lighting gradient, the image sensor
 noise of random strength, and the JPEG encoding a random quality.
 
-Difficulty. A small ResNet (widths 16-128) trained 5 epochs on the 10,000 'default' images
-at 64 px reached 85% top-1 at K_test = 64 and 95% at K_test = 112 (132 s on 2 CPU cores).
-CYCLES, TEXTURE_CONTRAST and NOISE_STD set the difficulty: more cycles or less contrast
-make recognition depend more on resolution.
+Difficulty. A Style holds every range a scene is drawn from (DEFAULT_STYLE is the dataset's):
+more cycles, smaller objects or less contrast make recognition depend more on resolution. The
+texture contrast also sets how soon a network learns at all: with textures of 12-72 grey
+levels (version 1.0.0) the demo network sat at chance level for a third of its training or
+more; with 24-144 (2.0.0) it leaves chance within about an epoch (docs/DEMO.md measures both,
+with the demo's accuracy and spread over seeds).
 """
 
 import dataclasses
@@ -43,16 +45,37 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)
 SHAPES = ('ellipse', 'rectangle', 'blob')
 
-SHORT_SIDE = (200, 320)  # pixels
-ASPECT_RATIO = (3 / 4, 4 / 3)  # width / height, log-uniform
-OBJECT_SIZE = (0.2, 0.8)  # object size (geometric-mean diameter) / image short side
-CYCLES = (4.0, 8.0)  # texture periods across the object size
-TEXTURE_CONTRAST = (12.0, 72.0)  # luminance difference of the two colours, grey levels
-NOISE_STD = (2.0, 6.0)  # per-image sensor noise, grey levels
-JPEG_QUALITY = (70, 95)
 
 _BACKGROUND_SCALE = 4  # the blurred background is drawn at 1/4 resolution
 _NOISE_TILE = 512  # larger than any image side (320 * 4 / 3 < 427)
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+  """The ranges a scene's random draws come from: what makes a dataset easy or hard.
+
+  Every draw takes the same random numbers whatever its range, so two styles render the same
+  scenes (layout, colours, shapes) with only the ranged quantities changed.
+
+  Attributes:
+    short_side: image short side in pixels.
+    aspect_ratio: width / height, log-uniform.
+    object_size: object size (geometric-mean diameter) / image short side.
+    cycles: texture periods across the object size.
+    texture_contrast: luminance difference of the texture's two colours, grey levels.
+    noise_std: per-image sensor noise, grey levels.
+    jpeg_quality: JPEG quality, uniform over the integers in the range.
+  """
+  short_side: Tuple[int, int] = (200, 320)
+  aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+  object_size: Tuple[float, float] = (0.2, 0.8)
+  cycles: Tuple[float, float] = (4.0, 8.0)
+  texture_contrast: Tuple[float, float] = (24.0, 144.0)
+  noise_std: Tuple[float, float] = (2.0, 6.0)
+  jpeg_quality: Tuple[int, int] = (70, 95)
+
+
+DEFAULT_STYLE = Style()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +137,13 @@ class ObjectSpec:
     return self.shape.size / self.cycles
 
 
-def sample_image_size(rng: np.random.Generator) -> Tuple[int, int]:
-  """(height, width): short side uniform in SHORT_SIDE, aspect log-uniform in ASPECT_RATIO."""
-  short = int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1))
-  aspect = math.exp(rng.uniform(math.log(ASPECT_RATIO[0]), math.log(ASPECT_RATIO[1])))
+def sample_image_size(rng: np.random.Generator, style: Style = DEFAULT_STYLE
+                      ) -> Tuple[int, int]:
+  """(height, width): short side uniform in style.short_side, aspect log-uniform in
+  style.aspect_ratio."""
+  short = int(rng.integers(style.short_side[0], style.short_side[1] + 1))
+  low, high = style.aspect_ratio
+  aspect = math.exp(rng.uniform(math.log(low), math.log(high)))
   if aspect >= 1:
     return short, int(round(short * aspect))
   return int(round(short / aspect)), short
@@ -130,14 +156,16 @@ def sample_color(rng: np.random.Generator) -> np.ndarray:
   return (grey + rng.uniform(0.2, 1.0) * (rgb - grey)).astype(np.float32)
 
 
-def sample_colors(rng: np.random.Generator) -> np.ndarray:
+def sample_colors(rng: np.random.Generator,
+                  contrast_range: Tuple[float, float] = DEFAULT_STYLE.texture_contrast
+                  ) -> np.ndarray:
   """Two random colours, float32 [2, 3], whose luminances differ by a random contrast.
 
   Low-contrast textures are the first to vanish under downsampling, noise and JPEG, which
   makes recognition depend on resolution (and keeps the task from being trivial).
   """
   first, second = sample_color(rng), sample_color(rng)
-  contrast = rng.uniform(*TEXTURE_CONTRAST) * rng.choice([-1, 1])
+  contrast = rng.uniform(*contrast_range) * rng.choice([-1, 1])
   # Shift the second colour along grey to set the luminance difference; clipping at 0 or
   # 255 can only lower it.
   second += _luma(first) + contrast - _luma(second)
@@ -171,32 +199,33 @@ def sample_shape(rng: np.random.Generator, height: int, width: int,
       light=tuple(rng.uniform(-0.3, 0.3, size=2)))
 
 
-def sample_object(rng: np.random.Generator, label: int, height: int,
-                  width: int) -> ObjectSpec:
+def sample_object(rng: np.random.Generator, label: int, height: int, width: int,
+                  style: Style = DEFAULT_STYLE) -> ObjectSpec:
   """A random object of class `label` placed (mostly) inside a height x width image."""
   if not 0 <= label < NUM_CLASSES:
     raise ValueError(f'label must be in [0, {NUM_CLASSES}), got {label}.')
-  shape = sample_shape(rng, height, width, OBJECT_SIZE)
+  shape = sample_shape(rng, height, width, style.object_size)
   texture_angle = rng.uniform(-10, 10)
   if CLASS_NAMES[label] == 'diagonal_stripes':
     texture_angle += rng.choice([-45, 45])
   return ObjectSpec(
-      label=label, shape=shape, cycles=rng.uniform(*CYCLES),
+      label=label, shape=shape, cycles=rng.uniform(*style.cycles),
       texture_angle=math.radians(texture_angle), phase=tuple(rng.uniform(0, 1, size=2)),
-      colors=sample_colors(rng))
+      colors=sample_colors(rng, style.texture_contrast))
 
 
-def render_example(rng: np.random.Generator, label: int) -> Tuple[np.ndarray, ObjectSpec]:
-  """Draws one image of class `label`.
+def render_example(rng: np.random.Generator, label: int, style: Style = DEFAULT_STYLE
+                   ) -> Tuple[np.ndarray, ObjectSpec]:
+  """Draws one image of class `label` in `style`.
 
   Returns:
     (image, object): uint8 [H, W, 3] and the ObjectSpec of the object drawn in it.
   """
-  height, width = sample_image_size(rng)
+  height, width = sample_image_size(rng, style)
   canvas = draw_background(rng, height, width)
-  obj = sample_object(rng, label, height, width)
+  obj = sample_object(rng, label, height, width, style)
   draw_object(canvas, obj, rng)
-  add_noise(canvas, rng)
+  add_noise(canvas, rng, style.noise_std)
   return np.clip(canvas, 0, 255).astype(np.uint8), obj
 
 
@@ -207,10 +236,11 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
   return buffer.getvalue()
 
 
-def render_jpeg(rng: np.random.Generator, label: int) -> Tuple[bytes, ObjectSpec]:
-  """render_example, encoded at a random JPEG quality in JPEG_QUALITY."""
-  image, obj = render_example(rng, label)
-  quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+def render_jpeg(rng: np.random.Generator, label: int, style: Style = DEFAULT_STYLE
+                ) -> Tuple[bytes, ObjectSpec]:
+  """render_example, encoded at a random JPEG quality in style.jpeg_quality."""
+  image, obj = render_example(rng, label, style)
+  quality = int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1))
   return encode_jpeg(image, quality), obj
 
 
@@ -251,10 +281,11 @@ def _noise_tile() -> np.ndarray:
   return np.random.default_rng(0).normal(size=(_NOISE_TILE, _NOISE_TILE, 3)).astype(np.float32)
 
 
-def add_noise(canvas: np.ndarray, rng: np.random.Generator):
+def add_noise(canvas: np.ndarray, rng: np.random.Generator,
+              std_range: Tuple[float, float] = DEFAULT_STYLE.noise_std):
   """Adds Gaussian sensor noise in place, cut from a fixed tile at a random offset (fast)."""
   height, width = canvas.shape[:2]
-  std = np.float32(rng.uniform(*NOISE_STD))
+  std = np.float32(rng.uniform(*std_range))
   oy = int(rng.integers(0, _NOISE_TILE - height + 1))
   ox = int(rng.integers(0, _NOISE_TILE - width + 1))
   canvas += std * _noise_tile()[oy:oy + height, ox:ox + width]
