@@ -10,8 +10,9 @@ its pooled features mapped by parametric.py's scalar transform, fitted at each K
 config.sweep.parametric_split, a slice of the TRAINING split (never the validation split).
 
 Outputs (WORKDIR/): sweep.json (records {'model', 'test_res', 'top1', 'top5', 'num_images',
-'zero_fraction', 'loss'}), sweep.csv, sweep.png (top-1 against K_test, the analytic K_test*
-of resolution.py marked), stats.json, features.png and sweep_meta.json (timing, K_test*, fits).
+'zero_fraction', 'loss'}), sweep.csv, sweep.png (top-1 against K_test; K_train, the analytic
+K_test* of resolution.py and the fine-tuned model's K_test marked), stats.json, features.png
+and sweep_meta.json (timing, K_test*, the fine-tuned model's K_test, fits).
 """
 
 import copy
@@ -20,7 +21,7 @@ import dataclasses
 import functools
 import json
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 from absl import logging
 from etils import epath
@@ -44,12 +45,15 @@ class SweepResult:
   meta: dict  # sweep_meta.json
 
 
-def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
+def sweep(config, dataset, mesh, models: Dict[str, dict], model,
+          finetune_test_res: Optional[tuple] = None) -> SweepResult:
   """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions.
 
   Args:
     models: {'trained': variables, 'finetuned': variables, ...}.
     model: the flax module (all models share one architecture).
+    finetune_test_res: (K_test, how it was chosen) of models['finetuned'], as
+      finetuned_test_res gives them; recorded in the metadata, marked in sweep.png.
 
   Returns:
     the records, feature statistics and metadata (timing, analytic K_test*, fits).
@@ -94,6 +98,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model) -> SweepResult:
   meta = {'seconds': total_seconds, 'seconds_per_resolution': seconds, 'train_res': train_res,
           'eval_split': config.data.eval_split,
           'analytic_test_res': analytic_test_res(config, dataset)}
+  if 'finetuned' in models and finetune_test_res and finetune_test_res[0] is not None:
+    meta['finetune_test_res'] = {'test_res': int(finetune_test_res[0]),
+                                 'chosen': finetune_test_res[1]}
   if cfg.parametric:
     meta['parametric'] = {
         'split': cfg.parametric_split, 'shape': parametric.SHAPE,
@@ -248,23 +255,52 @@ def save_figure(figure, path: epath.Path) -> None:
     figure.savefig(f, format='png', bbox_inches='tight')
 
 
+# Each model's own marker and line, so that none hides another where they agree: at K_train
+# the parametric adaptation is the identity, so its curve (dashed, small markers, on top)
+# runs along the trained network's wider line and through its hollow circles.
+CURVE_STYLES = {
+    'trained': dict(marker='o', markersize=9, fillstyle='none', markeredgewidth=1.6,
+                    linestyle='-', linewidth=2.8, zorder=2),
+    'finetuned': dict(marker='s', markersize=5.5, linestyle='-', linewidth=1.6, zorder=3),
+    'parametric': dict(marker='D', markersize=3.5, linestyle='--', dashes=(3, 2.5),
+                       linewidth=1.3, zorder=4),
+}
+OTHER_CURVE_STYLE = dict(marker='v', markersize=5, linestyle=':', linewidth=1.4, zorder=3)
+MARK_STYLE = dict(linewidth=1.2, zorder=1)  # the vertical K_test marks, under the curves
+
+
 def plot_sweep(records: list, meta: dict):
-  """Top-1 against K_test, one curve per model, K_train and the analytic K_test* marked."""
+  """Top-1 against K_test, one curve per model; K_train, the analytic K_test* and the K_test
+  the fine-tuned model was made at (meta['finetune_test_res'], when there is one) marked."""
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
   fig = figure.Figure(figsize=(6.4, 4.2), dpi=110)
   ax = fig.add_subplot()
+  colors = {}
   for name in dict.fromkeys(r['model'] for r in records):
     points = sorted((r['test_res'], 100 * r['top1']) for r in records if r['model'] == name)
-    ax.plot(*zip(*points), marker='o', label=name)
-  k_star = meta['analytic_test_res']['test_res_exact']
-  ax.axvline(meta['train_res'], color='black', linestyle=':',
-             label=f"K_train = {meta['train_res']}")
-  ax.axvline(k_star, color='gray', linestyle='--', label=f'analytic K_test* = {k_star:.0f}')
+    (line,) = ax.plot(*zip(*points), label=name, **CURVE_STYLES.get(name, OTHER_CURVE_STYLE))
+    colors[name] = line.get_color()
+  mark_test_resolutions(ax, meta, colors.get('finetuned', 'C1'))
   ax.set_xlabel('test resolution K_test (px)')
   ax.set_ylabel(f"top-1 on {meta['eval_split']} (%)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  # Beside the axes, where it covers no curve.
+  ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.02, 1), borderaxespad=0)
   return fig
+
+
+def mark_test_resolutions(ax, meta: dict, finetuned_color: str) -> None:
+  """Vertical lines at K_train, the analytic K_test* and the fine-tuned model's K_test."""
+  ax.axvline(meta['train_res'], color='black', linestyle=':',
+             label=f"K_train = {meta['train_res']}", **MARK_STYLE)
+  k_star = meta['analytic_test_res']['test_res_exact']
+  ax.axvline(k_star, color='gray', linestyle='--', label=f'analytic K_test* = {k_star:.0f}',
+             **MARK_STYLE)
+  finetuned_at = meta.get('finetune_test_res')
+  if finetuned_at:
+    ax.axvline(finetuned_at['test_res'], color=finetuned_color, linestyle='-.',
+               label=f"fine-tuned at K_test = {finetuned_at['test_res']}\n"
+                     f"({finetuned_at['chosen']})", **MARK_STYLE)
 
 
 def plot_features(stats: dict, train_res: int):

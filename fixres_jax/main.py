@@ -7,7 +7,7 @@ This file only wires flags to the library: the logic lives in importable modules
 resumes an interrupted one from its last checkpoint.
 """
 
-import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -22,6 +22,7 @@ from fixres_jax import cached_finetune
 from fixres_jax import checkpoint
 from fixres_jax import cluster
 from fixres_jax import config as config_lib
+from fixres_jax import console
 from fixres_jax import devices
 from fixres_jax import errors
 from fixres_jax import finetune
@@ -30,7 +31,6 @@ from fixres_jax import preemption
 from fixres_jax import storage
 from fixres_jax import train
 from fixres_jax import workdir as workdir_lib
-from fixres_jax.data import pipeline
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
@@ -42,11 +42,21 @@ flags.DEFINE_string('coordinator_address', None,
 flags.DEFINE_integer('num_processes', None, 'Number of processes (env: JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 '
                      '(env: JAX_PROCESS_ID).')
+flags.DEFINE_bool('library_logs', False,
+                  "Show the libraries' lines below WARNING, hidden by default: tfds's INFO "
+                  "lines (two per tf.data.Dataset, every epoch), jax's backend probing "
+                  "(\"Unable to initialize backend 'tpu'\"), orbax's per-save lines, "
+                  "TensorFlow's C++ INFO log and import lines; also tfds's warning that a "
+                  'dataset about to be generated has no dataset_info.json. Other library '
+                  'warnings show either way.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def run(config, workdir: str) -> dict:
   """Runs config.stages in order; returns {'trained': variables, 'finetuned': ...}."""
+  # Imported here, not at the top: TensorFlow (which it imports) reads its log level when it
+  # loads, and main() sets that first.
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config.stages = config_lib.parse_stages(config.stages)
   config_lib.validate(config, jax.device_count())
   storage.check_ready(workdir)
@@ -82,7 +92,8 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   elif has_checkpoint(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
-    result = analysis.sweep(config, dataset, mesh, models, model)
+    result = analysis.sweep(config, dataset, mesh, models, model,
+                            analysis.finetuned_test_res(config, workdir))
     analysis.write_sweep(workdir, result)
     print(analysis.format_table(result.records), flush=True)
     print(analysis.describe_outputs(config, workdir, result.records), flush=True)
@@ -114,11 +125,10 @@ def initialize_distributed() -> None:
 
 
 def quiet_library_logs() -> None:
-  """Keeps orbax's per-save and fsspec's per-read INFO lines out of the log (warnings show)."""
-  def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        name in record.pathname for name in ('/orbax/', '/fsspec/', '/gcsfs/'))
-  logging.get_absl_handler().addFilter(keep)
+  """Keeps library lines below WARNING off the console (console.py lists them); warnings show."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TensorFlow's C++ INFO log
+  logging.get_absl_handler().addFilter(console.keep_record)
+  console.import_tensorflow_quietly()
 
 
 def exit_with(message: str) -> None:
@@ -153,7 +163,8 @@ def argv_config(argv) -> str:
 
 def main(argv):
   del argv
-  quiet_library_logs()
+  if not FLAGS.library_logs:
+    quiet_library_logs()
   devices.request_determinism(FLAGS.config)  # read when jax creates its backend: first
   workdir_lib.enable_compilation_cache(FLAGS.workdir)  # before anything compiles
   initialize_distributed()

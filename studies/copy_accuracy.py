@@ -45,9 +45,10 @@ SOURCES = ('original', 'copy')
 def make_copy(plan: reproduce.Plan, root: epath.Path, short_side: int, quality: int) -> str:
   """The copy's tfds data dir (written on first use, resumed if interrupted)."""
   from fixres_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from fixres_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   copy_dir = str(root / f'copy_s{short_side}_q{quality}')
   config = reproduce.base_config(plan)
-  name, version = config.data.name, '1.0.0'
+  name, version = config.data.name, str(synthetic.FixresSynthetic.VERSION)
   if not (epath.Path(copy_dir) / name / version / 'dataset_info.json').exists():
     prepare.prepare_copy(config, copy_dir, short_side, quality)
   return copy_dir

@@ -45,7 +45,8 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
   config = tiny_config
   model, variables = create_models(config, tiny_dataset)
   mesh = parallel.create_mesh()
-  result = analysis.sweep(config, tiny_dataset, mesh, variables, model)
+  result = analysis.sweep(config, tiny_dataset, mesh, variables, model,
+                          finetune_test_res=(40, 'config.finetune.test_res'))
   analysis.write_sweep(tmp_path, result)
 
   # One trace per resolution, shared by every model, the parametric fits included.
@@ -94,6 +95,7 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
   assert meta['seconds'] > 0 and set(meta['seconds_per_resolution']) == {
       str(r) for r in config.sweep.resolutions}
   assert meta['analytic_test_res']['test_res_exact'] > k_train  # train crops zoom in
+  assert meta['finetune_test_res'] == {'test_res': 40, 'chosen': 'config.finetune.test_res'}
   for name in ('sweep.png', 'features.png'):
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
@@ -114,6 +116,52 @@ def test_sweep_skips_a_corrupt_validation_image_under_skip_corrupt(tmp_path, tin
   config.data.skip_corrupt = True
   result = analysis.sweep(config, dataset, mesh, variables, model)
   assert [r['num_images'] for r in result.records] == [5, 5, 5]  # of 6, the bad one skipped
+
+
+def sweep_plot_inputs():
+  """Records where the parametric curve equals the trained one at K_train, and their meta."""
+  top1 = {'trained': (0.50, 0.60, 0.55), 'finetuned': (0.52, 0.66, 0.61),
+          'parametric': (0.50, 0.63, 0.58)}
+  records = [{'model': name, 'test_res': res, 'top1': value}
+             for name, values in top1.items() for res, value in zip((32, 40, 48), values)]
+  meta = {'train_res': 32, 'eval_split': 'validation',
+          'analytic_test_res': {'test_res_exact': 42.5},
+          'finetune_test_res': {'test_res': 40, 'chosen': 'config.finetune.test_res'}}
+  return records, meta
+
+
+def test_sweep_plot_marks_the_fine_tuning_test_res(tmp_path):
+  records, meta = sweep_plot_inputs()
+  fig = analysis.plot_sweep(records, meta)
+  ax = fig.axes[0]
+  lines = {line.get_label(): line for line in ax.get_lines()}
+  label = 'fine-tuned at K_test = 40\n(config.finetune.test_res)'
+  assert label in [text.get_text() for text in ax.get_legend().get_texts()]
+  assert list(lines[label].get_xdata()) == [40, 40]  # a vertical line at the chosen K_test
+  assert lines[label].get_color() == lines['finetuned'].get_color()
+  analysis.save_figure(fig, tmp_path / 'sweep.png')
+  assert (tmp_path / 'sweep.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+  # No fine-tuned model (or no K_test recorded): nothing to mark.
+  del meta['finetune_test_res']
+  for kept in (records, [r for r in records if r['model'] != 'finetuned']):
+    labels = [line.get_label() for line in analysis.plot_sweep(kept, meta).axes[0].get_lines()]
+    assert not any(l.startswith('fine-tuned at') for l in labels), labels
+
+
+def test_sweep_plot_curves_do_not_hide_one_another():
+  records, meta = sweep_plot_inputs()
+  lines = {line.get_label(): line
+           for line in analysis.plot_sweep(records, meta).axes[0].get_lines()}
+  curves = [lines[name] for name in ('trained', 'finetuned', 'parametric')]
+  assert len({(c.get_marker(), c.get_linestyle()) for c in curves}) == 3
+  # At K_train the parametric curve is the trained one: it is drawn over it, dashed and with
+  # smaller markers, and the trained markers are hollow, so both stay visible.
+  trained, parametric = lines['trained'], lines['parametric']
+  assert parametric.get_linestyle() == '--' and trained.get_linestyle() == '-'
+  assert parametric.get_zorder() > trained.get_zorder()
+  assert parametric.get_markersize() < trained.get_markersize()
+  assert trained.get_fillstyle() == 'none'
 
 
 def test_feature_sums_match_a_numpy_histogram():

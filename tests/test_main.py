@@ -22,6 +22,9 @@ def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
     assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
     assert r['num_images'] == num_images
   assert json.loads((workdir / 'config.json').read_text())['train']['image_size'] == 32
+  # sweep.png marks the K_test the fine-tuned model was made at.
+  assert json.loads((workdir / 'sweep_meta.json').read_text())['finetune_test_res'] == {
+      'test_res': 40, 'chosen': 'config.finetune.test_res'}
   assert (workdir / 'checkpoints' / 'train').exists()
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert {m['stage'] for m in metrics} >= {'train', 'finetune'}

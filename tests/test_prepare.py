@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from fixres_jax.data import pipeline
 from fixres_jax.data import prepare
+from fixres_jax.data import synthetic
 from test_sources import folder_config, make_folder
 from transforms import eval_at, train_at
 
@@ -92,10 +93,11 @@ def test_interrupted_tfds_copy_resumes_keeping_finished_shards(tmp_path, tiny_co
   with pytest.raises(Interrupted):
     prepare.prepare_copy(tiny_config, out, CAP, workers=2)
   monkeypatch.undo()
-  work = os.path.join(out, 'fixres_synthetic', 'tiny', '1.0.0' + prepare.INCOMPLETE)
+  version = str(synthetic.FixresSynthetic.VERSION)
+  work = os.path.join(out, 'fixres_synthetic', 'tiny', version + prepare.INCOMPLETE)
   shard = os.path.join(work, 'fixres_synthetic-train.tfrecord-00000-of-00001')
   finished = os.stat(shard).st_mtime_ns
-  assert not os.path.exists(os.path.join(out, 'fixres_synthetic', 'tiny', '1.0.0'))
+  assert not os.path.exists(os.path.join(out, 'fixres_synthetic', 'tiny', version))
   with pytest.raises(FileExistsError, match='interrupted copy made with'):  # resume with other flags
     prepare.prepare_copy(tiny_config, out, CAP + 1, workers=2)
   written = prepare.prepare_copy(tiny_config, out, CAP, workers=2)

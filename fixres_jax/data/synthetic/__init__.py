@@ -2,8 +2,8 @@
 
 from fixres_jax.data.synthetic.builder import FixresSynthetic
 from fixres_jax.data.synthetic.builder import FixresSyntheticConfig
-from fixres_jax.data.synthetic.builder import generate_example
 from fixres_jax.data.synthetic.builder import prepare
 from fixres_jax.data.synthetic.builder import prepare_builder
+from fixres_jax.data.synthetic.examples import generate_example
 from fixres_jax.data.synthetic.render import CLASS_NAMES
 from fixres_jax.data.synthetic.render import NUM_CLASSES

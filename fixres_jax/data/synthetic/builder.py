@@ -5,7 +5,8 @@ imagenet2012 (JPEG bytes in TFRecords). Example `index` of `split` is drawn from
 np.random.default_rng([seed, split_id, index]), so a dataset is the same on every machine
 (given the same NumPy and Pillow) whatever the generation order, and the configs, which share
 seed 0, are prefixes of one another: 'tiny' is the first examples of 'default'.
-Labels cycle through the classes (index % 10), so every split is balanced.
+Labels cycle through the classes (index % 10), so every split is balanced. Large splits are
+rendered on every core (examples.py), into the same bytes.
 
   import tensorflow_datasets as tfds
   from fixres_jax.data import synthetic  # registers the builder
@@ -14,17 +15,18 @@ Labels cycle through the classes (index % 10), so every split is balanced.
   ds = builder.as_dataset(split='validation')
 """
 
+import contextlib
 import dataclasses
 import time
 from typing import Optional
 
 from absl import logging
-import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
+import tqdm
 
+from fixres_jax.data.synthetic import examples
 from fixres_jax.data.synthetic import render
-
-_SPLIT_IDS = {'train': 0, 'validation': 1}
 
 
 @dataclasses.dataclass
@@ -44,8 +46,12 @@ class FixresSyntheticConfig(tfds.core.BuilderConfig):
 class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
   """Ten texture classes, one textured object per image on a cluttered background."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '2.0.0': 'Texture contrast 24-144 grey levels (was 12-72): the demo network no longer '
+               'sits at chance for a third of its training (docs/DEMO.md).',
+  }
   BUILDER_CONFIGS = [
       FixresSyntheticConfig(
           name='default', num_train=10_000, num_validation=2_000,
@@ -61,6 +67,8 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
           name='tiny', num_train=256, num_validation=100,
           description='256 train / 100 validation images: tests, built in seconds.'),
   ]
+
+  _progress = None  # one bar over every example of the dataset, while it is generated
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -81,23 +89,48 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f'fixres_synthetic config {config.name!r} needs at least one example '
                        f'per split, got num_train={config.num_train}, '
                        f'num_validation={config.num_validation}.')
+    self._progress = tqdm.tqdm(total=config.num_train + config.num_validation, leave=False,
+                               desc=f'Generating {self.info.full_name}', unit=' images',
+                               mininterval=1.0)
     return {
         'train': self._generate_examples('train', config.num_train),
         'validation': self._generate_examples('validation', config.num_validation),
     }
 
   def _generate_examples(self, split: str, num_examples: int):
-    seed = self.builder_config.seed
-    for index in range(num_examples):
-      yield index, generate_example(seed, split, index)
+    rendered = examples.generate_examples(self.builder_config.seed, split, num_examples,
+                                          examples.count_workers(num_examples))
+    for index, example in enumerate(rendered):
+      yield index, example
+      self._progress.update()
+
+  def download_and_prepare(self, **kwargs) -> None:
+    """tfds's, showing one progress bar in place of tfds's nested ones (splits, shuffling)."""
+    with hidden_tfds_progress_bars():
+      try:
+        super().download_and_prepare(**kwargs)
+      finally:
+        if self._progress is not None:
+          self._progress.close()
+          self._progress = None
+
+  # tfds prints these two lines to stdout whatever the log level; prepare_builder logs its own.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
 
 
-def generate_example(seed: int, split: str, index: int) -> dict:
-  """Example `index` of `split`, as the builder stores it: JPEG bytes, label, file name."""
-  rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-  label = index % render.NUM_CLASSES
-  jpeg, _ = render.render_jpeg(rng, label)
-  return {'image': jpeg, 'label': label, 'file_name': f'{split}/{index:08d}.jpg'}
+@contextlib.contextmanager
+def hidden_tfds_progress_bars():
+  """tfds's progress bars off inside the block, then as they were (tfds has no getter)."""
+  shown = getattr(tqdm_utils, '_active', True)
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(shown)
 
 
 def prepare_builder(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
