@@ -142,7 +142,7 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
   """The trained model's best K_test on config.finetune.auto_split, a TRAINING-split slice.
 
   Evaluates at config.finetune.auto_resolutions (default: config.sweep.resolutions) and keeps
-  the best top-1 (ties: the lower loss). The choice and every accuracy go to
+  the best by config.finetune.auto_metric (best_test_res). The choice and every accuracy go to
   WORKDIR/auto_test_res.json, which a re-run of the same configuration reuses.
   """
   from fixres_jax.data import pipeline  # only the loop needs TensorFlow
@@ -151,7 +151,8 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
   path = epath.Path(workdir) / 'auto_test_res.json'
   if path.exists():
     choice = json.loads(path.read_text())
-    if choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions:
+    if (choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions
+        and choice.get('metric', 'top1') == cfg.auto_metric):
       logging.info('K_test = %d, chosen before (%s).', choice['test_res'], path)
       return choice['test_res']
   step_fn = evaluate.jit_eval_step(model)
@@ -163,13 +164,24 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
     records.append({'test_res': test_res, **metrics})
     logging.info('auto K_test: top1 %.4f at %d on %s', metrics['top1'], test_res,
                  cfg.auto_split)
-  best = max(records, key=lambda r: (r['top1'], -r['loss']))['test_res']
+  best = best_test_res(records, cfg.auto_metric)
   if jax.process_index() == 0:
     path.write_text(json.dumps({'test_res': best, 'split': cfg.auto_split,
-                                'resolutions': resolutions, 'records': records}, indent=2))
-  logging.info('K_test = %d chosen on %s (best top-1 of %s); recorded in %s.', best,
-               cfg.auto_split, resolutions, path)
+                                'metric': cfg.auto_metric, 'resolutions': resolutions,
+                                'records': records}, indent=2))
+  logging.info('K_test = %d chosen on %s (best %s of %s); recorded in %s.', best,
+               cfg.auto_split, cfg.auto_metric, resolutions, path)
   return best
+
+
+def best_test_res(records: list, metric: str) -> int:
+  """The record's test_res with the highest top-1 (ties: the lower loss) or the lowest loss
+  (ties: the higher top-1)."""
+  if metric == 'top1':
+    key = lambda r: (r['top1'], -r['loss'])
+  else:
+    key = lambda r: (-r['loss'], r['top1'])
+  return max(records, key=key)['test_res']
 
 
 def format_table(records: list) -> str:

@@ -8,6 +8,7 @@ from fixres_jax import augmentations
 from fixres_jax import errors
 
 STAGES = ('train', 'finetune', 'sweep')
+AUTO_METRICS = ('top1', 'loss')  # what finetune.test_res='auto' maximises
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -114,6 +115,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.test_res = config_dict.FieldReference(288, field_type=object)
   finetune.auto_split = 'train[-10%:]'  # a slice of the TRAINING split, never validation
   finetune.auto_resolutions = ()  # K_test candidates for 'auto'; () = sweep.resolutions
+  # What 'auto' maximises on auto_split: 'top1' (the paper's choice, on a validation set), or
+  # 'loss' (the lowest cross-entropy: on a small slice, top-1's sampling error can exceed the
+  # differences between neighbouring K_test, while the loss uses every probability).
+  finetune.auto_metric = 'top1'
   finetune.batch_size = 512
   finetune.num_epochs = 31  # the official v2 recipe for ResNet-50
   # Per 512 images. The official code: lr = 8.0 * 1e-3 * global_batch / 512.
@@ -302,7 +307,8 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
              'data.decode': augmentations.DECODES, 'data.train_decode': augmentations.DECODES,
              'data.test_resize': augmentations.TEST_RESIZES,
              'data.crop': augmentations.TRAIN_CROPS,
-             'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS)}
+             'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
+             'finetune.auto_metric': AUTO_METRICS}
   for name, allowed in choices.items():
     section, field = name.split('.')
     if config[section][field] not in allowed:

@@ -29,43 +29,47 @@ from studies import common
 
 FLAGS = flags.FLAGS
 
-# One change at a time against configs/demo.py. Values are config overrides.
-VARIANTS: Dict[str, dict] = {
-    'baseline': {},
-    'zero_init': {'model.zero_init_residual': True},
-    'zero_head': {'model.zero_init_head': True},
-    'lr_half': {'train.base_lr': 0.1},
-    'lr_double': {'train.base_lr': 0.4},
-    'no_warmup': {'train.warmup_epochs': 0},
-    'warmup_3': {'train.warmup_epochs': 3},
-    'no_weight_decay': {'train.weight_decay': 0.0},
-    'batch_32': {'train.batch_size': 32},
-    'batch_128': {'train.batch_size': 128},
-    'exact_decode': {'data.train_decode': 'exact'},
-    'inception_crop': {'data.crop': 'inception'},
-}
+# Every run starts from the demo's training as it was when this study began; configs/demo.py
+# has since taken the last rows' changes (base_lr 0.4, a zero classifier).
+START = {'train.base_lr': 0.2, 'model.zero_init_head': False}
 
-
-# The dataset's difficulty at 64 px (render.Style), against fixres_synthetic 1.0.0, whose
-# textures had a contrast of 12-72 grey levels (2.0.0 doubled it after this study): each entry
-# changes one range of that style and is written as a folder dataset of the same scenes.
-V1_STYLE = {'texture_contrast': (12.0, 72.0)}
+# fixres_synthetic's ranges at each version (render.Style fields), and the other datasets
+# tried; each is written as a folder dataset of the same scenes (write_style_dataset).
+V1 = {'texture_contrast': (12.0, 72.0), 'object_size': (0.2, 0.8), 'cycles': (4.0, 8.0)}
+V2 = {**V1, 'texture_contrast': (24.0, 144.0)}
+V3 = {**V2, 'object_size': (0.4, 0.9), 'cycles': (6.0, 12.0)}
 STYLES: Dict[str, dict] = {
-    'contrast_x2': {**V1_STYLE, 'texture_contrast': (24.0, 144.0)},
-    'contrast_x3': {**V1_STYLE, 'texture_contrast': (36.0, 180.0)},
-    'large_objects': {**V1_STYLE, 'object_size': (0.4, 0.9)},
-    'contrast_x2_large_objects': {**V1_STYLE, 'texture_contrast': (24.0, 144.0),
-                                  'object_size': (0.4, 0.9)},
+    'v1': V1,
+    'contrast_x2': V2,
+    'contrast_x3': {**V1, 'texture_contrast': (36.0, 180.0)},
+    'large_objects': {**V1, 'object_size': (0.4, 0.9)},
+    'contrast_x2_large_objects': {**V2, 'object_size': (0.4, 0.9)},
+    'v3': V3,
 }
-# Variant -> the style its dataset is rendered in (the others read fixres_synthetic/default).
-VARIANT_STYLES = {name: name for name in STYLES}
-VARIANTS.update({name: {} for name in STYLES})
-# Training changes on top of the doubled contrast.
-for _name, _change in {'zero_head': {'model.zero_init_head': True},
-                       'short_warmup': {'train.warmup_epochs': 0.25},
-                       'batch_32': {'train.batch_size': 32}}.items():
-  VARIANTS[f'contrast_x2_{_name}'] = _change
-  VARIANT_STYLES[f'contrast_x2_{_name}'] = 'contrast_x2'
+
+# Variant -> (dataset style, config overrides on top of START): one change at a time.
+DEMO_NOW = {'train.base_lr': 0.4, 'model.zero_init_head': True}
+VARIANTS: Dict[str, tuple] = {
+    'baseline': ('v1', {}),
+    'zero_init': ('v1', {'model.zero_init_residual': True}),
+    'zero_head': ('v1', {'model.zero_init_head': True}),
+    'lr_half': ('v1', {'train.base_lr': 0.1}),
+    'lr_double': ('v1', {'train.base_lr': 0.4}),
+    'no_warmup': ('v1', {'train.warmup_epochs': 0}),
+    'warmup_3': ('v1', {'train.warmup_epochs': 3}),
+    'no_weight_decay': ('v1', {'train.weight_decay': 0.0}),
+    'batch_32': ('v1', {'train.batch_size': 32}),
+    'batch_128': ('v1', {'train.batch_size': 128}),
+    'exact_decode': ('v1', {'data.train_decode': 'exact'}),
+    'inception_crop': ('v1', {'data.crop': 'inception'}),
+    **{name: (name, {}) for name in STYLES if name not in ('v1', 'v3')},
+    'contrast_x2_zero_head': ('contrast_x2', {'model.zero_init_head': True}),
+    'contrast_x2_short_warmup': ('contrast_x2', {'train.warmup_epochs': 0.25}),
+    'contrast_x2_batch_32': ('contrast_x2', {'train.batch_size': 32}),
+    'contrast_x2_lr_double_zero_head': ('contrast_x2', DEMO_NOW),
+    'v3_start_training': ('v3', {}),
+    'demo_now': ('v3', DEMO_NOW),  # fixres_synthetic 3.0.0 and configs/demo.py as they are
+}
 
 
 COMMAND = ('python -m studies.plateau --data_dir=DATA --root=ROOT --steps=400 '
@@ -195,16 +199,14 @@ def run_variants(root: epath.Path, variants, seeds, steps: int, probe_every: int
       path = root / name / f'seed_{seed}.json'
       if path.exists():
         continue
-      variant = dict(VARIANTS[name])
-      if name in VARIANT_STYLES:
-        folder = root / 'datasets' / VARIANT_STYLES[name]
-        write_style_dataset(folder, STYLES[VARIANT_STYLES[name]])
-        variant.update({'data.name': 'folder', 'data.folder': str(folder)})
-      config = common.demo_config(data_dir, seed, {**variant, **overrides})
+      style, changes = VARIANTS[name]
+      folder = root / 'datasets' / style
+      write_style_dataset(folder, STYLES[style])
+      data = {'data.name': 'folder', 'data.folder': str(folder)}
+      config = common.demo_config(data_dir, seed, {**START, **changes, **data, **overrides})
       logging.info('%s seed %d: %s', name, seed, VARIANTS[name])
       record = run_one(config, steps, probe_every)
-      record.update(variant=name, seed=seed, overrides=VARIANTS[name],
-                    style=STYLES.get(VARIANT_STYLES.get(name), {}))
+      record.update(variant=name, seed=seed, overrides=changes, style=STYLES[style])
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text(json.dumps(record))
       logging.info('%s seed %d: left chance at step %s (%.0f s).', name, seed,
@@ -248,9 +250,11 @@ def summary_rows(runs: Dict[str, list]) -> list:
 
 
 def describe_change(name: str) -> str:
-  """The variant's change against configs/demo.py on fixres_synthetic/default."""
-  parts = [f'{k}={v}' for k, v in VARIANTS[name].items()]
-  parts += [f'dataset {k}={v}' for k, v in STYLES.get(VARIANT_STYLES.get(name), {}).items()]
+  """The variant's dataset (its ranges where they differ from version 1.0.0's) and its
+  config changes against the demo as this study began (START)."""
+  style, changes = VARIANTS[name]
+  parts = [f'{k}={v}' for k, v in changes.items()]
+  parts += [f'dataset {k}={v}' for k, v in STYLES[style].items() if V1[k] != v]
   return ', '.join(parts) or 'none'
 
 

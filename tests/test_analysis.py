@@ -219,6 +219,35 @@ def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, ti
   assert not evaluated
 
 
+@pytest.mark.parametrize('metric,expected', [('top1', 112), ('loss', 96)])
+def test_best_test_res_follows_the_chosen_metric(metric, expected):
+  records = [{'test_res': 80, 'top1': 0.85, 'loss': 0.57},
+             {'test_res': 96, 'top1': 0.86, 'loss': 0.46},
+             {'test_res': 112, 'top1': 0.88, 'loss': 0.59},
+             {'test_res': 128, 'top1': 0.88, 'loss': 0.60}]  # top-1 tie: the lower loss
+  assert analysis.best_test_res(records, metric) == expected
+
+
+def test_a_recorded_choice_is_not_reused_for_another_metric(tmp_path, tiny_config,
+                                                            tiny_dataset, monkeypatch):
+  config = tiny_config
+  config.finetune.auto_resolutions = (24, 40)
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'auto_test_res.json').write_text(json.dumps(
+      {'test_res': 24, 'split': config.finetune.auto_split, 'metric': 'top1',
+       'resolutions': [24, 40], 'records': []}))
+  evaluated = []
+  monkeypatch.setattr(evaluate, 'evaluate_model', lambda step_fn, variables, batches, mesh: (
+      evaluated.append(1) or {'top1': 0.5, 'loss': 1.0 if len(evaluated) == 1 else 0.5}))
+  monkeypatch.setattr(pipeline, 'config_eval_batches', lambda *args: None)
+  monkeypatch.setattr(parallel, 'replicate', lambda variables, mesh: variables)
+  config.finetune.auto_metric = 'loss'
+  model, _ = create_models(config, tiny_dataset)
+  assert analysis.select_test_res(config, tmp_path, tiny_dataset, None, {}, model) == 40
+  assert len(evaluated) == 2
+  assert json.loads((tmp_path / 'auto_test_res.json').read_text())['metric'] == 'loss'
+
+
 @pytest.mark.parametrize('value,expected', [('auto', 'auto'), ('96', 96)])
 def test_test_res_takes_auto_or_an_integer_on_the_command_line(value, expected):
   argv = ['main', f'--config={CONFIGS / "demo.py"}', f'--config.finetune.test_res={value}']

@@ -5,12 +5,13 @@ import math
 
 from etils import epath
 
+from studies import common
 from studies import plateau
 
 
 def record(losses, variant='baseline', seed=0):
   return {'loss': losses, 'num_classes': 10, 'variant': variant, 'seed': seed,
-          'overrides': plateau.VARIANTS[variant],
+          'overrides': plateau.VARIANTS[variant][1],
           'probes': [{'step': 1, 'grad_norm': {'conv1': 4.0, 'fc': 1.0},
                       'param_norm': {'conv1': 2.5, 'fc': 3.0}},
                      {'step': 21, 'grad_norm': {'conv1': 0.05, 'fc': 0.5},
@@ -39,3 +40,16 @@ def test_report_names_every_variant_that_ran_and_its_change(tmp_path):
   assert '| 1 | 13 | 3.00 -> 2.00 | 4.00 -> 0.050 |' in text
   assert (tmp_path / 'plateau_loss.png').exists()
   assert (tmp_path / 'plateau_gradients.png').exists()
+
+
+def test_the_latest_style_is_the_dataset_as_it_is_and_the_last_row_the_demo_as_it_is():
+  from fixres_jax.data.synthetic import render  # pylint: disable=g-import-not-at-top
+  style = render.DEFAULT_STYLE
+  assert {k: getattr(style, k) for k in plateau.V3} == plateau.V3
+  config = common.demo_config('', 0)
+  style_name, changes = plateau.VARIANTS['demo_now']
+  assert style_name == 'v3'
+  for key, value in {**plateau.START, **changes}.items():
+    section, field = key.split('.')
+    assert config[section][field] == value, key
+  assert all(name in plateau.STYLES for name, _ in plateau.VARIANTS.values())
