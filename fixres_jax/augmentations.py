@@ -14,6 +14,8 @@ from typing import Dict, Optional
 TRAIN_CROPS = ('torchvision', 'inception')  # RandomResizedCrop samplers (see preprocess.py)
 DECODES = ('exact', 'fast')  # full decode + resize, or window decode at a DCT scale
 TEST_RESIZES = ('shorter', 'official')  # the paper's Resize(S), or the official repository's
+# The normalised images' dtype as they leave tf.data: bfloat16 halves the host-to-device bytes.
+IMAGE_DTYPES = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,6 +52,7 @@ from fixres_jax import stage as stage_lib
 from fixres_jax import train
 
 CACHE_DIR = 'feature_cache'  # under WORKDIR: pass 1's moments, and the features by default
+CACHE_DTYPES = ('bfloat16', 'float32')  # config.finetune.cache_dtype: half the bytes, or exact
 
 
 def map_views(fn: Callable, images: jax.Array, num_views: int) -> jax.Array:
@@ -440,6 +441,10 @@ def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
   writer.close()
   cache.delete()
   return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+# config.finetune.mode -> the 'finetune' stage that runs it (main.py calls it by this name).
+FINETUNE_MODES = {'sgd': finetune.finetune, 'cached': finetune_cached}
 
 
 def run_passes(config, workdir, dataset, mesh, model, variables: dict,

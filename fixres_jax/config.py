@@ -9,6 +9,11 @@ from fixres_jax import errors
 
 STAGES = ('train', 'finetune', 'sweep')
 AUTO_METRICS = ('top1', 'loss')  # what finetune.test_res='auto' maximises
+# Integer fields and their least value; the error's example is the base config's default.
+INTEGER_MINIMUMS = {'model.num_filters': 1, 'data.shuffle_buffer': 1, 'data.num_shards': 0,
+                    'train.log_every_steps': 1, 'finetune.log_every_steps': 1,
+                    'train.profile_steps': 0, 'finetune.profile_steps': 0,
+                    'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': 1}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -261,6 +266,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     if value <= 0 or value % device_count:
       problems.append(f'config.{name}={value} is not a positive multiple of the '
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
+  problems += choice_problems(config)
+  problems += integer_problems(config)
   problems += finetune_mode_problems(config.finetune)
   problems += recipe_problems(config)
   problems += schedule_problems(config.train)
@@ -271,14 +278,73 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
       problems.append(f'config.{name}={config[section][field]!r} must be a slice of the '
                       f'training split {train_name!r} (e.g. {train_name}[-10%:]): choices '
                       'made on the validation split would bias its accuracy.')
+  if len(problems) == 1:  # on the one `Error:` line main prints
+    raise errors.ConfigError(f'Invalid config: {problems[0]}')
   if problems:
     raise errors.ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
+def field_value(config: ml_collections.ConfigDict, name: str):
+  """config's 'section.field'."""
+  section, field = name.split('.')
+  return config[section][field]
+
+
+def choice_fields() -> dict:
+  """Each field that names an option -> the names the code acting on it implements."""
+  # Imported here, not at the top: config files and the TensorFlow data tools import this
+  # module, and only validation needs the model and step code (jax, flax, optax, orbax).
+  from fixres_jax import cached_finetune  # pylint: disable=g-import-not-at-top
+  from fixres_jax import models  # pylint: disable=g-import-not-at-top
+  from fixres_jax import train  # pylint: disable=g-import-not-at-top
+  return {'model.name': models.ARCH_NAMES, 'model.block': tuple(models.BLOCKS),
+          'model.dtype': models.DTYPES, 'data.dtype': augmentations.IMAGE_DTYPES,
+          'data.crop': augmentations.TRAIN_CROPS, 'data.decode': augmentations.DECODES,
+          'data.train_decode': augmentations.DECODES,
+          'data.test_resize': augmentations.TEST_RESIZES,
+          'train.schedule': train.SCHEDULES, 'train.optimizer': train.OPTIMIZERS,
+          'train.loss': train.LOSSES, 'finetune.mode': tuple(cached_finetune.FINETUNE_MODES),
+          'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
+          'finetune.cache_dtype': cached_finetune.CACHE_DTYPES,
+          'finetune.auto_metric': AUTO_METRICS}
+
+
+def choice_problems(config: ml_collections.ConfigDict) -> list:
+  """Fields naming an option that no code implements. model.block is checked whatever
+  model.name: a misspelt block is a mistake even where it is ignored."""
+  problems = []
+  for name, allowed in choice_fields().items():
+    value = field_value(config, name)
+    if value not in allowed:
+      problems.append(f'config.{name}={value!r}: use one of {allowed}.')
+  return problems
+
+
+def is_integer(value) -> bool:
+  """An int that is not a bool (True is an int to Python, not a count)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer_problems(config: ml_collections.ConfigDict) -> list:
+  """Counts, sizes and intervals below their least value (INTEGER_MINIMUMS), and an empty
+  or non-positive model.stage_sizes."""
+  defaults, problems = get_base_config(), []
+  for name, least in INTEGER_MINIMUMS.items():
+    value = field_value(config, name)
+    if not is_integer(value) or value < least:
+      wanted = 'a positive integer' if least == 1 else f'an integer >= {least}'
+      problems.append(f'config.{name}={value!r}: use {wanted}, e.g. '
+                      f'{field_value(defaults, name)}.')
+  stage_sizes = tuple(config.model.stage_sizes)
+  if not stage_sizes or not all(is_integer(n) and n >= 1 for n in stage_sizes):
+    problems.append(f'config.model.stage_sizes={stage_sizes}: use a positive number of '
+                    f'blocks for each of one or more stages, e.g. '
+                    f'{defaults.model.stage_sizes}.')
+  return problems
+
+
 def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
   """What config.finetune.mode cannot do with the rest of config.finetune."""
-  if cfg.mode not in ('sgd', 'cached'):
-    return [f"config.finetune.mode={cfg.mode!r}: use 'sgd' or 'cached'."]
   if cfg.mode != 'cached':
     return []
   problems = []
@@ -294,25 +360,12 @@ def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
     problems.append(f"config.finetune.bn_group_size={cfg.bn_group_size}: mode='cached' "
                     "takes the last BN's statistics over the whole set; set it to 0 or use "
                     "mode='sgd'.")
-  if cfg.cache_dtype not in ('bfloat16', 'float32'):
-    problems.append(f"config.finetune.cache_dtype={cfg.cache_dtype!r}: use 'bfloat16' or "
-                    "'float32'.")
   return problems
 
 
 def recipe_problems(config: ml_collections.ConfigDict) -> list:
   """What is wrong with the data options and BatchNorm groups."""
   data, problems = config.data, []
-  choices = {'train.optimizer': ('sgd', 'lamb'), 'train.loss': ('softmax', 'bce'),
-             'data.decode': augmentations.DECODES, 'data.train_decode': augmentations.DECODES,
-             'data.test_resize': augmentations.TEST_RESIZES,
-             'data.crop': augmentations.TRAIN_CROPS,
-             'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
-             'finetune.auto_metric': AUTO_METRICS}
-  for name, allowed in choices.items():
-    section, field = name.split('.')
-    if config[section][field] not in allowed:
-      problems.append(f'config.{name}={config[section][field]!r}: use one of {allowed}.')
   cfg = config.train
   for name in ('mixup_alpha', 'cutmix_alpha', 'bce_threshold'):
     if cfg[name] < 0:

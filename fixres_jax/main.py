@@ -25,7 +25,6 @@ from fixres_jax import config as config_lib
 from fixres_jax import console
 from fixres_jax import devices
 from fixres_jax import errors
-from fixres_jax import finetune
 from fixres_jax import parallel
 from fixres_jax import preemption
 from fixres_jax import storage
@@ -86,8 +85,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
     config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
                                        model)
-    finetune_fn = (cached_finetune.finetune_cached if config.finetune.mode == 'cached'
-                   else finetune.finetune)
+    finetune_fn = cached_finetune.FINETUNE_MODES[config.finetune.mode]
     models['finetuned'] = finetune_fn(config, workdir, dataset, mesh, models['trained'])
   elif has_checkpoint(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
@@ -169,9 +167,15 @@ def main(argv):
   workdir_lib.enable_compilation_cache(FLAGS.workdir)  # before anything compiles
   initialize_distributed()
   logging.info('JAX on %s.', devices.describe())
+  run_or_exit(FLAGS.config, FLAGS.workdir)
+
+
+def run_or_exit(config, workdir: str) -> None:
+  """run(), where a user's mistake exits with its message alone and a preemption with
+  preemption.EXIT_CODE."""
   try:
-    devices.check_platform(FLAGS.config)
-    run(FLAGS.config, FLAGS.workdir)
+    devices.check_platform(config)
+    run(config, workdir)
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.EXIT_CODE)

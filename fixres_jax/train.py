@@ -20,6 +20,11 @@ from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import stage as stage_lib
 
+# The names config.train's choice fields take; config.validate accepts exactly these.
+SCHEDULES = ('cosine', 'step')  # create_schedule_per_256's decays
+OPTIMIZERS = ('sgd', 'lamb')  # create_optimizer's
+LOSSES = ('softmax', 'bce')  # compute_loss's: cross-entropy or timm's binary cross-entropy
+
 
 def create_model(config, num_classes: int, bn_group_size: Optional[int] = None):
   """config.model's network; BatchNorm groups of config.model.bn_group_size unless given."""
@@ -52,7 +57,7 @@ def create_schedule_per_256(cfg, steps_per_epoch: int, global_batch: int) -> opt
                   for e in cfg.lr_decay_epochs}
     decay = optax.piecewise_constant_schedule(peak, boundaries)
   else:
-    raise errors.ConfigError(f"config.train.schedule={cfg.schedule!r}: use 'cosine' or 'step'.")
+    raise errors.ConfigError(f'config.train.schedule={cfg.schedule!r}: use one of {SCHEDULES}.')
   warmup = optax.linear_schedule(0.0, peak, warmup_steps)
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
@@ -84,7 +89,7 @@ def create_optimizer(cfg, learning_rate: optax.Schedule, params: Any
                        optax.add_decayed_weights(cfg.weight_decay, mask=mask),
                        optax.masked(optax.scale_by_trust_ratio(), mask),
                        optax.scale_by_learning_rate(learning_rate))
-  raise errors.ConfigError(f"config.train.optimizer={cfg.optimizer!r}: use 'sgd' or 'lamb'.")
+  raise errors.ConfigError(f'config.train.optimizer={cfg.optimizer!r}: use one of {OPTIMIZERS}.')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -206,7 +206,7 @@ def test_main_runs_the_cached_mode_and_sweeps(tmp_path, finished):
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('mode', 'adam', "use 'sgd' or 'cached'"),
+    ('mode', 'adam', "mode='adam': use one of"),
     ('augment', 'v2', 'augment'),
     ('train_bn_affine', True, 'train_bn_affine'),
     ('cache_dtype', 'float16', 'cache_dtype')])

@@ -249,17 +249,50 @@ def split_overlap(source, split_a: str, split_b: str) -> int:
              for name_b, start_b, stop_b in source.ranges(split_b) if name_a == name_b)
 
 
+def create_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """tfds.builder(name), where a name tfds cannot resolve ends in a ConfigError naming
+  config.data.name (tfds's own error is a traceback listing every dataset it knows)."""
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except ValueError as e:  # DatasetNotFoundError is one, as are a malformed name and config
+    problem = name_problem(name, e)
+    if not problem:
+      raise  # the name resolves: the builder itself failed, a bug
+    raise errors.ConfigError(problem) from None
+
+
+def name_problem(name: str, error: ValueError) -> str:
+  """What is wrong with config.data.name, given tfds.builder's error; '' if nothing is."""
+  try:
+    dataset, kwargs = tfds.core.naming.parse_builder_name_kwargs(name)
+    if dataset.namespace:  # a community dataset: only tfds.builder resolves those
+      return ''
+    configs = tuple(tfds.builder_cls(dataset.name).builder_configs)
+  except ValueError:  # no such dataset, or a malformed name
+    reason = str(error).partition('\n')[0]
+    return (f"config.data.name={name!r}: {reason} Use a tfds name (e.g. 'imagenet2012'), "
+            f"'{SYNTHETIC_NAME}/default' (the embedded dataset) or '{FOLDER_NAME}' (images "
+            'in config.data.folder).')
+  config = kwargs.get('config')
+  if config is None or config in configs:
+    return ''
+  names = tuple(f'{dataset.name}/{c}' for c in configs) or (dataset.name,)
+  return (f'config.data.name={name!r}: {dataset.name} has no config {config!r}: use one of '
+          f'{names}.')
+
+
 def load_source(config):
   """The source named by config.data.name (building the embedded dataset on first use).
 
   Raises:
     FileNotFoundError: the dataset is not prepared, with instructions to prepare it.
+    ValueError: tfds knows no dataset or config by that name (errors.ConfigError).
   """
   data = config.data
   if data.name == FOLDER_NAME:
     return FolderSource(data.folder, split_names(data.train_split)[0])
   data_dir = data.data_dir or None
-  builder = tfds.builder(data.name, data_dir=data_dir)
+  builder = create_builder(data.name, data_dir)
   if data.name.split('/')[0] == SYNTHETIC_NAME:
     # Generated on first use, by one process while the others wait.
     if jax.process_index() == 0:

@@ -49,6 +49,8 @@ _ARCHS = {
 }
 ARCH_NAMES = tuple(_ARCHS) + ('resnet',)
 BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+# Computation dtypes (parameters stay float32): bfloat16 is the one accelerators run fast.
+DTYPES = ('float32', 'bfloat16')
 
 
 def create_model(name: str, num_classes: int, dtype: str = 'float32',
@@ -59,10 +61,11 @@ def create_model(name: str, num_classes: int, dtype: str = 'float32',
   """Builds a model by name.
 
   Args:
-    name: one of ARCH_NAMES. 'resnet' is a custom ResNet built from stage_sizes, block and
-      num_filters (the demo's small network); the other names ignore those three.
+    name: one of ARCH_NAMES. 'resnet' is a custom ResNet built from stage_sizes, block (a
+      BLOCKS name) and num_filters (the demo's small network); the other names ignore those
+      three.
     num_classes: classifier size.
-    dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
+    dtype: computation dtype name, one of DTYPES; parameters stay float32.
     zero_init_residual: zero-initialise the last BN scale of each residual block.
     zero_init_head: zero-initialise the classifier's kernel.
     bn_group_size: BatchNorm statistics over groups of this many images (0: whole batch).
