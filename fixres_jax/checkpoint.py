@@ -9,6 +9,11 @@ Two kinds of directories:
 
 `load_variables` reads either, so any stage can start from any of them (config.init_from).
 Every process calls save and restore: orbax coordinates multi-host writes itself.
+
+A step can still be damaged after its rename (a disk or a copy that truncated a file, lost or
+garbled its _METADATA). `restore_latest` then resumes from the newest step that reads and
+moves the damaged ones to STAGE_DIR/damaged/STEP (with STEP.reason.txt), out of orbax's sight
+but kept for inspection.
 """
 
 from typing import Any, Optional
@@ -16,6 +21,7 @@ from typing import Any, Optional
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -23,6 +29,7 @@ import orbax.checkpoint as ocp
 from fixres_jax import errors
 
 VARIABLES_ITEM = 'variables'
+DAMAGED_DIR = 'damaged'  # not a step number: orbax lists nothing under it
 
 
 class CheckpointManager(ocp.CheckpointManager):
@@ -61,12 +68,117 @@ def restore_state(manager: ocp.CheckpointManager, abstract_state: Any,
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
-  """Resumes from the manager's latest step, or returns `state` when there is none."""
-  if manager.latest_step() is None:
-    return state
-  state = restore_state(manager, state)
-  logging.info('Resumed from %s at step %d.', manager.directory, manager.latest_step())
+  """Resumes from the newest step that reads, or returns `state` when there is none.
+
+  Newer steps that do not read on their own are moved aside (set_aside) with a warning. A
+  step that reads but does not fit `state` (another model or optimiser) raises its error:
+  that is no damage, and an older step would not fit either.
+
+  Raises:
+    errors.CheckpointError: there are steps and none reads; nothing is moved then.
+  """
+  damaged = []
+  for step in reversed(manager.all_steps()):
+    restored = try_restore(manager, state, step, damaged)
+    if restored is not None:
+      set_aside(manager, damaged, step)
+      logging.info('Resumed from %s at step %d.', manager.directory, step)
+      return restored
+  if damaged:
+    raise errors.CheckpointError(
+        f'No checkpoint in {manager.directory} can be read: '
+        + '; '.join(f'step {step}: {reason}' for step, reason in damaged)
+        + f'. Nothing was moved. To start this stage again, move {manager.directory} away '
+        'and re-run; to resume, put an intact copy of a step back in it.')
   return state
+
+
+def try_restore(manager: ocp.CheckpointManager, state: Any, step: int,
+                damaged: list) -> Optional[Any]:
+  """The state at `step`, or None when the step is damaged: (step, why) goes to `damaged`."""
+  try:
+    restored, error = restore_state(manager, state, step), None
+  except Exception as e:  # pylint: disable=broad-except  (find_damage tells damage apart)
+    restored, error = None, e
+  if not any_process(error is not None):
+    return restored
+  reason = find_damage(manager.directory, step)
+  if not any_process(reason is not None):
+    raise error or RuntimeError(f'Another process could not restore step {step} of '
+                                f'{manager.directory}; its log says why.')
+  damaged.append((step, reason or 'unreadable on another process'))
+  return None
+
+
+def open_reader(directory) -> ocp.CheckpointManager:
+  """A manager that reads a stage directory's steps as saved, whatever the target."""
+  return ocp.CheckpointManager(epath.Path(directory),
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def read_step(reader: ocp.CheckpointManager, step: int) -> Any:
+  """The tree saved at `step`, in its saved shapes and dtypes, on this process's first device."""
+  metadata = reader.item_metadata(step)
+  if metadata is None:  # what orbax returns when _METADATA is missing
+    raise ValueError('its tree metadata (_METADATA) is missing')
+  return reader.restore(step, args=ocp.args.StandardRestore(_local_target(metadata)))
+
+
+def find_damage(directory, step: int) -> Optional[str]:
+  """Why `step` of a stage directory does not read on its own, or None when it reads."""
+  with open_reader(directory) as reader:
+    try:
+      read_step(reader, step)
+    except Exception as e:  # pylint: disable=broad-except  (any failure to read is damage)
+      return describe_error(e)
+  return None
+
+
+def describe_error(error: BaseException) -> str:
+  """The first line of the innermost cause: tensorstore's own words, not orbax's wrapper."""
+  for _ in range(10):  # a chain, never a cycle in practice
+    inner = error.__cause__ or error.__context__
+    if inner is None:
+      break
+    error = inner
+  first_line = (str(error).strip().splitlines() or [''])[0]
+  return f'{type(error).__name__}: {first_line[:300]}'
+
+
+def set_aside(manager: ocp.CheckpointManager, damaged: list, resumed_step: int) -> None:
+  """Moves the damaged steps out of the manager's sight, keeping them; warns for each."""
+  if not damaged:
+    return
+  directory = epath.Path(manager.directory)
+  if jax.process_index() == 0:
+    for step, reason in damaged:
+      kept = move_aside(directory, step, reason)
+      logging.warning('Checkpoint step %d of %s does not read (%s): moved to %s. Resuming '
+                      'from step %d.', step, directory, reason, kept, resumed_step)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('fixres_jax: damaged checkpoints set aside')
+  manager.reload()
+
+
+def move_aside(directory: epath.Path, step: int, reason: str) -> epath.Path:
+  """Renames STEP to damaged/STEP (damaged/STEP.2, ... when taken), its reason beside it."""
+  aside = directory / DAMAGED_DIR
+  aside.mkdir(parents=True, exist_ok=True)
+  name, copy = str(step), 1
+  while (aside / name).exists():
+    copy += 1
+    name = f'{step}.{copy}'
+  # Written first: on object storage a folder exists only once it holds an object.
+  (aside / f'{name}.reason.txt').write_text(reason + '\n')
+  (directory / str(step)).rename(aside / name)
+  return aside / name
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process, so that every process takes the same branch."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def save_variables(directory, variables: dict) -> epath.Path:
@@ -95,18 +207,27 @@ def load_variables(directory) -> dict:
       target = _local_target(checkpointer.metadata(path / VARIABLES_ITEM).item_metadata)
       tree = checkpointer.restore(path / VARIABLES_ITEM, target)
   else:
-    with ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler()) as manager:
-      step = manager.latest_step()
+    with open_reader(path) as reader:
+      step = reader.latest_step()
       if step is None:
         raise errors.NotFoundError(
             f'No checkpoint in {path}: config.init_from must be a directory written by '
             '`python -m fixres_jax.convert` or a checkpoint directory of a finished stage '
             '(e.g. WORKDIR/checkpoints/train).')
-      target = _local_target(manager.item_metadata(step))
-      tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+      tree = read_latest(reader, path, step)
   # A train stage that kept an EMA of its weights hands on the EMA (stage.trained_variables).
   source = tree['ema'] if tree.get('ema') else tree
   return to_host({'params': source['params'], 'batch_stats': source['batch_stats']})
+
+
+def read_latest(reader: ocp.CheckpointManager, path: epath.Path, step: int) -> Any:
+  """read_step, where damage is reported alone: the stage that wrote `path` can mend it."""
+  try:
+    return read_step(reader, step)
+  except Exception as e:  # pylint: disable=broad-except  (any failure to read is damage)
+    raise errors.CheckpointError(
+        f'Step {step} of {path} cannot be read ({describe_error(e)}). Re-running the stage '
+        'that wrote it sets that step aside and resumes from its newest readable one.') from e
 
 
 def _local_target(metadata) -> Any:

@@ -25,6 +25,10 @@ class NotFoundError(UserError, FileNotFoundError):
   """A dataset not prepared, or a folder or checkpoint that does not exist."""
 
 
+class CheckpointError(UserError, ValueError):
+  """A checkpoint that exists but cannot be read (a truncated file, missing metadata)."""
+
+
 def message(error: UserError) -> str:
   """The text to print: the message as written (str() of a one-argument OSError is that)."""
   return str(error.args[0]) if len(error.args) == 1 else str(error)

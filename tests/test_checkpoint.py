@@ -1,10 +1,14 @@
-"""Checkpoints restore across device counts; variables load from any stage directory."""
+"""Checkpoints restore across device counts; variables load from any stage directory; a
+damaged newest step is set aside and the newest readable one restored."""
 
+import flax
 import jax
 import numpy as np
 import optax
+import pytest
 
 from fixres_jax import checkpoint
+from fixres_jax import errors
 from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import stage
@@ -57,3 +61,104 @@ def test_variables_directory_round_trip(tmp_path):
 def test_restore_latest_without_checkpoint_keeps_the_state(tmp_path):
   state = create_state()
   assert checkpoint.restore_latest(checkpoint.create_manager(tmp_path), state) is state
+
+
+@flax.struct.dataclass
+class TinyState:  # a dataclass, as stage.TrainState is: restoring it needs the saved metadata
+  step: jax.Array
+  params: dict
+
+
+def tiny_state(step, extra=False):
+  """Step `step`'s state: random (incompressible) weights, so they lie in an array file."""
+  params = {'w': np.random.default_rng(step).standard_normal(4096).astype(np.float32)}
+  if extra:  # another model
+    params['b'] = np.zeros(2, np.float32)
+  return TinyState(step=np.asarray(step, np.int32), params=params)
+
+
+def save_steps(directory, steps):
+  """Saves tiny_state(step) at each of `steps`."""
+  manager = checkpoint.create_manager(directory, async_save=False)
+  for step in steps:
+    checkpoint.save_state(manager, step, tiny_state(step))
+  manager.close()
+
+
+def truncate_largest_array_file(step_dir):
+  data = [p for p in step_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
+  largest = max(data, key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[:10])
+
+
+def delete_metadata(step_dir):
+  (step_dir / 'default' / '_METADATA').unlink()
+
+
+def garble_metadata(step_dir):
+  (step_dir / 'default' / '_METADATA').write_text('{"tree_metadata": {garbage')
+
+
+DAMAGE = [truncate_largest_array_file, delete_metadata, garble_metadata]
+
+# When one array of a step fails to read, orbax drops its other reads' coroutines unawaited.
+orbax_drops_reads = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+def restore_latest(directory, state=None):
+  manager = checkpoint.create_manager(directory)
+  try:
+    return checkpoint.restore_latest(manager, tiny_state(0) if state is None else state), (
+        manager.all_steps())
+  finally:
+    manager.close()
+
+
+@orbax_drops_reads
+@pytest.mark.parametrize('damage', DAMAGE, ids=lambda f: f.__name__)
+def test_a_damaged_newest_step_is_set_aside_and_the_previous_one_restored(tmp_path, damage):
+  save_steps(tmp_path, [1, 2])
+  damage(tmp_path / '2')
+  restored, steps_left = restore_latest(tmp_path)
+  assert_same(restored, tiny_state(1))
+  assert steps_left == [1]  # what the next save and the next run see
+  assert not (tmp_path / '2').exists()
+  assert (tmp_path / 'damaged' / '2' / 'default').is_dir()  # kept, not deleted
+  assert 'Error' in (tmp_path / 'damaged' / '2.reason.txt').read_text()
+
+
+def test_a_step_damaged_twice_is_kept_twice(tmp_path):
+  save_steps(tmp_path, [1, 2])
+  delete_metadata(tmp_path / '2')
+  restore_latest(tmp_path)
+  save_steps(tmp_path, [2])
+  garble_metadata(tmp_path / '2')
+  assert_same(restore_latest(tmp_path)[0], tiny_state(1))
+  assert sorted(p.name for p in (tmp_path / 'damaged').iterdir()) == [
+      '2', '2.2', '2.2.reason.txt', '2.reason.txt']
+
+
+@orbax_drops_reads
+def test_no_readable_step_is_one_error_naming_the_directory(tmp_path):
+  save_steps(tmp_path, [1, 2])
+  truncate_largest_array_file(tmp_path / '1')
+  garble_metadata(tmp_path / '2')
+  with pytest.raises(errors.CheckpointError, match=f'No checkpoint in {tmp_path} can be read'):
+    restore_latest(tmp_path)
+  assert (tmp_path / '1').exists() and (tmp_path / '2').exists()  # nothing moved
+
+
+def test_a_readable_step_that_does_not_fit_is_an_error_not_damage(tmp_path):
+  save_steps(tmp_path, [1, 2])
+  with pytest.raises(ValueError) as raised:
+    restore_latest(tmp_path, tiny_state(0, extra=True))
+  assert not isinstance(raised.value, errors.CheckpointError)
+  assert not (tmp_path / 'damaged').exists()
+
+
+def test_load_variables_names_a_damaged_step(tmp_path):
+  save_steps(tmp_path, [1, 2])
+  delete_metadata(tmp_path / '2')
+  with pytest.raises(errors.CheckpointError, match=f'Step 2 of {tmp_path} cannot be read'):
+    checkpoint.load_variables(tmp_path)
