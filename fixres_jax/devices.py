@@ -2,11 +2,11 @@
 
 `pip install -r requirements.txt` installs jaxlib for the CPU; on a GPU machine jax then trains
 on the CPU without a word. `check_platform` stops such a run before anything is compiled and
-prints the GPU install line (launch/install.txt), unless config.allow_cpu_with_gpu is set.
+prints the GPU install line (fixres_jax/install.txt), unless config.allow_cpu_with_gpu is set.
 """
 
+import importlib.resources
 import os
-import pathlib
 import shutil
 import subprocess
 
@@ -14,7 +14,7 @@ import jax
 
 from fixres_jax import errors
 
-INSTALL_LINES = pathlib.Path(__file__).parent.parent / 'launch' / 'install.txt'
+INSTALL_LINES = importlib.resources.files('fixres_jax') / 'install.txt'
 # Where an NVIDIA driver shows its GPUs (module-level so that tests can point them elsewhere).
 NVIDIA_PROC = '/proc/driver/nvidia/gpus'
 NVIDIA_DEVICE = '/dev/nvidia0'

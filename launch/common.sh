@@ -47,8 +47,8 @@ run() {
   fi
 }
 
-# The install command of a target (cpu, gpu or tpu): its line in launch/install.txt, which
+# The install command of a target (cpu, gpu or tpu): its line in fixres_jax/install.txt, which
 # README's "Install" section shows.
 install_line() {
-  sed -n "s/^$1: //p" launch/install.txt
+  sed -n "s/^$1: //p" fixres_jax/install.txt
 }

@@ -6,7 +6,7 @@
 #   e.g. launch/gpu_workstation.sh configs/r50_128.py /data/runs/r50_128 --config.train.batch_size=256
 #
 # Needs jax with CUDA: `launch/gpu_workstation.sh --install` runs the GPU line of
-# launch/install.txt (README "Install"). TFDS_DATA_DIR should point at the prepared datasets.
+# fixres_jax/install.txt (README "Install"). TFDS_DATA_DIR should point at the prepared datasets.
 # TensorFlow never sees the GPUs. With config.deterministic (the default) main sets
 # XLA_FLAGS=--xla_gpu_deterministic_ops=true itself, so a resumed run is bit-identical.
 set -euo pipefail

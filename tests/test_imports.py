@@ -1,5 +1,6 @@
 """The model, step, checkpoint and analysis code never imports TensorFlow (only data/ does),
-and the library never imports the studies or the benchmarks."""
+the library never imports the studies or the benchmarks, and importing it leaves TensorFlow's
+devices alone."""
 
 import ast
 import pathlib
@@ -22,6 +23,24 @@ def test_only_the_data_package_imports_tensorflow():
   without_data, with_data = result.stdout.strip().splitlines()[-2:]
   assert without_data == '[]', without_data
   assert with_data == 'True'  # the check itself can see TensorFlow
+
+
+def test_importing_the_pipeline_leaves_tensorflow_devices_alone():
+  """The pipeline hides the GPUs from TensorFlow where it is first used, not on import (on a
+  CPU-only machine no device changes: the recorded calls are what fails there)."""
+  code = ('import tensorflow as tf\n'
+          'calls = []\n'
+          'tf.config.set_visible_devices = tf.config.experimental.set_visible_devices = (\n'
+          '    lambda *args, **kwargs: calls.append(args))\n'
+          'before = tf.config.get_visible_devices()\n'
+          'import fixres_jax.data.pipeline, fixres_jax.main\n'
+          'print(calls)\n'
+          'print(tf.config.get_visible_devices() == before)\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          check=True, timeout=300)
+  calls, unchanged = result.stdout.strip().splitlines()[-2:]
+  assert calls == '[]', f'importing fixres_jax called tf.config.set_visible_devices{calls}'
+  assert unchanged == 'True'
 
 
 def imported_modules(path: pathlib.Path) -> set:

@@ -6,6 +6,7 @@ import math
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from fixres_jax import parallel
 from fixres_jax.data import pipeline
@@ -18,6 +19,25 @@ def test_missing_dataset_says_how_to_prepare(tmp_path, tiny_config):
   config.data.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='manual'):
     pipeline.load_dataset(config)
+
+
+def test_first_use_hides_the_gpus_from_tensorflow(monkeypatch, tiny_config):
+  """load_dataset and every read leave the GPUs to JAX (TensorFlow made to see one here)."""
+  calls = []
+  monkeypatch.setattr(tf.config, 'get_visible_devices', lambda device_type=None: ['GPU:0'])
+  monkeypatch.setattr(tf.config, 'set_visible_devices', lambda *args: calls.append(args))
+  dataset = pipeline.load_dataset(tiny_config)
+  assert calls == [([], 'GPU')]
+  pipeline.eval_batches(dataset, 'validation', 8, eval_at(32))
+  assert calls == [([], 'GPU')] * 2
+
+
+def test_tensorflow_already_started_with_a_gpu_is_only_a_warning(monkeypatch):
+  def started(*args):
+    raise RuntimeError('Visible devices cannot be modified after being initialized')
+  monkeypatch.setattr(tf.config, 'get_visible_devices', lambda device_type=None: ['GPU:0'])
+  monkeypatch.setattr(tf.config, 'set_visible_devices', started)
+  pipeline.hide_gpus_from_tensorflow()
 
 
 @pytest.mark.parametrize('num_devices', [1, 8])

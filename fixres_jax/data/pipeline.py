@@ -24,10 +24,23 @@ from fixres_jax.data import preprocess
 from fixres_jax.data import service as service_lib
 from fixres_jax.data import sources
 
-# The accelerators belong to JAX: hide them from TensorFlow.
-tf.config.set_visible_devices([], 'GPU')
-
 Dataset = Union[sources.TfdsSource, sources.FolderSource]
+
+
+def hide_gpus_from_tensorflow() -> None:
+  """Leaves the GPUs to JAX: tf.data runs on the CPU (nothing to do with tensorflow-cpu).
+
+  Called where the pipeline is first used (load_dataset, every read), not at import, so that
+  importing this module changes no global state. TensorFlow fixes its devices when its runtime
+  starts: if it was started earlier with GPUs visible, they stay visible (a warning says so).
+  """
+  if not tf.config.get_visible_devices('GPU'):
+    return
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError as e:
+    logging.warning('TensorFlow started before the input pipeline and sees the GPUs (%s): '
+                    'it may take GPU memory from JAX.', e)
 
 
 def load_dataset(config) -> Dataset:
@@ -37,6 +50,7 @@ def load_dataset(config) -> Dataset:
     FileNotFoundError: the dataset is not prepared, with instructions to prepare it.
     errors.DataError: a split is empty.
   """
+  hide_gpus_from_tensorflow()
   dataset = sources.load_source(config)
   for split in (config.data.train_split, config.data.eval_split):
     if dataset.num_examples(split) == 0:
@@ -398,6 +412,7 @@ _CACHED = {}
 def _read(dataset: Dataset, split: str, shard: int, num_shards: int, drop_remainder: bool,
           shuffle_seed, cache: bool) -> tf.data.Dataset:
   """dataset.read, optionally served from an in-memory cache of the encoded bytes."""
+  hide_gpus_from_tensorflow()
   if not cache:
     return dataset.read(split, shard, num_shards, drop_remainder, shuffle_seed)
   key = (id(dataset), split, shard, num_shards, drop_remainder)
