@@ -20,6 +20,7 @@ from fixres_jax import losses
 from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import parametric
+from fixres_jax import preemption
 
 # Pooled features are >= 0; exact zeros are counted apart. 32 bins per decade over 1e-4..1e3
 # (a 7.5% relative resolution for quantiles), plus a bin below and one above.
@@ -98,7 +99,12 @@ def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dic
 
   Returns:
     {name: summed outputs of step_fn ({'plain'[, 'adapted']}), as NumPy}.
+
+  Raises:
+    preemption.Stopped: a stop was requested before the pass (a pass is never cut short:
+      its results are what the caller keeps).
   """
+  preemption.check_stop('an evaluation pass')
   totals = {}
   for batch in parallel.prefetch_to_devices(batches, mesh):
     for name, (variables, adaptation) in entries.items():

@@ -8,7 +8,9 @@ resumes an interrupted one from its last checkpoint.
 """
 
 import os
+import signal
 import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -75,13 +77,17 @@ def run(config, workdir: str) -> dict:
 
 
 def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
+  """Runs config.stages; a stop requested by a signal keeps any further one from starting
+  (preemption.check_stop here, and before each evaluation pass of the sweep)."""
   mesh = parallel.create_mesh()
   models = {}
   if 'train' in config.stages:
+    preemption.check_stop('the train stage')
     models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
   else:
     models['trained'] = load_trained(config, workdir, model)
   if 'finetune' in config.stages:
+    preemption.check_stop('the finetune stage')
     # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
     config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
                                        model)
@@ -90,6 +96,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   elif has_checkpoint(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
+    preemption.check_stop('the sweep')
     result = analysis.sweep(config, dataset, mesh, models, model,
                             analysis.finetuned_test_res(config, workdir))
     analysis.write_sweep(workdir, result)
@@ -167,20 +174,31 @@ def main(argv):
   workdir_lib.enable_compilation_cache(FLAGS.workdir)  # before anything compiles
   initialize_distributed()
   logging.info('JAX on %s.', devices.describe())
+  preemption.install_handlers()  # once, for the whole run: a signal ends the run, not a stage
   run_or_exit(FLAGS.config, FLAGS.workdir)
 
 
 def run_or_exit(config, workdir: str) -> None:
-  """run(), where a user's mistake exits with its message alone and a preemption with
-  preemption.EXIT_CODE."""
+  """run(), where a user's mistake exits with its message alone, and a stop requested by a
+  signal with 128 + the signal (143 for SIGTERM, 130 for SIGINT), also once run() is done."""
   try:
     devices.check_platform(config)
     run(config, workdir)
-  except preemption.Preempted as e:
-    logging.warning('%s', e)
-    sys.exit(preemption.EXIT_CODE)
+  except preemption.Stopped as e:
+    stop_with(str(e), e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C twice, or with several processes (no handler there)
+    stop_with('Interrupted.', 128 + signal.SIGINT)
   except errors.UserError as e:  # anything else is a bug: its traceback stays
     exit_with(errors.message(e))
+  if preemption.STOP.is_set():  # it came during the last stage's final work
+    stop_with(f'Stopped by signal {preemption.STOP.signum} after the last stage, whose '
+              'outputs are written.', preemption.STOP.exit_code())
+
+
+def stop_with(message: str, code: int) -> NoReturn:
+  """A requested stop: its message as a warning (no traceback), exit `code`."""
+  logging.warning('%s', message)
+  sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -2,8 +2,9 @@
 mesh, the stage's checkpoint manager, the last checkpoint restored) and the step loop."""
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple
 
+from absl import logging
 from etils import epath
 from flax import traverse_util
 from flax.training import train_state
@@ -127,12 +128,14 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
 
   Runs step_fn from state.step to total_steps; logs every cadence.log_every steps the mean
   of the metrics since the last log;
-  checkpoints every cadence.checkpoint_every steps, at the end, and on SIGTERM (then raises
-  preemption.Preempted); evaluates with evaluate_fn every eval_every steps and at the end.
+  checkpoints every cadence.checkpoint_every steps, at the end, and when a stop is requested
+  (SIGTERM, SIGINT: then raises preemption.Preempted, also when the request stops an
+  evaluation); evaluates with evaluate_fn every eval_every steps and at the end.
 
   Returns:
     the final state.
   """
+  preemption.check_stop(f'the {stage} steps')
   start_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, stage)
   progress = metrics_lib.Progress(total_steps, global_batch, start_step)
@@ -157,7 +160,7 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
         writer.write(step, summary, line=progress.line(step, summary))
         window = MetricWindow()
       if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
-        writer.write(step, evaluate_fn(state))
+        writer.write(step, evaluate_or_stop(evaluate_fn, stage, step, state, manager))
       if save:
         # The loss is that of the parameters before the step: check what is about to be saved.
         if not all_finite((state.params, state.batch_stats)):
@@ -165,17 +168,33 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
         checkpoint.save_state(manager, step, state)
         writer.sync()  # a remote workdir's metrics, up to this checkpoint
       if guard.should_stop(step):
-        if step not in manager.all_steps():  # a periodic save may have just written it
-          checkpoint.save_state(manager, step, state, force=True)
-        manager.wait_until_finished()
-        raise preemption.Preempted(stage, step)
+        stop_at(stage, step, state, manager)
     if evaluate_fn and start_step < total_steps:
-      writer.write(total_steps, evaluate_fn(state))
+      logging.info('[%s] Evaluating at step %d.', stage, total_steps)
+      writer.write(total_steps, evaluate_or_stop(evaluate_fn, stage, total_steps, state,
+                                                 manager))
   finally:
     manager.wait_until_finished()
     writer.close()
     guard.close()
   return state
+
+
+def stop_at(stage: str, step: int, state, manager) -> NoReturn:
+  """Checkpoints `step` (unless a save holds it already) and raises preemption.Preempted."""
+  if step not in manager.all_steps():  # a periodic save may have just written it
+    checkpoint.save_state(manager, step, state, force=True)
+  manager.wait_until_finished()
+  raise preemption.Preempted(stage, step)
+
+
+def evaluate_or_stop(evaluate_fn: Callable, stage: str, step: int, state, manager) -> dict:
+  """evaluate_fn(state); when a stop request ends the evaluation, the state it evaluated is
+  checkpointed first (stop_at), so that the stop loses no step."""
+  try:
+    return evaluate_fn(state)
+  except preemption.Stopped:
+    stop_at(stage, step, state, manager)
 
 
 class MetricWindow:

@@ -14,6 +14,8 @@ import pytest
 from fixres_jax import checkpoint
 from fixres_jax import cluster
 from fixres_jax import config as config_lib
+from fixres_jax import evaluate
+from fixres_jax import main
 from fixres_jax import preemption
 from fixres_jax import stage
 from fixres_jax import workdir as workdir_lib
@@ -26,14 +28,18 @@ class State:
   batch_stats: dict
 
 
+def counting_step(state, batch):
+  del batch
+  return state.replace(step=state.step + 1, params={'w': state.params['w'] + 1.0}), {
+      'loss': jnp.float32(1.0)}
+
+
 def terminating_step(at_step: int):
   """A train step that receives SIGTERM (a real signal, to this process) during `at_step`."""
   def step_fn(state, batch):
-    del batch
     if int(state.step) + 1 == at_step:
       os.kill(os.getpid(), signal.SIGTERM)
-    return state.replace(step=state.step + 1, params={'w': state.params['w'] + 1.0}), {
-        'loss': jnp.float32(1.0)}
+    return counting_step(state, batch)
   return step_fn
 
 
@@ -54,6 +60,113 @@ def test_sigterm_saves_its_step_once_and_raises_preempted(tmp_path, at_step):
   restored = checkpoint.restore_state(manager, state)
   np.testing.assert_array_equal(restored.params['w'], np.full(3, float(at_step)))
   manager.close()
+
+
+@pytest.fixture
+def main_handlers():
+  """The handlers main installs for the whole run; given back, and the record cleared, after."""
+  previous = signal.getsignal(signal.SIGTERM)
+  assert preemption.install_handlers()
+  yield
+  preemption.uninstall_handlers()
+  preemption.STOP.clear()
+  assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_the_first_signal_decides_the_exit_code():
+  request = preemption.StopRequest()
+  assert not request.is_set()
+  request.record(signal.SIGINT)
+  request.record(signal.SIGTERM)
+  assert request.is_set() and request.exit_code() == 130
+  request.clear()
+  request.record(signal.SIGTERM)
+  assert request.exit_code() == 143
+
+
+@pytest.mark.parametrize('sig, code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_is_recorded_and_stops_at_the_next_check(main_handlers, sig, code):
+  preemption.check_stop('nothing')  # no request yet
+  os.kill(os.getpid(), sig)  # handled here, between two bytecodes: no exception
+  assert preemption.stop_requested()
+  with pytest.raises(preemption.Stopped, match=f'signal {int(sig)} before the sweep') as e:
+    preemption.check_stop('the sweep')
+  assert e.value.exit_code == code
+
+
+def test_a_second_ctrl_c_stops_at_once(main_handlers):
+  os.kill(os.getpid(), signal.SIGINT)
+  with pytest.raises(KeyboardInterrupt):
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_main_handlers_outlive_a_stage_and_its_request(tmp_path, main_handlers):
+  """A stage's guard neither gives back main's handlers nor forgets a request: the run ends."""
+  guard = preemption.PreemptionGuard()
+  os.kill(os.getpid(), signal.SIGTERM)
+  assert guard.should_stop(1)
+  guard.close()
+  assert signal.getsignal(signal.SIGTERM) is preemption._record_signal
+  assert preemption.STOP.is_set()
+
+
+def run_tiny_loop(tmp_path, step_fn, evaluate_fn=None, eval_every=0, total_steps=20):
+  """stage.run_steps on a 3-number state, checkpointing every 5 steps."""
+  config = config_lib.get_base_config()
+  config.checkpoint.every_steps = 5
+  config.train.log_every_steps = 100
+  state = State(step=jnp.int32(0), params={'w': jnp.zeros(3)}, batch_stats={})
+  manager = checkpoint.create_manager(tmp_path / 'checkpoints')
+  try:
+    stage.run_steps('train', tmp_path, state, step_fn, iter(lambda: {}, None), total_steps, 8,
+                    lambda step: 0.1, manager, stage.stage_cadence(config, 'train'),
+                    eval_every=eval_every, evaluate_fn=evaluate_fn)
+  finally:
+    manager.close()
+
+
+def test_a_stop_before_a_stage_loop_runs_no_step(tmp_path, main_handlers):
+  os.kill(os.getpid(), signal.SIGTERM)
+  with pytest.raises(preemption.Stopped, match='before the train steps'):
+    run_tiny_loop(tmp_path, pytest.fail)
+
+
+@pytest.mark.parametrize('eval_every, eval_at', [(3, 3), (0, 20)])  # periodic, final
+def test_a_stop_during_an_evaluation_checkpoints_its_step(tmp_path, main_handlers,
+                                                          eval_every, eval_at):
+  def evaluate_fn(state):  # the signal comes during an evaluation; the next pass sees it
+    del state
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate.evaluate(None, {}, iter(pytest.fail, None), None)
+  with pytest.raises(preemption.Preempted, match=f'at step {eval_at}'):
+    run_tiny_loop(tmp_path, counting_step, evaluate_fn, eval_every, total_steps=20)
+  manager = checkpoint.create_manager(tmp_path / 'checkpoints')
+  assert manager.latest_step() == eval_at
+  manager.close()
+
+
+def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers):
+  """SIGTERM during the train stage's last work: main exits 143, and fine-tuning never starts."""
+  config = config_lib.get_base_config()
+  config.stages = ('train', 'finetune', 'sweep')
+  def train_then_signal(*args):
+    del args
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {}
+  monkeypatch.setattr(main.train, 'train_and_evaluate', train_then_signal)
+  monkeypatch.setattr(main.analysis, 'resolve_test_res', pytest.fail)
+  monkeypatch.setattr(main, 'run', lambda config, workdir: main.run_stages(
+      config, workdir, None, None))
+  with pytest.raises(SystemExit) as exited:
+    main.run_or_exit(config, 'unused')
+  assert exited.value.code == 143
+
+
+def test_a_stop_during_the_last_stage_still_exits_with_its_code(monkeypatch, main_handlers):
+  monkeypatch.setattr(main, 'run', lambda config, workdir: os.kill(os.getpid(), signal.SIGINT))
+  with pytest.raises(SystemExit) as exited:
+    main.run_or_exit(config_lib.get_base_config(), 'unused')
+  assert exited.value.code == 130
 
 
 def test_no_cluster_and_no_flags_initialise_nothing(monkeypatch):

@@ -5,6 +5,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -91,6 +92,44 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, synthetic_data_dir):
   assert 'preempted' in output
   with ocp.CheckpointManager(workdir / 'checkpoints' / 'train') as manager:
     assert manager.latest_step() is not None and manager.latest_step() < 50 * 8
+
+
+def run_until_line(command, text, timeout=600):
+  """Runs `command`, sends SIGTERM once a line containing `text` appears; (exit code, the
+  output before the signal, the output after it)."""
+  process = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  watchdog = threading.Timer(timeout, process.kill)  # a line that never comes ends the test
+  watchdog.start()
+  before, after = [], []
+  try:
+    for line in process.stdout:
+      (after if after else before).append(line)
+      if not after and text in line:
+        process.send_signal(signal.SIGTERM)
+        after.append('')  # from here on, the lines come after the signal
+    return process.wait(), ''.join(before), ''.join(after)
+  finally:
+    watchdog.cancel()
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_last_evaluation_ends_the_run(tmp_path, synthetic_data_dir):
+  """The signal comes during the train stage's final evaluation, after its last step: the run
+  exits 143 and fine-tuning never starts; the re-run resumes and finishes every stage."""
+  command = main_command(tmp_path, synthetic_data_dir)
+  code, before, after = run_until_line(command, '[train] Evaluating at step 16')
+  assert code == 143, (before + after)[-3000:]
+  assert 'Received signal 15' in after and 'Traceback' not in after, after[-3000:]
+  assert '[finetune]' not in after and 'fine-tuning' not in after, after[-3000:]
+  assert not (tmp_path / 'checkpoints' / 'finetune').exists()
+
+  result = subprocess.run(command, cwd=REPO, env=environment(), timeout=600,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from {tmp_path / "checkpoints" / "train"} at step 16' in result.stderr
+  assert '[finetune] step 8/8' in result.stderr
+  assert (tmp_path / 'sweep.json').exists()
 
 
 def test_half_written_checkpoint_is_never_picked_up(tmp_path):
