@@ -52,6 +52,38 @@ def define_flags() -> None:
                     "'run': the demo runs only; 'report': DEMO.md from finished runs.")
 
 
+def last_map_side(test_res: int, stride_2_layers: int = 5) -> int:
+  """The side of the ResNet's last feature map: five stride-2 layers with SAME padding (the
+  stem's conv and max-pool, the first block of stages 2-4) each halve it, rounding up."""
+  for _ in range(stride_2_layers):
+    test_res = -(-test_res // 2)
+  return test_res
+
+
+def map_sides_line(run: dict) -> str:
+  """Why the accuracy curve is not smooth: the last feature map's side at each K_test."""
+  sides = ', '.join(f"{r['test_res']}: {last_map_side(r['test_res'])}x{last_map_side(r['test_res'])}"
+                    for r in run['heldout'])
+  return ('The network pools its last feature map, whose side is K / 32 rounded up at every '
+          f'stride: {sides} (at K_train = {run["train_res"]}: '
+          f'{last_map_side(run["train_res"])}x{last_map_side(run["train_res"])}). On maps this '
+          'small most positions touch the zero padding, and the trained network\'s held-out loss '
+          'steps up where the map grows:')
+
+
+def heldout_table(runs: list) -> str:
+  """The trained network's held-out loss and top-1 at every candidate K_test, per seed."""
+  resolutions = [r['test_res'] for r in runs[0]['heldout']]
+  rows = [[run['seed'], *(f"{r['loss']:.3f} ({100 * r['top1']:.1f})" for r in run['heldout'])]
+          for run in runs]
+  return common.format_table(['seed', *(f'K {k}: loss (top-1 %)' for k in resolutions)], rows)
+
+
+TARGET_MINUTES = 5  # README's command from an empty data dir, on 2 idle cores
+
+SELECTION_WORDS = {'top1': 'best top-1', 'loss': 'lowest cross-entropy (finetune.auto_metric)'}
+
+
 def demo_command(workdir: epath.Path, seed: int, data_dir: str, overrides=()) -> List[str]:
   """README's demo command, with the seed (and the data dir) set."""
   return [sys.executable, '-m', 'fixres_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
@@ -73,7 +105,7 @@ def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=(), env=None,
   if done:
     return done
   workdir.mkdir(parents=True, exist_ok=True)
-  load_before = os.getloadavg()[1]
+  load_before = os.getloadavg()
   first_use = not epath.Path(data_dir).exists() or not any(epath.Path(data_dir).iterdir())
   command = demo_command(workdir, seed, data_dir, overrides)
   logging.info('Seed %d: %s', seed, ' '.join(command))
@@ -85,7 +117,9 @@ def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=(), env=None,
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   record = {'seed': seed, 'wall_seconds': time.perf_counter() - start,
             'cpu_seconds': (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            'generated_dataset': first_use, 'load_average_5min': [load_before, os.getloadavg()[1]],
+            'generated_dataset': first_use,
+            'load_average_1min': [load_before[0], os.getloadavg()[0]],
+            'load_average_5min': [load_before[1], os.getloadavg()[1]],
             'command': ' '.join(command[1:])}
   (workdir / TIME_FILE).write_text(json.dumps(record, indent=2))
   return record
@@ -121,6 +155,7 @@ def collect_seed(root: epath.Path, seed: int, name: str = ''):
   return {
       'seed': seed, 'train_res': k_train, 'selected_test_res': k_test,
       'selection_split': choice['split'], 'heldout': choice['records'],
+      'selection_metric': choice.get('metric', 'top1'),
       'analytic_test_res': meta['analytic_test_res']['test_res'],
       'trained_at_train_res': claims.top1_at(records, 'trained', k_train),
       'trained_at_selected': claims.top1_at(records, 'trained', k_test),
@@ -275,11 +310,15 @@ def time_lines(runs: List[dict], cores: int) -> List[str]:
   if first:
     gen = f", of which generating the dataset {first['generation_seconds']:.0f} s wall" if (
         first['generation_seconds']) else ''
+    load = first.get('load_average_1min')
+    started = f" (1-minute load average {load[0]:.1f} when it started)" if load else ''
     lines.append(
         f"- With an empty data dir (seed {first['seed']}, README's command as a newcomer runs "
         f"it): {first['cpu_seconds']:.0f} s CPU, at least "
         f"{first['cpu_seconds'] / cores / 60:.1f} min on {cores} idle cores; "
-        f"{first['wall_seconds']:.0f} s wall here{gen}.")
+        f"{first['wall_seconds']:.0f} s wall here{started}{gen}: "
+        f"{first['wall_seconds'] / 60:.1f} min against the target of {TARGET_MINUTES} minutes, "
+        f"{'met' if first['wall_seconds'] <= 60 * TARGET_MINUTES else 'not met'}.")
   lines.append('- Wall times here are not idle-machine times: the 5-minute load averages in '
                'the table show how many processes shared the cores.')
   return lines
@@ -339,11 +378,13 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       'and the library versions (XLA compiles differently per CPU; NumPy and Pillow write the '
       'dataset, which tests/test_synthetic.py pins); the verdicts are what should hold.', '',
       '## How the demo chooses K_test', '',
-      f"It trains on `train[:90%]` and picks K_test as the trained network's best top-1 on "
-      f"the held-out `{runs[0]['selection_split']}` (never on validation), then FixRes-"
-      'fine-tunes there; the analytic K_test* (resolution.py, from the crop sampler and the '
-      'image shapes) is shown beside it. Every accuracy below is on '
-      f"`{runs[0]['eval_split']}`.", '',
+      f"It trains on `train[:90%]` and picks K_test as the trained network's "
+      f"{SELECTION_WORDS[runs[0]['selection_metric']]} on the held-out "
+      f"`{runs[0]['selection_split']}` (never on validation), then FixRes-fine-tunes there; "
+      'the analytic K_test* (resolution.py, from the crop sampler and the image shapes) is '
+      'shown beside it. Every accuracy below is on '
+      f"`{runs[0]['eval_split']}`.", '', map_sides_line(runs[0]), '',
+      heldout_table(runs), '',
       '## Is the demo a measuring instrument?', '', *instrument_lines(runs, perturbed), '',
       '## Claims (a claim holds when every seed is ahead)', '', *claim_lines(runs, summary), '',
       '## Per seed', '', seed_table(runs), '',
@@ -352,7 +393,7 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       sweep_table(summary), '', '## Time', '',
       *time_lines(runs, cores), '']
   if plateau_root:
-    lines += ['## Why the demo used to sit at chance', '', plateau.EXPLANATION, '',
+    lines += ['## Why the demo sat at chance, and what removed it', '', plateau.EXPLANATION, '',
               'Written by', '', f'    {plateau.COMMAND}', '',
               plateau.report(epath.Path(plateau_root), plateau.REPORT_SEEDS, out), '']
   (out / 'DEMO.md').write_text('\n'.join(lines))

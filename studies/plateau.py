@@ -37,13 +37,14 @@ START = {'train.base_lr': 0.2, 'model.zero_init_head': False}
 # tried; each is written as a folder dataset of the same scenes (write_style_dataset).
 V1 = {'texture_contrast': (12.0, 72.0), 'object_size': (0.2, 0.8), 'cycles': (4.0, 8.0)}
 V2 = {**V1, 'texture_contrast': (24.0, 144.0)}
-V3 = {**V2, 'object_size': (0.4, 0.9), 'cycles': (6.0, 12.0)}
+V3 = {**V2, 'object_size': (0.4, 0.9), 'cycles': (8.0, 16.0)}
 STYLES: Dict[str, dict] = {
     'v1': V1,
     'contrast_x2': V2,
     'contrast_x3': {**V1, 'texture_contrast': (36.0, 180.0)},
     'large_objects': {**V1, 'object_size': (0.4, 0.9)},
     'contrast_x2_large_objects': {**V2, 'object_size': (0.4, 0.9)},
+    'objects_cycles_6_12': {**V2, 'object_size': (0.4, 0.9), 'cycles': (6.0, 12.0)},
     'v3': V3,
 }
 
@@ -62,11 +63,12 @@ VARIANTS: Dict[str, tuple] = {
     'batch_128': ('v1', {'train.batch_size': 128}),
     'exact_decode': ('v1', {'data.train_decode': 'exact'}),
     'inception_crop': ('v1', {'data.crop': 'inception'}),
-    **{name: (name, {}) for name in STYLES if name not in ('v1', 'v3')},
+    **{name: (name, {}) for name in STYLES if name not in ('v1', 'v3', 'objects_cycles_6_12')},
     'contrast_x2_zero_head': ('contrast_x2', {'model.zero_init_head': True}),
     'contrast_x2_short_warmup': ('contrast_x2', {'train.warmup_epochs': 0.25}),
     'contrast_x2_batch_32': ('contrast_x2', {'train.batch_size': 32}),
     'contrast_x2_lr_double_zero_head': ('contrast_x2', DEMO_NOW),
+    'objects_cycles_6_12': ('objects_cycles_6_12', DEMO_NOW),
     'v3_start_training': ('v3', {}),
     'demo_now': ('v3', DEMO_NOW),  # fixres_synthetic 3.0.0 and configs/demo.py as they are
 }
@@ -76,10 +78,12 @@ COMMAND = ('python -m studies.plateau --data_dir=DATA --root=ROOT --steps=400 '
            '[--variants=...] [--seeds=...]; then --phase=report')
 REPORT_SEEDS = (0, 1, 2)
 EXPLANATION = """\
-Measured with fixres_synthetic 1.0.0, whose textures had a contrast of 12-72 grey levels: the
-rows without a dataset change read that version (the tfds dataset as it was then), the others a
-folder dataset rendered with the stated ranges (the same scenes otherwise). Each run trains
-configs/demo.py's network on its real input pipeline and schedule for the first steps only.
+Every row trains configs/demo.py's network on its real input pipeline and schedule for the
+first steps only, starting from the demo's training as this study began (base_lr 0.2, a
+random classifier) with one change; each dataset is a folder of the same scenes rendered with
+the stated ranges (the unchanged ones are version 1.0.0's: textures of 12-72 grey levels on
+objects 0.2-0.8 of the short side, 4-8 cycles). The first rows were recorded on the tfds
+dataset 1.0.0 itself, the same images in another order.
 
 What the curves show. At initialisation the pooled features are dominated by the
 class-independent clutter, and the quickest way down from the initial loss is to silence them:
@@ -89,11 +93,15 @@ collapsed to a near-constant output. The network leaves chance when conv1 has gr
 detectors, and conv1's gradient norm is the first to rise when it does. Changing the
 initialisation (zero-init of the last BatchNorm of each block, a zero classifier), halving the
 learning rate or dropping the warm-up does not remove the plateau; halving the batch shows that
-its length is counted in images seen (about one epoch), not in steps. Doubling the texture
-contrast does: every seed leaves chance earlier and none stays there; tripling it, or enlarging
-the objects as well, shortens it little more. fixres_synthetic 2.0.0 doubles the contrast
-(24-144 grey levels) and changes nothing else: enlarging the objects would also make the
-textures coarser, and with them the resolution effect the demo exists to show."""
+its length is counted in images seen (about one epoch), not in steps. What shortens it is how
+much texture signal a crop carries: doubling the texture contrast (fixres_synthetic 2.0.0)
+does, tripling it adds little, larger objects add more. fixres_synthetic 3.0.0 keeps 2.0.0's
+contrast and draws objects 0.4-0.9 of the short side with 8-16 cycles, so that the textures
+cover more of each crop without becoming coarser (the resolution effect the demo exists to
+show depends on their fineness). On top of it the demo now trains at twice the learning rate
+from a zero classifier, which together shorten the plateau further (the last rows, with
+each change alone). Objects 0.4-0.9 with 6-12 cycles also left chance early, but in two full
+demo runs made the task easy enough that FixRes fine-tuning had little left to fix."""
 
 
 def define_flags() -> None:

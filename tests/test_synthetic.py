@@ -168,10 +168,10 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 # (prepared copies on disk are otherwise reused) and replace the digest.
 FINGERPRINT_EXAMPLES = 4
 DATA_FINGERPRINTS = {
-    'default': '4e6c4ad97e707b6d88a24bbfc01e45f4f8f357089c77227c10c7b5fe65ba1b5c',
-    'reproduce': '4e6c4ad97e707b6d88a24bbfc01e45f4f8f357089c77227c10c7b5fe65ba1b5c',
-    'small': '4e6c4ad97e707b6d88a24bbfc01e45f4f8f357089c77227c10c7b5fe65ba1b5c',
-    'tiny': '4e6c4ad97e707b6d88a24bbfc01e45f4f8f357089c77227c10c7b5fe65ba1b5c',
+    'default': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
+    'reproduce': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
+    'small': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
+    'tiny': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
 }
 
 

@@ -51,9 +51,9 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
       '1.0.0': 'Initial release.',
       '2.0.0': 'Texture contrast 24-144 grey levels (was 12-72): the demo network no longer '
                'sits at chance for a third of its training (docs/DEMO.md).',
-      '3.0.0': 'Objects 0.4-0.9 of the short side (was 0.2-0.8) with 6-12 texture cycles (was '
-               '4-8), so the texture periods stay about as fine while the texture covers more '
-               'of the image: the demo network leaves chance within half an epoch.',
+      '3.0.0': 'Objects 0.4-0.9 of the short side (was 0.2-0.8) with 8-16 texture cycles (was '
+               '4-8): the texture covers more of each crop, with periods a little finer, and the '
+               'demo network leaves chance within about half an epoch.',
   }
   BUILDER_CONFIGS = [
       FixresSyntheticConfig(

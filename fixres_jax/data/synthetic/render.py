@@ -9,8 +9,8 @@ local patch. Every pattern is horizontal-flip invariant as a class (a flip turns
 stripes into -45 degree ones, so both belong to 'diagonal_stripes'), because training
 flips images at random.
 
-Why apparent size matters. A texture has a fixed number of cycles across its object (6 to
-12), not a fixed period in pixels, so its period is object size / cycles: the texture is as
+Why apparent size matters. A texture has a fixed number of cycles across its object (8 to
+16), not a fixed period in pixels, so its period is object size / cycles: the texture is as
 fine as the object is small. A network trained on RandomResizedCrops sees objects, and so
 textures, magnified compared with the test transform, which is the train/test resolution
 discrepancy FixRes corrects; at low test resolutions the textures of small objects approach
@@ -27,9 +27,10 @@ more cycles, smaller objects or less contrast make recognition depend more on re
 texture's share of the image also sets how soon a network learns at all. With textures of
 12-72 grey levels on objects 0.2-0.8 of the short side (version 1.0.0) the demo network sat
 at chance level for a third of its training or more; doubling the contrast (2.0.0) shortened
-that to about an epoch; objects 0.4-0.9 of the short side with 6-12 cycles (3.0.0) keep the
-texture periods about as fine but cover more of each crop, and the network leaves chance
-within about half an epoch (docs/DEMO.md measures each step, over seeds).
+that to about an epoch. Objects 0.4-0.9 of the short side with 8-16 cycles (3.0.0) cover more
+of each crop with texture, whose periods are a little finer than before (0.056 of the short
+side on average, was 0.087), and the network leaves chance within about half an epoch
+(docs/DEMO.md measures each step, over seeds).
 """
 
 import dataclasses
@@ -71,7 +72,7 @@ class Style:
   short_side: Tuple[int, int] = (200, 320)
   aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
   object_size: Tuple[float, float] = (0.4, 0.9)
-  cycles: Tuple[float, float] = (6.0, 12.0)
+  cycles: Tuple[float, float] = (8.0, 16.0)
   texture_contrast: Tuple[float, float] = (24.0, 144.0)
   noise_std: Tuple[float, float] = (2.0, 6.0)
   jpeg_quality: Tuple[int, int] = (70, 95)
