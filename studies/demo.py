@@ -319,8 +319,9 @@ def time_lines(runs: List[dict], cores: int) -> List[str]:
         f"{first['wall_seconds']:.0f} s wall here{started}{gen}: "
         f"{first['wall_seconds'] / 60:.1f} min against the target of {TARGET_MINUTES} minutes, "
         f"{'met' if first['wall_seconds'] <= 60 * TARGET_MINUTES else 'not met'}.")
-  lines.append('- Wall times here are not idle-machine times: the 5-minute load averages in '
-               'the table show how many processes shared the cores.')
+  lines.append(f"- The {'other ' if first else ''}runs' wall times are not idle-machine times: "
+               'the 5-minute load averages in the table show how many processes shared the '
+               'cores.')
   return lines
 
 

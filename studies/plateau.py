@@ -96,12 +96,14 @@ learning rate or dropping the warm-up does not remove the plateau; halving the b
 its length is counted in images seen (about one epoch), not in steps. What shortens it is how
 much texture signal a crop carries: doubling the texture contrast (fixres_synthetic 2.0.0)
 does, tripling it adds little, larger objects add more. fixres_synthetic 3.0.0 keeps 2.0.0's
-contrast and draws objects 0.4-0.9 of the short side with 8-16 cycles, so that the textures
-cover more of each crop without becoming coarser (the resolution effect the demo exists to
-show depends on their fineness). On top of it the demo now trains at twice the learning rate
-from a zero classifier, which together shorten the plateau further (the last rows, with
-each change alone). Objects 0.4-0.9 with 6-12 cycles also left chance early, but in two full
-demo runs made the task easy enough that FixRes fine-tuning had little left to fix."""
+contrast and draws objects 0.4-0.9 of the short side with 8-16 cycles: the textures cover
+more of each crop without becoming coarser (they are a little finer; the resolution effect
+the demo exists to show depends on their fineness), and every seed leaves chance within 100
+steps (140 per epoch). The demo's training has also changed since (twice the learning rate, a
+zero classifier): on 2.0.0 that shortened the plateau a little, on 3.0.0 it makes no clear
+difference (demo_now against v3_start_training), and it was kept. Objects 0.4-0.9 with 6-12 cycles also left
+chance early, but in two full demo runs made the task easy enough that FixRes fine-tuning had
+little left to fix."""
 
 
 def define_flags() -> None:

@@ -53,7 +53,7 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
                'sits at chance for a third of its training (docs/DEMO.md).',
       '3.0.0': 'Objects 0.4-0.9 of the short side (was 0.2-0.8) with 8-16 texture cycles (was '
                '4-8): the texture covers more of each crop, with periods a little finer, and the '
-               'demo network leaves chance within about half an epoch.',
+               'demo network leaves chance within two thirds of an epoch.',
   }
   BUILDER_CONFIGS = [
       FixresSyntheticConfig(

@@ -29,7 +29,7 @@ texture's share of the image also sets how soon a network learns at all. With te
 at chance level for a third of its training or more; doubling the contrast (2.0.0) shortened
 that to about an epoch. Objects 0.4-0.9 of the short side with 8-16 cycles (3.0.0) cover more
 of each crop with texture, whose periods are a little finer than before (0.056 of the short
-side on average, was 0.087), and the network leaves chance within about half an epoch
+side on average, was 0.087), and the network leaves chance within two thirds of an epoch
 (docs/DEMO.md measures each step, over seeds).
 """
 
