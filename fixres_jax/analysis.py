@@ -28,6 +28,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from fixres_jax import checkpoint
 from fixres_jax import evaluate
 from fixres_jax import parallel
 from fixres_jax import parametric
@@ -143,7 +144,9 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
 
   Evaluates at config.finetune.auto_resolutions (default: config.sweep.resolutions) and keeps
   the best by config.finetune.auto_metric (best_test_res). The choice and every accuracy go to
-  WORKDIR/auto_test_res.json, which a re-run of the same configuration reuses.
+  WORKDIR/auto_test_res.json, which a re-run of the same configuration reuses, and every
+  re-run once fine-tuning has saved work (that work was made at the K_test chosen then;
+  config.redo='finetune' chooses again).
   """
   from fixres_jax.data import pipeline  # only the loop needs TensorFlow
   cfg = config.finetune
@@ -154,6 +157,10 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
     if (choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions
         and choice.get('metric', 'top1') == cfg.auto_metric):
       logging.info('K_test = %d, chosen before (%s).', choice['test_res'], path)
+      return choice['test_res']
+    if checkpoint.has_steps(epath.Path(workdir) / 'checkpoints' / 'finetune'):
+      logging.info('K_test = %d, chosen before (%s) with other settings: the saved '
+                   'fine-tuning was made there.', choice['test_res'], path)
       return choice['test_res']
   step_fn = evaluate.jit_eval_step(model)
   variables = parallel.replicate(variables, mesh)

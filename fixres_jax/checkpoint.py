@@ -54,6 +54,12 @@ def create_manager(directory, max_to_keep: int = 3, async_save: bool = True
   return CheckpointManager(epath.Path(directory), options=options)
 
 
+def has_steps(directory) -> bool:
+  """Whether a stage directory holds a saved step (an interrupted start leaves it empty)."""
+  directory = epath.Path(directory)
+  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any,
                force: bool = False) -> bool:
   """Saves the train state at `step` (asynchronously unless the manager is synchronous)."""

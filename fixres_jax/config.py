@@ -25,6 +25,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.allow_cpu_with_gpu = False  # True: train on the CPU even where a GPU is visible
   config.init_from = ''  # an orbax checkpoint or a `fixres_jax.convert` output directory
   config.init_head = True  # False: a new classifier (transfer to another number of classes)
+  # A re-run in a workdir whose saved work was made with other values of some fields is
+  # refused (rerun.py); 'train' or 'finetune' runs that stage (and the later one) again, the
+  # saved work moved to WORKDIR/replaced/N. Nothing is redone while the values agree.
+  config.redo = ''
 
   config.data = data = ml_collections.ConfigDict()
   data.name = 'imagenet2012'  # a tfds name, 'fixres_synthetic/default', or 'folder'
@@ -285,9 +289,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
 
 
 def field_value(config: ml_collections.ConfigDict, name: str):
-  """config's 'section.field'."""
-  section, field = name.split('.')
-  return config[section][field]
+  """config's 'section.field' (or top-level 'field')."""
+  for part in name.split('.'):
+    config = config[part]
+  return config
 
 
 def choice_fields() -> dict:
@@ -296,6 +301,7 @@ def choice_fields() -> dict:
   # module, and only validation needs the model and step code (jax, flax, optax, orbax).
   from fixres_jax import cached_finetune  # pylint: disable=g-import-not-at-top
   from fixres_jax import models  # pylint: disable=g-import-not-at-top
+  from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
   from fixres_jax import train  # pylint: disable=g-import-not-at-top
   return {'model.name': models.ARCH_NAMES, 'model.block': tuple(models.BLOCKS),
           'model.dtype': models.DTYPES, 'data.dtype': augmentations.IMAGE_DTYPES,
@@ -306,7 +312,7 @@ def choice_fields() -> dict:
           'train.loss': train.LOSSES, 'finetune.mode': tuple(cached_finetune.FINETUNE_MODES),
           'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
           'finetune.cache_dtype': cached_finetune.CACHE_DTYPES,
-          'finetune.auto_metric': AUTO_METRICS}
+          'finetune.auto_metric': AUTO_METRICS, 'redo': ('',) + rerun.REDO_STAGES}
 
 
 def choice_problems(config: ml_collections.ConfigDict) -> list:

@@ -29,6 +29,7 @@ from fixres_jax import devices
 from fixres_jax import errors
 from fixres_jax import parallel
 from fixres_jax import preemption
+from fixres_jax import rerun
 from fixres_jax import storage
 from fixres_jax import train
 from fixres_jax import workdir as workdir_lib
@@ -64,8 +65,7 @@ def run(config, workdir: str) -> dict:
   workdir = epath.Path(workdir)
   workdir_lib.check_writable(workdir, needed_bytes=0)
   with workdir_lib.WorkdirLock(workdir):
-    if jax.process_index() == 0:
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    rerun.check(config, workdir)  # refuses a change that saved work was not made with
     dataset = pipeline.load_dataset(config)
     pipeline.log_dataset(dataset, (config.data.train_split, config.data.eval_split))
     not_held_out = pipeline.trained_on_selection(dataset, config)
@@ -93,7 +93,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
                                        model)
     finetune_fn = cached_finetune.FINETUNE_MODES[config.finetune.mode]
     models['finetuned'] = finetune_fn(config, workdir, dataset, mesh, models['trained'])
-  elif has_checkpoint(workdir / 'checkpoints' / 'finetune'):
+  elif checkpoint.has_steps(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
     preemption.check_stop('the sweep')
@@ -105,15 +105,10 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   return models
 
 
-def has_checkpoint(directory: epath.Path) -> bool:
-  """Whether a stage's directory holds a saved step (an interrupted start leaves it empty)."""
-  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 def load_trained(config, workdir: epath.Path, model) -> dict:
   """The train stage's result, or config.init_from (with a new head if init_head=False)."""
   trained = workdir / 'checkpoints' / 'train'
-  if has_checkpoint(trained):
+  if checkpoint.has_steps(trained):
     variables = checkpoint.load_variables(trained)
     train.check_variables(model, variables, str(trained))
     return variables

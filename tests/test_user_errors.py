@@ -27,8 +27,10 @@ FREE_TEXT_FIELDS = {'init_from', 'data.name', 'data.data_dir', 'data.folder',
 
 
 def set_field(config, name: str, value) -> None:
-  section, field = name.split('.')
-  config[section][field] = value
+  *sections, field = name.split('.')
+  for section in sections:
+    config = config[section]
+  config[field] = value
 
 
 def string_fields(config) -> set:
