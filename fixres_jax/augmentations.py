@@ -14,6 +14,12 @@ from typing import Dict, Optional
 TRAIN_CROPS = ('torchvision', 'inception')  # RandomResizedCrop samplers (see preprocess.py)
 DECODES = ('exact', 'fast')  # full decode + resize, or window decode at a DCT scale
 TEST_RESIZES = ('shorter', 'official')  # the paper's Resize(S), or the official repository's
+# Resampling filters of the test and fine-tuning transforms, PIL's (antialiased) by their
+# torchvision/timm names: bilinear (torchvision's weights, FixRes), bicubic (most timm weights).
+INTERPOLATIONS = ('bilinear', 'bicubic', 'lanczos')
+# Where the test transform's K x K window lies (preprocess.test_frame): torchvision's
+# Resize + CenterCrop, timm's 'squash' and 'border', and flax's fixed margin.
+TEST_CROP_MODES = ('center', 'squash', 'border', 'margin')
 # The normalised images' dtype as they leave tf.data: bfloat16 halves the host-to-device bytes.
 IMAGE_DTYPES = ('float32', 'bfloat16')
 

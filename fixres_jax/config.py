@@ -13,7 +13,8 @@ AUTO_METRICS = ('top1', 'loss')  # what finetune.test_res='auto' maximises
 INTEGER_MINIMUMS = {'model.num_filters': 1, 'data.shuffle_buffer': 1, 'data.num_shards': 0,
                     'train.log_every_steps': 1, 'finetune.log_every_steps': 1,
                     'train.profile_steps': 0, 'finetune.profile_steps': 0,
-                    'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': 1}
+                    'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': 1,
+                    'data.test_resize_size': 0, 'data.test_crop_margin': 0}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -67,6 +68,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'official' (the FixRes repository's: height to K_test / crop_pct, black columns on
   # narrow portraits), to evaluate converted official weights on the official pixels.
   data.test_resize = 'shorter'
+  # The test and fine-tuning transforms' resampling filter, antialiased as PIL's: 'bilinear'
+  # (torchvision's weights, FixRes), 'bicubic' (timm's for most weights) or 'lanczos'.
+  data.test_interpolation = 'bilinear'
+  # Where the K_test x K_test window lies (preprocess.test_frame): 'center' (resize the shorter
+  # side to S, central crop: torchvision, timm's default), 'squash' (both sides to S, central
+  # crop) or 'border' (the longer side to S, padded with the mean colour): timm's modes; or
+  # 'margin' (flax, big_vision: the central square of K / (K + test_crop_margin) of the
+  # shorter side, cropped then resized; crop_pct and test_resize_size play no part).
+  data.test_crop_mode = 'center'
+  # S in pixels for every K_test (torchvision's ResNet-50 V2 weights: 232 for K_test 224);
+  # 0: S = floor(K_test / crop_pct), the crop fraction kept as K_test moves.
+  data.test_resize_size = 0
+  data.test_crop_margin = 32  # 'margin' mode: flax's CROP_PADDING
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'resnet50'
@@ -271,6 +285,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
       problems.append(f'config.{name}={value} is not a positive multiple of the '
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
   problems += choice_problems(config)
+  problems += test_view_problems(config)
   problems += integer_problems(config)
   problems += finetune_mode_problems(config.finetune)
   problems += recipe_problems(config)
@@ -308,6 +323,8 @@ def choice_fields() -> dict:
           'data.crop': augmentations.TRAIN_CROPS, 'data.decode': augmentations.DECODES,
           'data.train_decode': augmentations.DECODES,
           'data.test_resize': augmentations.TEST_RESIZES,
+          'data.test_interpolation': augmentations.INTERPOLATIONS,
+          'data.test_crop_mode': augmentations.TEST_CROP_MODES,
           'train.schedule': train.SCHEDULES, 'train.optimizer': train.OPTIMIZERS,
           'train.loss': train.LOSSES, 'finetune.mode': tuple(cached_finetune.FINETUNE_MODES),
           'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
@@ -346,6 +363,33 @@ def integer_problems(config: ml_collections.ConfigDict) -> list:
     problems.append(f'config.model.stage_sizes={stage_sizes}: use a positive number of '
                     f'blocks for each of one or more stages, e.g. '
                     f'{defaults.model.stage_sizes}.')
+  return problems
+
+
+def test_resolutions(config: ml_collections.ConfigDict) -> tuple:
+  """Every K_test a run may evaluate or fine-tune at."""
+  cfg = config.finetune
+  fixed = () if isinstance(cfg.test_res, str) else (cfg.test_res,)
+  return fixed + tuple(cfg.auto_resolutions) + tuple(config.sweep.resolutions)
+
+
+def test_view_problems(config: ml_collections.ConfigDict) -> list:
+  """What the test transform's crop mode cannot do with the other config.data fields."""
+  data, problems = config.data, []
+  sizes = [k for k in test_resolutions(config) if is_integer(k)]
+  if data.test_resize == 'official' and data.test_crop_mode != 'center':
+    problems.append(f"config.data.test_resize='official' resizes the height for the 'center' "
+                    f"crop mode, not {data.test_crop_mode!r}: set test_resize='shorter'.")
+  if is_integer(data.test_resize_size) and data.test_resize_size:
+    if data.test_crop_mode == 'margin':
+      problems.append(f"config.data.test_resize_size={data.test_resize_size}: the 'margin' "
+                      'crop mode sets its scale from test_crop_margin; set it to 0.')
+    elif data.test_crop_mode in ('center', 'squash') and sizes and (
+        data.test_resize_size < max(sizes)):
+      problems.append(f'config.data.test_resize_size={data.test_resize_size} is below K_test '
+                      f'{max(sizes)} (finetune.test_res, auto_resolutions or '
+                      f'sweep.resolutions): the crop would not fit; use a resize size >= '
+                      f'{max(sizes)}, or 0 for K_test / crop_pct.')
   return problems
 
 

@@ -54,7 +54,8 @@ HARMLESS_SECTIONS = ('sweep', 'checkpoint')
 # Fields of config.data that only the test transform reads: fine-tuning's, not training's.
 # Any other data, model or train field (or one added later) belongs to the train stage.
 FINETUNE_DATA_FIELDS = frozenset({'data.crop_pct', 'data.decode', 'data.test_resize',
-                                  'data.test_interpolation'})
+                                  'data.test_interpolation', 'data.test_crop_mode',
+                                  'data.test_resize_size', 'data.test_crop_margin'})
 
 
 def field_stage(name: str) -> Optional[str]:

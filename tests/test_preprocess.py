@@ -350,3 +350,150 @@ def test_exact_decoding_equals_the_fast_path_without_scaling():
     preprocess.preprocess_test(data, 32, decode='pil')
   with pytest.raises(ValueError, match='resize'):
     preprocess.preprocess_test(data, 32, resize='longer')
+
+
+@pytest.mark.parametrize('interpolation', ['bicubic', 'lanczos'])
+def test_filters_match_pil_on_a_real_photo(interpolation):
+  """PIL's antialiased bicubic and Lanczos (torchvision's Resize on PIL images, timm's
+  evaluation) to >= 50 dB, downscaling (64) and near scale 1 (448); the bilinear output is
+  not that close to PIL's filter, so the test tells the filters apart."""
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  photos = {k: v for k, v in decode.real_photos().items() if 'as shipped' in k}
+  for row in decode.measure_filters(photos, (64, 448), (interpolation,)):
+    assert row['exact_db'] >= 50, row
+  data = next(iter(photos.values()))
+  reference = decode.torchvision_test_transform(data, 64, interpolation=interpolation)
+  assert decode.psnr(decode.ours(data, 64, 'exact'), reference) < 45
+
+
+@pytest.mark.parametrize('interpolation', preprocess.INTERPOLATIONS)
+def test_decoded_window_holds_every_filter_tap(interpolation):
+  """The test transform decodes a window around the crop: wide enough for each filter's
+  support at the downscale factor, it equals resizing the whole decoded image."""
+  data = encode(make_image(300, 400), quality=95)
+  box = preprocess.central_crop_box(300, 400, 40)  # a 7.5x downscale
+  window = preprocess.decode_and_resize_jpeg(data, box, 40, context=True, dct_scaling=False,
+                                             interpolation=interpolation).numpy()
+  whole = preprocess.resize_box(tf.io.decode_jpeg(data, channels=3), box, 40,
+                                interpolation).numpy()
+  np.testing.assert_allclose(window, whole, atol=0.05)
+  assert whole.min() >= 0 and whole.max() <= 255
+
+
+def test_interpolation_reaches_test_and_finetune_transforms():
+  data = encode(make_image(200, 260), quality=95)
+  bilinear = preprocess.preprocess_test(data, 48, decode='exact').numpy()
+  bicubic = preprocess.preprocess_test(data, 48, decode='exact', interpolation='bicubic')
+  assert not np.allclose(bilinear, bicubic, atol=1e-2)
+  finetune = preprocess.preprocess_finetune(data, tf.constant([0, 1]), 48, augment='none',
+                                            decode='exact', interpolation='bicubic')
+  np.testing.assert_array_equal(finetune, bicubic)
+  official = preprocess.preprocess_test(data, 48, resize='official', interpolation='bicubic')
+  np.testing.assert_allclose(official, bicubic, atol=1e-4)  # a landscape: the same pixels
+  with pytest.raises(ValueError, match='interpolation'):
+    preprocess.preprocess_test(data, 48, interpolation='hamming')
+
+
+@pytest.mark.slow
+def test_filters_match_pil_at_every_test_resolution():
+  """docs/DECODE.md's filter table: >= 50 dB at every K_test in 64-448 on every photo."""
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  rows = decode.measure_filters(decode.real_photos())
+  assert len(rows) == 3 * len(decode.FILTERS) * len(decode.RESOLUTIONS)
+  assert min(r['exact_db'] for r in rows) >= 50, min(rows, key=lambda r: r['exact_db'])
+
+
+def real_photo(name='as shipped'):
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  return next(v for k, v in decode.real_photos().items() if name in k)
+
+
+def psnr_against(reference, data, size, **kwargs):
+  """PSNR (dB) of preprocess_test (exact decode) against `reference`, [0, 255] HWC."""
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  ours = decode.denormalize(preprocess.preprocess_test(data, size, decode='exact',
+                                                       **kwargs).numpy())
+  return decode.psnr(ours, np.asarray(reference, np.float64))
+
+
+@pytest.mark.parametrize('photo', ['as shipped', 'transposed'])
+def test_resize_size_matches_torchvision_v2_weights(photo):
+  """torchvision's ResNet-50 IMAGENET1K_V2 transform (resize 232, crop 224: the sizes read
+  from the weights) on the uint8 tensor, as ImageClassification does."""
+  from torchvision.models import ResNet50_Weights  # pylint: disable=g-import-not-at-top
+  from torchvision.transforms import functional as F  # pylint: disable=g-import-not-at-top
+  transform = ResNet50_Weights.IMAGENET1K_V2.transforms()
+  (resize,), (crop,) = transform.resize_size, transform.crop_size
+  assert (resize, crop) == (232, 224)
+  data = real_photo(photo)
+  tensor = F.pil_to_tensor(Image.open(io.BytesIO(data)).convert('RGB'))
+  tensor = F.center_crop(F.resize(tensor, [resize], transform.interpolation, antialias=True),
+                         [crop])
+  reference = tensor.permute(1, 2, 0).numpy()
+  assert psnr_against(reference, data, crop, resize_size=resize) >= 50
+  assert psnr_against(reference, data, crop) < 40  # resize 256 (crop_pct 0.875) is not it
+
+
+def timm_eval(data, size, **kwargs):
+  """timm's eval transform (transforms_factory.transforms_imagenet_eval) as uint8 HWC."""
+  from timm.data import transforms_factory  # pylint: disable=g-import-not-at-top
+  transform = transforms_factory.transforms_imagenet_eval(size, normalize=False, **kwargs)
+  return transform(Image.open(io.BytesIO(data)).convert('RGB')).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize('photo', ['as shipped', 'transposed'])
+@pytest.mark.parametrize('mode,crop_pct', [('center', 0.95), ('squash', 0.875),
+                                           ('border', 0.875), ('border', 1.0)])
+def test_crop_modes_match_timm(photo, mode, crop_pct):
+  data = real_photo(photo)
+  reference = timm_eval(data, 224, crop_pct=crop_pct, crop_mode=mode, interpolation='bicubic')
+  kwargs = dict(crop_pct=crop_pct, crop_mode=mode, interpolation='bicubic')
+  assert psnr_against(reference, data, 224, **kwargs) >= 50
+  others = {'center': 'squash', 'squash': 'center', 'border': 'center'}
+  assert psnr_against(reference, data, 224, **{**kwargs, 'crop_mode': others[mode]}) < 40
+  if mode == 'border':  # the shorter side comes out below 224: lines of the mean colour
+    short = round(math.floor(224 / crop_pct) * 512 / 600)
+    fill = np.all(reference == preprocess.BORDER_FILL, axis=2)
+    lines = fill.all(axis=0) if photo == 'as shipped' else fill.all(axis=1)
+    assert lines.sum() == 224 - short and lines[0] and lines[-1]
+
+
+def flax_margin_reference(data, size, margin=32, interpolation=Image.BILINEAR):
+  """flax's and big_vision's central crop (float32 arithmetic, as their TF code), cropped
+  from the PIL image and resized with PIL."""
+  image = Image.open(io.BytesIO(data)).convert('RGB')
+  width, height = image.size
+  side = int(np.float32(size / (size + margin)) * np.float32(min(height, width)))
+  top, left = (height - side + 1) // 2, (width - side + 1) // 2
+  crop = image.crop((left, top, left + side, top + side))
+  return np.asarray(crop.resize((size, size), interpolation))
+
+
+@pytest.mark.parametrize('photo', ['as shipped', 'transposed'])
+@pytest.mark.parametrize('size', [96, 224])
+def test_margin_mode_matches_flax_geometry(photo, size):
+  data = real_photo(photo)
+  reference = flax_margin_reference(data, size)
+  assert psnr_against(reference, data, size, crop_mode='margin') >= 50
+  bicubic = flax_margin_reference(data, size, interpolation=Image.BICUBIC)
+  assert psnr_against(bicubic, data, size, crop_mode='margin', interpolation='bicubic') >= 50
+  # The crop fraction moves with K: 224 / 256 (crop_pct's 0.875) at 224, 96 / 128 at 96.
+  assert (psnr_against(reference, data, size) < 40) == (size == 96)
+
+
+def test_crop_modes_in_finetuning_and_fast_decoding():
+  data = real_photo()
+  for mode in preprocess.TEST_CROP_MODES:
+    test = preprocess.preprocess_test(data, 96, crop_mode=mode, decode='exact')
+    none = preprocess.preprocess_finetune(data, tf.constant([1, 2]), 96, augment='none',
+                                          crop_mode=mode, decode='exact')
+    np.testing.assert_array_equal(none, test)
+    fast = preprocess.preprocess_test(data, 96, crop_mode=mode, decode='fast')
+    assert np.abs(denormalize(fast) - denormalize(test)).mean() < 3, mode
+    v2 = preprocess.preprocess_finetune(data, tf.constant([1, 2]), 96, augment='v2',
+                                        crop_mode=mode)
+    assert v2.shape == (96, 96, 3)
+  with pytest.raises(ValueError, match='crop mode'):
+    preprocess.preprocess_test(data, 96, crop_mode='random')
+  with pytest.raises(ValueError, match='resize_size'):
+    preprocess.preprocess_test(data, 96, resize_size=90)

@@ -76,3 +76,27 @@ def test_rsb_a3_recipe():
        'fc': {'kernel': 0, 'bias': 0}}, tuple(cfg.no_decay))
   assert mask == {'layer1_0': {'bn1': {'scale': False, 'bias': False}, 'conv1': {'kernel': True}},
                   'fc': {'kernel': True, 'bias': False}}
+
+
+def test_bad_test_transform_options_are_named():
+  config = config_lib.get_base_config()
+  config.data.test_interpolation = 'hamming'
+  config.data.test_crop_mode = 'random'
+  config.data.test_crop_margin = -1
+  with pytest.raises(ValueError) as error:
+    config_lib.validate(config, 8)
+  for field in ('test_interpolation', 'test_crop_mode', 'test_crop_margin'):
+    assert f'config.data.{field}' in str(error.value)
+  config = config_lib.get_base_config()
+  config.data.test_resize_size = 232  # below the sweep's 448: the crop would not fit
+  with pytest.raises(ValueError, match='test_resize_size=232 is below K_test 448'):
+    config_lib.validate(config, 8)
+  config.sweep.resolutions = (160, 192, 224)
+  config.finetune.test_res = 224
+  config_lib.validate(config, 8)  # torchvision's ResNet-50 V2 geometry: 232 -> 224
+  config.data.test_crop_mode = 'margin'
+  config.data.test_resize = 'official'
+  with pytest.raises(ValueError) as error:
+    config_lib.validate(config, 8)
+  assert "'margin' crop mode sets its scale" in str(error.value)
+  assert "test_resize='official' resizes the height" in str(error.value)

@@ -130,17 +130,23 @@ def finetune_transform(config) -> Callable:
   """(image bytes, seed) -> image: FixRes fine-tuning's transform at config.finetune.test_res."""
   data = config.data
   return functools.partial(
-      preprocess.preprocess_finetune, size=config.finetune.test_res, crop_pct=data.crop_pct,
+      preprocess.preprocess_finetune, size=config.finetune.test_res,
       augment=config.finetune.augment, dtype=tf.dtypes.as_dtype(data.dtype),
-      decode=data.decode, resize=data.test_resize)
+      **test_view(data))
 
 
 def test_transform(config, image_size: int) -> Callable:
   """image bytes -> image: the test transform at image_size."""
   data = config.data
-  return functools.partial(preprocess.preprocess_test, size=image_size, crop_pct=data.crop_pct,
-                           dtype=tf.dtypes.as_dtype(data.dtype), decode=data.decode,
-                           resize=data.test_resize)
+  return functools.partial(preprocess.preprocess_test, size=image_size,
+                           dtype=tf.dtypes.as_dtype(data.dtype), **test_view(data))
+
+
+def test_view(data) -> dict:
+  """config.data's test-transform arguments, shared by the test and fine-tuning transforms."""
+  return dict(crop_pct=data.crop_pct, decode=data.decode, resize=data.test_resize,
+              interpolation=data.test_interpolation, crop_mode=data.test_crop_mode,
+              resize_size=data.test_resize_size, margin=data.test_crop_margin)
 
 
 def stage_steps_per_epoch(config, dataset: Dataset, stage: str) -> int:

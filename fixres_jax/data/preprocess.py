@@ -21,12 +21,15 @@ resize resamples exactly the requested (fractional) box: the crop geometry is th
 every ratio. Huffman decoding of the rows above the window cannot be skipped, so on photos
 the decode itself gets only ~1.1-1.3x cheaper; the smaller resize that follows gains more.
 
-Resizing. Bilinear with antialiasing (a triangle filter widened by the downscale factor,
-tf.raw_ops.ScaleAndTranslate, the kernel behind tf.image.resize(antialias=True)). It is what
-PIL's bilinear resize does, hence what torchvision, and so FixRes, trained and evaluated
-with; without antialiasing a 3x downscale aliases, and aliasing changes with the resolution,
-the very variable FixRes studies. ScaleAndTranslate also takes a sub-pixel box, which keeps
-the test crop's geometry exact.
+Resizing. Antialiased, as PIL resizes: the filter is widened by the downscale factor
+(tf.raw_ops.ScaleAndTranslate, the kernel behind tf.image.resize(antialias=True)). Bilinear
+(a triangle filter) is PIL's bilinear resize, hence what torchvision, and so FixRes, trained
+and evaluated with; the test and fine-tuning transforms also offer PIL's bicubic (Keys' cubic
+with a = -0.5, TF's 'keyscubic'; timm's choice for most of its weights) and Lanczos-3
+(INTERPOLATIONS). Without antialiasing a 3x downscale aliases, and aliasing changes with the
+resolution, the very variable FixRes studies. ScaleAndTranslate also takes a sub-pixel box,
+which keeps the test crop's geometry exact. PIL resizes in two passes rounded to uint8 in
+between; one float pass differs from it by rounding only (docs/DECODE.md: >= 55 dB).
 
 Train augmentation. After the crop and flip, either torchvision's ColorJitter or timm's
 RandAugment (data/randaugment.py, on the crop rounded to integers as timm's uint8 image),
@@ -53,6 +56,13 @@ DCT_RATIOS = (1, 2, 4, 8)  # The scales libjpeg can decode at, via tf.io.decode_
 CROPS = augmentations.TRAIN_CROPS
 DECODES = augmentations.DECODES
 TEST_RESIZES = augmentations.TEST_RESIZES
+INTERPOLATIONS = augmentations.INTERPOLATIONS
+TEST_CROP_MODES = augmentations.TEST_CROP_MODES
+# timm's padding colour in its 'border' crop mode: the ImageNet mean, rounded.
+BORDER_FILL = tuple(round(m) for m in MEAN_RGB)
+# PIL's resampling filters as ScaleAndTranslate kernels, with their support radius in input
+# pixels at scale 1 (PIL's BICUBIC is Keys' cubic, a = -0.5; its LANCZOS has 3 lobes).
+KERNELS = {'bilinear': ('triangle', 1), 'bicubic': ('keyscubic', 2), 'lanczos': ('lanczos3', 3)}
 
 Box = Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]  # offset_y, offset_x, height, width
 
@@ -145,32 +155,43 @@ def select_dct_ratio(crop_height, crop_width, size):
   return tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32))
 
 
-def resize_box(image, box, size: int):
+def resize_box(image, box, size: int, interpolation: str = 'bilinear'):
   """Resamples `box` (float offset_y, offset_x, h, w in pixels of `image`) to size x size.
 
-  Antialiased bilinear; the box may have fractional bounds and may reach past the image by
-  less than a pixel (filter taps outside the image are dropped and the rest renormalised).
+  Antialiased, with PIL's `interpolation` filter (KERNELS); the box may have fractional
+  bounds and may reach past the image by less than a pixel (filter taps outside the image
+  are dropped and the rest renormalised).
   """
   y, x, h, w = tf.unstack(tf.cast(box, tf.float32))
   scale = tf.stack([size / h, size / w])
   translation = -tf.stack([y, x]) * scale
+  return _resample(image, [size, size], scale, translation, interpolation)
+
+
+def _resample(image, size, scale, translation, interpolation: str):
+  """ScaleAndTranslate of one image with PIL's `interpolation` filter, in [0, 255]."""
+  _check_interpolation(interpolation)
   resized = tf.raw_ops.ScaleAndTranslate(
-      images=image[None], size=[size, size], scale=scale, translation=translation,
-      kernel_type='triangle', antialias=True)
-  return resized[0]
+      images=tf.cast(image, tf.float32)[None], size=size, scale=scale,
+      translation=translation, kernel_type=KERNELS[interpolation][0], antialias=True)[0]
+  if interpolation == 'bilinear':  # A triangle filter cannot leave the input's range.
+    return resized
+  return tf.clip_by_value(resized, 0.0, 255.0)  # Cubic and Lanczos lobes overshoot; PIL clips.
 
 
-def _window_for(box, image_height, image_width, size: int, context: bool):
+def _window_for(box, image_height, image_width, size: int, context: bool, radius: int = 1):
   """The integer window of the image to decode for `box`, and `box` relative to it.
 
-  The window holds the box (bounds rounded outwards) and, with `context`, the pixels the
-  antialiasing filter reads around it, so that decoding the window and resizing equals
-  resizing the whole image and then cropping. Clamped to the image.
+  The window holds the box (bounds rounded outwards) and, with `context`, the pixels a
+  filter of support `radius` (KERNELS) reads around it once widened by the downscale
+  factor, so that decoding the window and resizing equals resizing the whole image and then
+  cropping. Clamped to the image.
 
   Returns:
     (int32 [4] window y, x, h, w; float32 [4] box in window coordinates).
   """
-  margin = tf.math.ceil(tf.maximum(box[2], box[3]) / size) + 1 if context else 0.0
+  downscale = tf.maximum(tf.maximum(box[2], box[3]) / size, 1.0)
+  margin = tf.math.ceil(radius * downscale) + 1 if context else 0.0
   lo = tf.floor(box[:2] - margin)
   hi = tf.math.ceil(box[:2] + box[2:] + margin)
   limit = tf.stack([tf.cast(image_height, tf.float32), tf.cast(image_width, tf.float32)])
@@ -181,7 +202,7 @@ def _window_for(box, image_height, image_width, size: int, context: bool):
 
 
 def decode_and_resize_jpeg(image_bytes, box, size: int, context: bool = False,
-                           dct_scaling: bool = True):
+                           dct_scaling: bool = True, interpolation: str = 'bilinear'):
   """Decodes only `box` of a JPEG (at a reduced DCT scale when possible), resized.
 
   Args:
@@ -193,6 +214,7 @@ def decode_and_resize_jpeg(image_bytes, box, size: int, context: bool = False,
       crop-then-resize (the train transform).
     dct_scaling: allow decoding at 1/2, 1/4 or 1/8 scale when the box is that much larger
       than `size` on both sides.
+    interpolation: the resampling filter, a name of INTERPOLATIONS.
 
   Returns:
     float32 [size, size, 3], RGB in [0, 255]. (With 4:2:0 chroma, libjpeg upsamples the
@@ -205,9 +227,9 @@ def decode_and_resize_jpeg(image_bytes, box, size: int, context: bool = False,
   def decode_at(ratio):
     scaled_shape = tf.math.ceil(shape / ratio)  # libjpeg's scaled output size.
     window, box_in_window = _window_for(box / ratio, scaled_shape[0], scaled_shape[1], size,
-                                        context)
+                                        context, KERNELS[interpolation][1])
     image = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, ratio=ratio)
-    return resize_box(image, box_in_window, size)
+    return resize_box(image, box_in_window, size, interpolation)
 
   if not dct_scaling:
     return decode_at(1)
@@ -216,13 +238,14 @@ def decode_and_resize_jpeg(image_bytes, box, size: int, context: bool = False,
 
 
 def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: bool = False,
-                      decode: str = 'fast'):
+                      decode: str = 'fast', interpolation: str = 'bilinear'):
   """Decodes any image format and resizes the box `sample_box(height, width)` picks.
 
   decode='fast': JPEGs (grayscale and CMYK included) take decode_and_resize_jpeg (only the
   window, at a reduced DCT scale when possible); PNG, GIF (first frame) and BMP are decoded
   whole. decode='exact': every image is decoded whole at full scale, as PIL does, then
   cropped and resized by the same antialiased filter (decode_whole). Every output is RGB.
+  `interpolation` names the filter (INTERPOLATIONS).
 
   Returns:
     float32 [size, size, 3], RGB in [0, 255].
@@ -231,15 +254,17 @@ def decode_and_resize(image_bytes, sample_box: Callable, size: int, context: boo
 
   def jpeg():
     height, width = tf.unstack(tf.io.extract_jpeg_shape(image_bytes)[:2])
-    return decode_and_resize_jpeg(image_bytes, sample_box(height, width), size, context)
+    return decode_and_resize_jpeg(image_bytes, sample_box(height, width), size, context,
+                                  interpolation=interpolation)
 
   def whole():
     image = decode_whole(image_bytes)
     height, width = tf.unstack(tf.shape(image)[:2])
     box = tf.cast(sample_box(height, width), tf.float32)
-    window, box_in_window = _window_for(box, height, width, size, context)
+    window, box_in_window = _window_for(box, height, width, size, context,
+                                        KERNELS[interpolation][1])
     return resize_box(tf.image.crop_to_bounding_box(image, *tf.unstack(window)),
-                      box_in_window, size)
+                      box_in_window, size, interpolation)
 
   image = whole() if decode == 'exact' else tf.cond(tf.io.is_jpeg(image_bytes), jpeg, whole)
   image.set_shape([size, size, 3])
@@ -266,6 +291,74 @@ def _check_decode(decode: str) -> None:
     raise ValueError(f'Unknown decode {decode!r}: use one of {DECODES} (config.data.decode).')
 
 
+def _check_interpolation(interpolation: str) -> None:
+  if interpolation not in KERNELS:
+    raise ValueError(f'Unknown interpolation {interpolation!r}: use one of {INTERPOLATIONS} '
+                     '(config.data.test_interpolation).')
+
+
+# The test transform's geometry. Every crop mode is a "frame": the image resized to
+# (new_h, new_w) and the top-left corner (top, left) of the size x size output window in it,
+# in resized pixels; a negative corner means padding, as torchvision's CenterCrop pads.
+
+def test_frame(height, width, size: int, crop_pct: float = 0.875, crop_mode: str = 'center',
+               resize_size: int = 0, margin: int = 32, resize: str = 'shorter'):
+  """The frame of the test transform at K_test = size, for a height x width image.
+
+  crop_mode (augmentations.TEST_CROP_MODES), with S = resize_size, or floor(size /
+  crop_pct) when resize_size is 0:
+    'center': torchvision's Resize(S) + CenterCrop(size) (timm's 'center'; with
+      resize='official', the FixRes repository's Resize, see resized_size).
+    'squash': timm's: Resize((S, S)), the aspect ratio lost, then CenterCrop(size).
+    'border': timm's: the longer side to S (ResizeKeepRatio(S, longest=1)), then
+      CenterCropOrPad(size): the shorter side padded when it comes out below size.
+    'margin': the flax and big_vision ImageNet convention: the central square of side
+      int(size / (size + margin) * shorter side) (float32, as their TF code), offset
+      (side difference + 1) // 2, cropped from the original and resized to size; crop_pct
+      and resize_size play no part.
+
+  Returns:
+    float32 [4]: new_h, new_w, top, left.
+  """
+  if crop_mode == 'margin':
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    side = tf.cast(tf.constant(size / (size + margin), tf.float32) * shorter, tf.int32)
+    offsets = (tf.cast(tf.stack([height, width]), tf.int32) - side + 1) // 2
+    scale = size / tf.cast(side, tf.float32)
+    shape = tf.cast(tf.stack([height, width]), tf.float32)
+    return tf.concat([shape * scale, tf.cast(offsets, tf.float32) * scale], 0)
+  short = resize_size or math.floor(size / crop_pct)
+  if crop_mode == 'squash':
+    new_h = new_w = tf.constant(short, tf.float32)
+  elif crop_mode == 'border':
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    ratio = tf.maximum(h / short, w / short)
+    new_h, new_w = (tf.cast(tf.round(x / ratio), tf.float32) for x in (h, w))
+  else:
+    new_h, new_w = resized_size(height, width, short, resize)
+  return tf.stack([new_h, new_w, _center_offset(new_h, size), _center_offset(new_w, size)])
+
+
+def _center_offset(side, size: int):
+  """torchvision's CenterCrop corner on one axis: round((side - size) / 2) when the image
+  is at least size wide, else minus the (size - side) // 2 padded pixels."""
+  return tf.where(side >= size, tf.round((side - size) / 2), -tf.floor((size - side) / 2))
+
+
+def frame_box(height, width, frame, size: int, shift_x=0):
+  """The frame's output window as a box of the original image, `shift_x` resized pixels
+  to the right (clamped to the image).
+
+  Returns:
+    float32 [4]: offset_y, offset_x, h, w (fractional).
+  """
+  new_h, new_w, top, left = tf.unstack(frame)
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  left = tf.clip_by_value(left + tf.cast(shift_x, tf.float32), 0.0, new_w - size)
+  scale_y, scale_x = h / new_h, w / new_w
+  return tf.stack([top * scale_y, left * scale_x, size * scale_y, size * scale_x])
+
+
 def central_crop_box(height, width, size: int, crop_pct: float = 0.875, shift_x=0):
   """The window, in original pixels, of Resize(floor(size / crop_pct)) + CenterCrop(size).
 
@@ -276,39 +369,35 @@ def central_crop_box(height, width, size: int, crop_pct: float = 0.875, shift_x=
   Returns:
     float32 [4]: offset_y, offset_x, h, w (fractional).
   """
-  resized_h, resized_w = resized_size(height, width, size, crop_pct, 'shorter')
-  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  top = tf.round((resized_h - size) / 2)
-  left = tf.round((resized_w - size) / 2) + tf.cast(shift_x, tf.float32)
-  left = tf.clip_by_value(left, 0.0, resized_w - size)
-  scale_y, scale_x = h / resized_h, w / resized_w
-  return tf.stack([top * scale_y, left * scale_x, size * scale_y, size * scale_x])
+  return frame_box(height, width, test_frame(height, width, size, crop_pct), size, shift_x)
 
 
 def sample_v2_shift(seed, height, width, size: int, crop_pct: float = 0.875,
-                    resize: str = 'shorter'):
+                    resize: str = 'shorter', frame=None):
   """FixRes v2's random horizontal shift of the central crop, in resized pixels.
 
   As the official transforms_v2.CenterCrop: with c = the central crop's left offset,
   a jitter uniform in {0, ..., c} with a random sign, so the crop can move anywhere from
   the left edge to the right edge (no shift on an image as wide as the crop or narrower).
+  `frame` (test_frame) replaces the geometry crop_pct and resize describe.
   """
   magnitude_seed, sign_seed = split_seed(seed, 2)
-  resized_w = resized_size(height, width, size, crop_pct, resize)[1]
-  center_left = tf.maximum(tf.cast(tf.round((resized_w - size) / 2), tf.int32), 0)
+  if frame is None:
+    frame = test_frame(height, width, size, crop_pct, resize=resize)
+  center_left = tf.maximum(tf.cast(tf.floor(frame[3]), tf.int32), 0)
   jitter = tf.random.stateless_uniform([], magnitude_seed, 0, center_left + 1, tf.int32)
   sign = 2 * tf.random.stateless_uniform([], sign_seed, 0, 2, tf.int32) - 1
   return sign * jitter
 
 
-def resized_size(height, width, size: int, crop_pct: float, resize: str):
-  """(height, width), float32, of the test transform's resized image before the crop.
+def resized_size(height, width, short: int, resize: str):
+  """(height, width), float32, of the 'center' mode's resized image before the crop.
 
-  'shorter': the shorter side becomes S = floor(size / crop_pct) (torchvision's Resize(S)).
-  'official': the FixRes repository's own Resize(S): the HEIGHT becomes S and the width
-  int(S * width / height), whatever the orientation.
+  'shorter': the shorter side becomes `short` (torchvision's Resize(short)).
+  'official': the FixRes repository's own Resize(short): the HEIGHT becomes `short` and the
+  width int(short * width / height), whatever the orientation.
   """
-  short = tf.constant(math.floor(size / crop_pct), tf.float64)
+  short = tf.constant(short, tf.float64)
   h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
   if resize == 'official':
     return tf.cast(short, tf.float32), tf.cast(tf.floor(short * w / h), tf.float32)
@@ -318,43 +407,56 @@ def resized_size(height, width, size: int, crop_pct: float, resize: str):
   return tf.cast(new_h, tf.float32), tf.cast(new_w, tf.float32)
 
 
-def resize_official(image_bytes, size: int, crop_pct: float = 0.875,
-                    sample_shift: Callable = lambda h, w: 0):
-  """The official FixRes test transform: Resize (height to S) + CenterCrop(size).
+def resize_into(image_bytes, sample_frame: Callable, size: int, fill=(0, 0, 0),
+                interpolation: str = 'bilinear', sample_shift: Callable = lambda h, w: 0):
+  """Resize + CenterCrop for frames that may pad: the whole image decoded (decode_whole),
+  the part of the resized image inside the output window resampled, the rest `fill`.
 
-  The whole image is decoded and resized to (S, int(S * width / height)) with the
-  antialiased bilinear filter, S = floor(size / crop_pct); the central size x size crop
-  (plus `sample_shift(height, width)` resized pixels, clamped) is taken. A portrait image narrower than `size`
-  after the resize is centred between black columns, as torchvision's CenterCrop pads it:
-  (size - width) // 2 on the left, the rest on the right.
+  Args:
+    sample_frame: (height, width) -> float32 [4] frame (test_frame) with integer sides.
+    fill: RGB of the padding (torchvision's CenterCrop: black; timm's 'border': the mean).
+    sample_shift: (height, width) -> resized pixels to move the window right (FixRes v2),
+      clamped to the image.
 
   Returns:
     float32 [size, size, 3], RGB in [0, 255].
   """
   image = decode_whole(image_bytes)
   height, width = tf.unstack(tf.shape(image)[:2])
-  new_h, new_w = resized_size(height, width, size, crop_pct, 'official')
-  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  resized = tf.raw_ops.ScaleAndTranslate(
-      images=tf.cast(image, tf.float32)[None], size=tf.cast(tf.stack([new_h, new_w]), tf.int32),
-      scale=tf.stack([new_h / h, new_w / w]), translation=tf.zeros([2]),
-      kernel_type='triangle', antialias=True)[0]
-  top = tf.cast(tf.round((new_h - size) / 2), tf.int32)
-  new_w = tf.cast(new_w, tf.int32)
-
-  def crop():
-    left = tf.round(tf.cast(new_w - size, tf.float32) / 2) + tf.cast(
-        sample_shift(height, width), tf.float32)
-    left = tf.cast(tf.clip_by_value(left, 0.0, tf.cast(new_w - size, tf.float32)), tf.int32)
-    return resized[top:top + size, left:left + size]
-
-  def pad():
-    left = (size - new_w) // 2
-    return tf.pad(resized[top:top + size], [[0, 0], [left, size - new_w - left], [0, 0]])
-
-  image = tf.cond(new_w >= size, crop, pad)
+  new_h, new_w, top, left = tf.unstack(sample_frame(height, width))
+  left = tf.where(new_w > size, tf.clip_by_value(
+      left + tf.cast(sample_shift(height, width), tf.float32), 0.0, new_w - size), left)
+  corner = tf.stack([top, left])
+  start = tf.maximum(corner, 0.0)  # the first resized row and column kept
+  visible = tf.minimum(tf.stack([new_h, new_w]), corner + size) - start
+  scale = tf.stack([new_h, new_w]) / tf.cast(tf.stack([height, width]), tf.float32)
+  resized = _resample(image, tf.cast(visible, tf.int32), scale, -start, interpolation)
+  before = tf.cast(start - corner, tf.int32)
+  after = size - before - tf.cast(visible, tf.int32)
+  fill = tf.constant(fill, tf.float32)
+  paddings = tf.concat([tf.stack([before, after], 1), tf.zeros([1, 2], tf.int32)], 0)
+  image = tf.pad(resized - fill, paddings) + fill
   image.set_shape([size, size, 3])
   return image
+
+
+def resize_official(image_bytes, size: int, crop_pct: float = 0.875,
+                    sample_shift: Callable = lambda h, w: 0, interpolation: str = 'bilinear'):
+  """The official FixRes test transform: Resize (height to S) + CenterCrop(size).
+
+  The whole image is decoded and resized to (S, int(S * width / height)) with the
+  antialiased `interpolation` filter (the official code's: bilinear), S = floor(size /
+  crop_pct); the central size x size crop (plus `sample_shift(height, width)` resized
+  pixels, clamped) is taken. A portrait image narrower than `size` after the resize is
+  centred between black columns, as torchvision's CenterCrop pads it: (size - width) // 2
+  on the left, the rest on the right.
+
+  Returns:
+    float32 [size, size, 3], RGB in [0, 255].
+  """
+  frame = lambda h, w: test_frame(h, w, size, crop_pct, resize='official')
+  return resize_into(image_bytes, frame, size, interpolation=interpolation,
+                     sample_shift=sample_shift)
 
 
 def flip_image(image, seed):
@@ -458,55 +560,90 @@ def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', fl
 
 
 def preprocess_test(image_bytes, size: int, crop_pct: float = 0.875, dtype=tf.float32,
-                    decode: str = 'fast', resize: str = 'shorter'):
-  """Resize to S = floor(size / crop_pct), central size x size crop (K_test).
+                    decode: str = 'fast', resize: str = 'shorter',
+                    interpolation: str = 'bilinear', crop_mode: str = 'center',
+                    resize_size: int = 0, margin: int = 32):
+  """Resize to S = floor(size / crop_pct) (or resize_size), central size x size crop (K_test).
 
   Args:
     decode: 'fast' or 'exact' (see decode_and_resize); the box of the original image
-      equivalent to the crop is resized once.
+      equivalent to the crop is resized once. Frames that pad ('border', 'official') always
+      decode the whole image (resize_into).
     resize: 'shorter' (the shorter side to S, torchvision's Resize(S) as the paper says) or
       'official' (the FixRes repository's: the height to S, black columns when a portrait
       comes out narrower than size; always an exact decode), see resize_official.
+    interpolation: PIL's antialiased resampling filter, a name of INTERPOLATIONS
+      (torchvision's Resize(interpolation=...), timm's per-weight 'interpolation').
+    crop_mode: 'center', 'squash', 'border' or 'margin' (see test_frame).
+    resize_size: S in pixels, whatever size (torchvision's ResNet-50 V2 weights: 232 for
+      crop 224); 0 for floor(size / crop_pct).
+    margin: the 'margin' mode's pixels (flax and big_vision: 32).
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
   """
+  frame = test_geometry(size, crop_pct, resize, crop_mode, resize_size, margin)
+  return normalize_image(
+      view_frame(image_bytes, frame, size, crop_mode, resize, decode, interpolation), dtype)
+
+
+def test_geometry(size: int, crop_pct: float = 0.875, resize: str = 'shorter',
+                  crop_mode: str = 'center', resize_size: int = 0,
+                  margin: int = 32) -> Callable:
+  """(height, width) -> the test transform's frame (test_frame), its arguments checked."""
   _check_crop_pct(crop_pct)
   _check_resize(resize)
-  if resize == 'official':
-    return normalize_image(resize_official(image_bytes, size, crop_pct), dtype)
-  sample_box = lambda h, w: central_crop_box(h, w, size, crop_pct)
-  return normalize_image(decode_and_resize(image_bytes, sample_box, size, context=True,
-                                           decode=decode), dtype)
+  if crop_mode not in TEST_CROP_MODES:
+    raise ValueError(f'Unknown test crop mode {crop_mode!r}: use one of {TEST_CROP_MODES} '
+                     '(config.data.test_crop_mode).')
+  if resize == 'official' and crop_mode != 'center':
+    raise ValueError(f"resize='official' is the 'center' mode's resize, not {crop_mode!r}'s.")
+  if resize_size and crop_mode in ('center', 'squash') and resize_size < size:
+    raise ValueError(f'resize_size={resize_size} is below the crop {size}: use a resize '
+                     'size >= every K_test (config.data.test_resize_size), or 0.')
+  return lambda h, w: test_frame(h, w, size, crop_pct, crop_mode, resize_size, margin, resize)
+
+
+def view_frame(image_bytes, sample_frame: Callable, size: int, crop_mode: str = 'center',
+               resize: str = 'shorter', decode: str = 'fast', interpolation: str = 'bilinear',
+               sample_shift: Callable = lambda h, w: 0):
+  """The size x size output window of `sample_frame` (test_geometry), RGB in [0, 255]:
+  resampled from the window's box in the original image, with the filter's context around
+  it (resize then crop) except in 'margin' mode (crop then resize, as flax); the frames
+  that pad go through resize_into."""
+  _check_interpolation(interpolation)
+  if resize == 'official' or crop_mode == 'border':
+    fill = BORDER_FILL if crop_mode == 'border' else (0, 0, 0)
+    return resize_into(image_bytes, sample_frame, size, fill, interpolation, sample_shift)
+  sample_box = lambda h, w: frame_box(h, w, sample_frame(h, w), size, sample_shift(h, w))
+  return decode_and_resize(image_bytes, sample_box, size, context=crop_mode != 'margin',
+                           decode=decode, interpolation=interpolation)
 
 
 def preprocess_finetune(image_bytes, seed, size: int, crop_pct: float = 0.875,
                         augment: str = 'flip', dtype=tf.float32, decode: str = 'fast',
-                        resize: str = 'shorter'):
+                        resize: str = 'shorter', interpolation: str = 'bilinear',
+                        crop_mode: str = 'center', resize_size: int = 0, margin: int = 32):
   """The FixRes fine-tuning input: the test transform at K_test, lightly augmented.
 
   Args:
     augment: a name of augmentations.FINETUNE_AUGMENTS: 'flip' (horizontal flip), 'v2'
       (the official v2 recipe: flip, colour jitter 0.05, random horizontal shift of the
       central crop) or 'none' (FixRes v1).
-    decode, resize: as preprocess_test.
+    decode, resize, interpolation, crop_mode, resize_size, margin: as preprocess_test.
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
   """
   spec = augmentations.finetune_augment(augment)
-  _check_crop_pct(crop_pct)
-  _check_resize(resize)
+  frame = test_geometry(size, crop_pct, resize, crop_mode, resize_size, margin)
   shift_seed, flip_seed, color_seed = split_seed(seed, 3)
 
   def shift(h, w):
-    return sample_v2_shift(shift_seed, h, w, size, crop_pct, resize) if spec.shift else 0
+    return sample_v2_shift(shift_seed, h, w, size, frame=frame(h, w)) if spec.shift else 0
 
-  if resize == 'official':
-    image = resize_official(image_bytes, size, crop_pct, sample_shift=shift)
-  else:
-    sample_box = lambda h, w: central_crop_box(h, w, size, crop_pct, shift_x=shift(h, w))
-    image = decode_and_resize(image_bytes, sample_box, size, context=True, decode=decode)
+  image = view_frame(image_bytes, frame, size, crop_mode, resize, decode, interpolation,
+                     shift)
   if spec.flip:
     image = flip_image(image, flip_seed)
   image = jitter_color(image, color_seed, spec.jitter)
