@@ -1,5 +1,9 @@
 """The base configuration every file in configs/ starts from, and its validation."""
 
+import math
+import os
+import re
+
 import ml_collections
 import numpy as np
 from ml_collections import config_dict
@@ -9,8 +13,32 @@ from fixres_jax import errors
 
 STAGES = ('train', 'finetune', 'sweep')
 AUTO_METRICS = ('top1', 'loss')  # what finetune.test_res='auto' maximises
+MAX_RESOLUTION = 4096  # px, any K_train or K_test: one such float32 image is 200 MB
+# Real-valued fields: (least, greatest, whether each bound is allowed, what the values mean).
+# NaN and the infinities are outside every range.
+REAL_RANGES = {
+    'train.base_lr': (0, math.inf, False, False, 'per 256 images, e.g. 0.1'),
+    'finetune.base_lr': (0, math.inf, True, False,
+                         'per 512 images, e.g. 0.008; 0 updates the last BN statistics only'),
+    'train.num_epochs': (0, math.inf, False, False, 'e.g. 90'),
+    'finetune.num_epochs': (0, math.inf, False, False,
+                            "to skip fine-tuning, leave 'finetune' out of config.stages"),
+    'train.warmup_epochs': (0, math.inf, True, False, '0: no warm-up'),
+    'train.lr_decay_factor': (0, 1, False, True, 'the step schedule\'s factor, e.g. 0.1'),
+    'train.momentum': (0, 1, True, False, 'e.g. 0.9'),
+    'finetune.momentum': (0, 1, True, False, 'e.g. 0.9'),
+    'train.weight_decay': (0, math.inf, True, False, 'e.g. 1e-4'),
+    'finetune.weight_decay': (0, math.inf, True, False, 'e.g. 1e-4'),
+    'train.label_smoothing': (0, 1, True, False, 'e.g. 0.1; 0: off'),
+    'train.bce_threshold': (0, 1, True, False, 'e.g. 0.2; 0: off'),
+    'train.mixup_alpha': (0, math.inf, True, False, 'e.g. 0.1; 0: off'),
+    'train.cutmix_alpha': (0, math.inf, True, False, 'e.g. 1.0; 0: off'),
+    'train.eval_every_epochs': (0, math.inf, True, False, '0: at the end only'),
+    'finetune.lr_decay_epochs': (0, math.inf, False, False, 'e.g. 30'),
+}
 # Integer fields and their least value; the error's example is the base config's default.
-INTEGER_MINIMUMS = {'model.num_filters': 1, 'data.shuffle_buffer': 1, 'data.num_shards': 0,
+INTEGER_MINIMUMS = {'seed': 0, 'finetune.cache_in_memory_mb': 0,
+                    'model.num_filters': 1, 'data.shuffle_buffer': 1, 'data.num_shards': 0,
                     'train.log_every_steps': 1, 'finetune.log_every_steps': 1,
                     'train.profile_steps': 0, 'finetune.profile_steps': 0,
                     'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': 1,
@@ -206,7 +234,9 @@ def image_size_schedule(cfg) -> tuple:
 
 
 def schedule_problems(cfg) -> list:
-  """What is wrong with config.train.image_size_schedule."""
+  """What is wrong with config.train.image_size_schedule (none without one)."""
+  if not cfg.image_size_schedule:
+    return []
   schedule = image_size_schedule(cfg)
   where = f'config.train.image_size_schedule={tuple(cfg.image_size_schedule)}'
   if any(len(pair) != 2 for pair in schedule):
@@ -215,8 +245,8 @@ def schedule_problems(cfg) -> list:
   problems = []
   if epochs[0] != 0 or list(epochs) != sorted(set(epochs)):
     problems.append(f'{where}: the epochs must start at 0 and increase.')
-  if any(not isinstance(s, int) or s <= 0 for s in sizes):
-    problems.append(f'{where}: sizes must be positive integers.')
+  if any(not is_integer(s) or not 0 < s <= MAX_RESOLUTION for s in sizes):
+    problems.append(f'{where}: sizes must be positive integers up to {MAX_RESOLUTION} px.')
   elif sizes[-1] != cfg.image_size:
     problems.append(f'{where} ends at {sizes[-1]} px but config.train.image_size is '
                     f'{cfg.image_size}: the last size is K_train; make them equal.')
@@ -273,8 +303,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   else:
     sizes['finetune.test_res'] = config.finetune.test_res
   sizes.update({f'sweep.resolutions[{i}]': r for i, r in enumerate(config.sweep.resolutions)})
-  problems += [f'config.{k}={v}: resolutions must be positive integers.'
-               for k, v in sizes.items() if not isinstance(v, int) or v <= 0]
+  sizes.update({f'finetune.auto_resolutions[{i}]': r
+                for i, r in enumerate(config.finetune.auto_resolutions)})
+  problems += [f'config.{k}={v!r}: resolutions must be positive integers up to '
+               f'{MAX_RESOLUTION} px.' for k, v in sizes.items()
+               if not is_integer(v) or not 0 < v <= MAX_RESOLUTION]
+  if not config.sweep.resolutions:
+    problems.append('config.sweep.resolutions=(): give at least one K_test, e.g. '
+                    f'{get_base_config().sweep.resolutions}.')
+  problems += range_problems(config)
+  problems += address_problems(config)
   if not 0 < config.data.crop_pct <= 1:
     problems.append(f'config.data.crop_pct={config.data.crop_pct}: it must be in (0, 1] '
                     '(0.875 resizes to K_test/0.875 then takes the central K_test crop).')
@@ -417,9 +455,6 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
   """What is wrong with the data options and BatchNorm groups."""
   data, problems = config.data, []
   cfg = config.train
-  for name in ('mixup_alpha', 'cutmix_alpha', 'bce_threshold'):
-    if cfg[name] < 0:
-      problems.append(f'config.train.{name}={cfg[name]}: use a value >= 0 (0: off).')
   for name in ('mix_prob', 'mix_switch_prob'):
     if not 0 <= cfg[name] <= 1:
       problems.append(f'config.train.{name}={cfg[name]}: use a probability in [0, 1].')
@@ -453,4 +488,60 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
     if size < 0 or (size and batch % size):
       problems.append(f'config.{name}={size} must divide the global batch {batch} '
                       '(0: statistics over the whole batch).')
+  return problems
+
+
+def is_real(value) -> bool:
+  """A finite int or float (not a bool)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+  """'[0, 1)', or '> 0' and '>= 0' when unbounded above."""
+  if high == math.inf:
+    return f'{">=" if low_in else ">"} {low:g}'
+  return f'{"[" if low_in else "("}{low:g}, {high:g}{"]" if high_in else ")"}'
+
+
+def range_problems(config: ml_collections.ConfigDict) -> list:
+  """Real values outside REAL_RANGES, learning-rate decay epochs, warm-up longer than the
+  training, and no_decay patterns that are not regular expressions."""
+  problems = []
+  for name, (low, high, low_in, high_in, meaning) in REAL_RANGES.items():
+    value = field_value(config, name)
+    inside = is_real(value) and (low <= value if low_in else low < value) and (
+        value <= high if high_in else value < high)
+    if not inside:
+      problems.append(f'config.{name}={value!r}: use a number {interval(low, high, low_in, high_in)}'
+                      f' ({meaning}).')
+  cfg = config.train
+  epochs = tuple(cfg.lr_decay_epochs)
+  if not all(is_real(e) and e >= 0 for e in epochs):
+    problems.append(f'config.train.lr_decay_epochs={epochs}: use epochs >= 0, e.g. (30, 60, 90).')
+  if is_real(cfg.warmup_epochs) and is_real(cfg.num_epochs) and (
+      cfg.warmup_epochs > cfg.num_epochs):
+    problems.append(f'config.train.warmup_epochs={cfg.warmup_epochs} is longer than the '
+                    f'training (num_epochs={cfg.num_epochs}): use a warm-up in [0, num_epochs].')
+  for pattern in cfg.no_decay:
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      problems.append(f'config.train.no_decay has {pattern!r}, not a regular expression '
+                      f'({e}): use patterns over module/param names, e.g. (r"bn", r"bias$").')
+  return problems
+
+
+def address_problems(config: ml_collections.ConfigDict) -> list:
+  """A local config.init_from that does not exist; a config.data.service that is not
+  HOST:PORT. (gs:// paths are checked once storage is reachable.)"""
+  problems = []
+  if config.init_from and '://' not in config.init_from and not os.path.exists(
+      config.init_from):
+    problems.append(f'config.init_from={config.init_from!r} does not exist: use a directory '
+                    'written by `python -m fixres_jax.convert` or a stage\'s checkpoint '
+                    'directory (e.g. WORKDIR/checkpoints/train).')
+  if config.data.service and not re.fullmatch(r'(grpc://)?[^\s:/]+:\d{1,5}',
+                                              config.data.service):
+    problems.append(f'config.data.service={config.data.service!r}: use the dispatcher\'s '
+                    "HOST:PORT (e.g. 'node0:5050'), or '' to make the batches here.")
   return problems

@@ -59,8 +59,10 @@ def run(config, workdir: str) -> dict:
   # Imported here, not at the top: TensorFlow (which it imports) reads its log level when it
   # loads, and main() sets that first.
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top
   config.stages = config_lib.parse_stages(config.stages)
   config_lib.validate(config, jax.device_count())
+  sources.check_split_specs(config)
   storage.check_ready(workdir)
   workdir = epath.Path(workdir)
   workdir_lib.check_writable(workdir, needed_bytes=0)
@@ -137,10 +139,15 @@ def exit_with(message: str) -> None:
   sys.exit(errors.EXIT_CODE)
 
 
-def parse_flags(argv):
-  """absl's flag parsing, where a misspelt --config.FIELD ends with its message alone."""
+def parse_flags(argv, flag_values=FLAGS):
+  """absl's flag parsing, where a misspelt --config.FIELD or a value its type cannot take
+  (--config.train.batch_size=abc) ends with its message alone."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return flag_values(argv)
+  except flags.IllegalFlagValueError as e:
+    exit_with(illegal_value_message(e, flag_values))
+  except flags.Error as e:  # an unknown flag: absl's message names it
+    exit_with(str(e))
   except (AttributeError, KeyError) as e:
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     # ml_collections: "'imge_size'\nDid you mean "image_size" instead of "imge_size"?"
@@ -155,6 +162,21 @@ def parse_flags(argv):
     exit_with(f'{culprits[0]} names no config field: {field!r} does not exist. '
               f"{' '.join(hint)} The fields are those of {argv_config(argv)} "
               '(defaults in fixres_jax/config.py).'.replace('  ', ' '))
+
+
+def illegal_value_message(error: Exception, flag_values) -> str:
+  """absl's message ('--config.train.batch_size=abc: invalid literal for int() ...'), and
+  for a config field, the type it takes and its value in the config file."""
+  text = str(error).removeprefix('flag ')
+  name = text.split('=')[0].removeprefix('--')
+  if not name.startswith('config.'):
+    return text
+  try:
+    value = config_lib.field_value(flag_values['config'].value, name.removeprefix('config.'))
+  except (AttributeError, KeyError, TypeError):  # the config file itself did not load
+    return text
+  return (f'{text}. config.{name.removeprefix("config.")} takes {type(value).__name__} values '
+          f'(the config has {value!r}).')
 
 
 def argv_config(argv) -> str:

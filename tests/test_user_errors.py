@@ -81,6 +81,169 @@ def test_a_count_below_its_least_value_is_named(field, value, example):
   assert '\n' not in message  # one problem: one `Error:` line
 
 
+# One bad value (or more) per field that is not a choice (choice_fields), not a count with a
+# least value (INTEGER_MINIMUMS) and not a bool (BOOLEAN_FIELDS, refused by the command line):
+# (field, bad value, what the message says is allowed).
+BAD_VALUES = [
+    ('stages', ('train', 'evaluate'), "stages are ('train', 'finetune', 'sweep')"),
+    ('init_from', '/no/such/checkpoint', 'does not exist: use a directory written by'),
+    ('data.train_split', 'train[:200%]', 'percent slice boundaries should be in [-100, 100]'),
+    ('data.train_split', 'train[', "Unrecognized split format: 'train['. Splits use tfds's"),
+    ('data.eval_split', 'validation[a:]', "Splits use tfds's grammar, e.g. 'train'"),
+    ('data.crop_pct', 1.5, 'it must be in (0, 1]'),
+    ('data.crop_pct', float('nan'), 'it must be in (0, 1]'),
+    ('data.service', 'dispatcher', "use the dispatcher's HOST:PORT"),
+    ('data.color_jitter', -0.3, 'use a strength >= 0'),
+    ('data.randaugment', 'rand-m6-bogus', 'rand-m6-bogus'),
+    ('data.ra_repetitions', 0, 'use an integer >= 1'),
+    ('data.ra_len_factor', 0.0, 'use a positive epoch length factor'),
+    ('model.drop_path_rate', 1.0, 'use a probability in [0, 1)'),
+    ('model.bn_group_size', 5, 'must divide the global batch 32'),
+    ('model.stage_sizes', (), 'use a positive number of blocks'),
+    ('train.image_size', 100_000, 'resolutions must be positive integers up to 4096 px'),
+    ('train.image_size', -5, 'resolutions must be positive integers up to 4096 px'),
+    ('train.image_size_schedule', ((0, 100_000), (1, 32)), 'positive integers up to 4096 px'),
+    ('train.batch_size', 12, 'is not a positive multiple of the 8 devices'),
+    ('train.num_epochs', 0, 'use a number > 0'),
+    ('train.num_epochs', -1, 'use a number > 0'),
+    ('train.base_lr', float('nan'), 'use a number > 0 (per 256 images'),
+    ('train.base_lr', -0.1, 'use a number > 0 (per 256 images'),
+    ('train.lr_decay_epochs', (-5,), 'use epochs >= 0'),
+    ('train.lr_decay_factor', 0.0, 'use a number (0, 1]'),
+    ('train.warmup_epochs', -1.0, 'use a number >= 0'),
+    ('train.warmup_epochs', 5.0, 'use a warm-up in [0, num_epochs]'),
+    ('train.momentum', 1.0, 'use a number [0, 1)'),
+    ('train.weight_decay', -1e-4, 'use a number >= 0'),
+    ('train.no_decay', ('(bn',), 'not a regular expression'),
+    ('train.label_smoothing', 2.0, 'use a number [0, 1)'),
+    ('train.bce_threshold', 1.0, 'use a number [0, 1)'),
+    ('train.mixup_alpha', float('nan'), 'use a number >= 0'),
+    ('train.cutmix_alpha', -1.0, 'use a number >= 0'),
+    ('train.mix_prob', 1.5, 'use a probability in [0, 1]'),
+    ('train.mix_switch_prob', -0.1, 'use a probability in [0, 1]'),
+    ('train.ema_decay', 1.0, 'use a decay in [0, 1)'),
+    ('train.eval_every_epochs', -1, 'use a number >= 0'),
+    ('finetune.test_res', 100_000, 'resolutions must be positive integers up to 4096 px'),
+    ('finetune.test_res', '4o', "use a resolution in pixels or 'auto'"),
+    ('finetune.auto_split', 'validation', 'must be a slice of the training split'),
+    ('finetune.auto_split', 'train[', "Splits use tfds's grammar"),
+    ('finetune.auto_resolutions', (0, 64), 'positive integers up to 4096 px'),
+    ('finetune.batch_size', 0, 'is not a positive multiple of the 8 devices'),
+    ('finetune.num_epochs', 0, "leave 'finetune' out of config.stages"),
+    ('finetune.base_lr', -1.0, 'use a number >= 0'),
+    ('finetune.lr_decay_epochs', 0, 'use a number > 0'),
+    ('finetune.momentum', 1.5, 'use a number [0, 1)'),
+    ('finetune.weight_decay', float('inf'), 'use a number >= 0'),
+    ('finetune.bn_group_size', 5, 'must divide the global batch 32'),
+    ('sweep.resolutions', (32, 100_000), 'positive integers up to 4096 px'),
+    ('sweep.resolutions', (), 'give at least one K_test'),
+    ('sweep.batch_size', 12, 'is not a positive multiple of the 8 devices'),
+    ('sweep.parametric_split', 'validation', 'must be a slice of the training split'),
+]
+# Where a bad value is refused elsewhere: only the dataset can tell (test_sources.py,
+# test_an_unknown_dataset_name_is_named, the split ranges below), or any value is usable.
+CHECKED_WITH_THE_DATASET = {'data.name', 'data.folder', 'data.image_key', 'data.label_key'}
+ANY_VALUE = {'data.data_dir', 'finetune.cache_dir'}  # directories, created when missing
+
+
+def config_fields(config, prefix='') -> dict:
+  """'section.field' -> value of every field."""
+  fields = {}
+  for key, value in config.items():
+    if isinstance(value, config_dict.ConfigDict):
+      fields.update(config_fields(value, f'{prefix}{key}.'))
+    else:
+      fields[f'{prefix}{key}'] = value
+  return fields
+
+
+def boolean_fields() -> set:
+  return {k for k, v in config_fields(config_lib.get_base_config()).items()
+          if isinstance(v, bool)}
+
+
+def test_every_field_has_a_bad_value_that_is_refused():
+  covered = ({name for name, _, _ in BAD_VALUES} | set(config_lib.choice_fields())
+             | set(config_lib.INTEGER_MINIMUMS) | boolean_fields() | CHECKED_WITH_THE_DATASET
+             | ANY_VALUE)
+  missing = set(config_fields(config_lib.get_base_config())) - covered
+  assert not missing, f'fields without a bad value in this file: {sorted(missing)}'
+
+
+def run_or_exit_error(config, workdir, capsys) -> str:
+  """The `Error:` main prints for `config`, which must exit 2 before the workdir exists."""
+  config.allow_cpu_with_gpu = True  # a CPU-only jaxlib on a GPU machine stops first otherwise
+  with pytest.raises(SystemExit) as exited:
+    main.run_or_exit(config, str(workdir))
+  assert exited.value.code == errors.EXIT_CODE
+  err = capsys.readouterr().err
+  assert err.count('Error: ') == 1 and 'Traceback' not in err, err
+  assert not workdir.exists()
+  return err[err.index('Error: '):]  # the last thing printed
+
+
+def tiny_config_without_data():
+  import tiny_config  # pylint: disable=g-import-not-at-top  (tests/, on pytest's path)
+  return tiny_config.get_config()
+
+
+@pytest.mark.parametrize('field, value, allowed',
+                         BAD_VALUES
+                         + [(f, 'bogus', 'use one of') for f in config_lib.choice_fields()]
+                         + [(f, least - 1, f'use {"a positive integer" if least == 1 else f"an integer >= {least}"}')
+                            for f, least in config_lib.INTEGER_MINIMUMS.items()])
+def test_a_bad_value_exits_with_the_field_and_what_is_allowed(tmp_path, capsys, field, value,
+                                                             allowed):
+  config = tiny_config_without_data()
+  set_field(config, field, value)
+  line = run_or_exit_error(config, tmp_path / 'run', capsys)
+  assert f'config.{field}' in line and allowed in line, line
+
+
+def parse_command_line(argv):
+  """main.parse_flags on a fresh set of flags: (the config, or None when it exited 2)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  argv = ['main', f'--config={REPO / "tests" / "tiny_config.py"}', *argv]
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  main.parse_flags(argv, flag_values)
+  return flag_values.config
+
+
+@pytest.mark.parametrize('override, allowed', [
+    *[(f'--config.{f}=maybe', 'takes bool values') for f in sorted(boolean_fields())],
+    ('--config.train.batch_size=abc', 'takes int values (the config has 32)'),
+    ('--config.train.num_epochs=1.5', 'takes int values'),
+    ('--config.train.base_lr=fast', 'takes float values'),
+])
+def test_a_value_of_the_wrong_type_exits_with_the_type(capsys, override, allowed):
+  with pytest.raises(SystemExit) as exited:
+    parse_command_line([override])
+  assert exited.value.code == errors.EXIT_CODE
+  [line] = [l for l in capsys.readouterr().err.splitlines() if l.startswith('Error: ')]
+  assert line.startswith(f'Error: {override}: ') and allowed in line, line
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('data.eval_split', 'test', "Unknown split 'test'"),
+    ('data.train_split', 'train[300:]', 'incompatible with 256 examples'),
+    ('finetune.auto_split', 'train[200:100]', 'it selects no examples'),
+])
+def test_a_split_the_dataset_lacks_is_refused_before_it_is_generated(tmp_path, field, value,
+                                                                     message):
+  config = tiny_config_without_data()
+  config.data.data_dir = str(tmp_path)
+  set_field(config, field, value)
+  with pytest.raises(errors.ConfigError) as raised:
+    sources.load_source(config)
+  text = errors.message(raised.value)
+  assert f'config.{field}={value!r}: ' in text and message in text, text
+  assert 'train (256 examples), validation (100 examples)' in text
+  assert not list(tmp_path.iterdir())  # nothing generated
+
+
 def test_the_choices_are_what_the_training_code_builds():
   cfg = config_lib.get_base_config().train
   for schedule in train.SCHEDULES:
@@ -132,7 +295,13 @@ def run_main(workdir, data_dir, *extra, config='tests/tiny_config.py'):
     (None, ['--config.train.imge_size=64'],
      '--config.train.imge_size names no config field: \'imge_size\' does not exist. '
      'Did you mean "image_size"'),
-], ids=['bad_value', 'unwritable_workdir', 'dataset_not_prepared', 'misspelt_field'])
+    (None, ['--config.train.batch_size=abc'],
+     "Error: --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc'. "
+     'config.train.batch_size takes int values (the config has 32).'),
+    (None, ['--config.train.image_size=100000'],
+     'config.train.image_size=100000: resolutions must be positive integers up to 4096 px'),
+], ids=['bad_value', 'unwritable_workdir', 'dataset_not_prepared', 'misspelt_field',
+        'wrong_type', 'absurd_size'])
 @pytest.mark.slow
 def test_user_error_prints_its_message_alone(tmp_path, workdir, extra, message):
   # An empty data dir: imagenet2012 is not prepared there.

@@ -17,12 +17,17 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from fixres_jax import errors
+from fixres_jax.config import field_value
 from fixres_jax.config import split_names
 from fixres_jax.data import synthetic  # registers fixres_synthetic with tfds
 
 SYNTHETIC_NAME = 'fixres_synthetic'
 FOLDER_NAME = 'folder'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+SPLIT_FIELDS = ('data.train_split', 'data.eval_split', 'finetune.auto_split',
+                'sweep.parametric_split')
+SPLIT_GRAMMAR = ("Splits use tfds's grammar, e.g. 'train', 'train[:90%]', 'train[-1000:]', "
+                 "'train[:50%]+validation'.")
 
 IMAGENET_INSTRUCTIONS = """\
 imagenet2012 is not prepared in {data_dir}. It cannot be downloaded automatically:
@@ -226,6 +231,53 @@ def resolve_split(split: str, split_infos) -> List[Tuple[str, int, int]]:
           for i in instructions]
 
 
+def tfds_reason(error: Exception) -> str:
+  """tfds's own explanation: the last line of its message, without its link to the docs."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return (lines[-1] if lines else type(error).__name__).split(' See format at')[0]
+
+
+def check_split_specs(config) -> None:
+  """Every split field parses by tfds's grammar: checked before any dataset is opened.
+
+  Raises:
+    errors.ConfigError: naming the field, tfds's reason and the grammar.
+  """
+  for name in SPLIT_FIELDS:
+    spec = field_value(config, name)
+    try:
+      tfds.core.ReadInstruction.from_spec(spec)
+    except (ValueError, NotImplementedError, TypeError) as e:
+      raise errors.ConfigError(f'config.{name}={spec!r}: {tfds_reason(e)} {SPLIT_GRAMMAR}'
+                               ) from None
+
+
+def check_split_ranges(config, split_infos, dataset_name: str) -> None:
+  """Every split field names splits of the dataset and selects some of their examples.
+
+  Args:
+    split_infos: split name -> object with num_examples, as tfds's DatasetInfo.splits (read
+      from the dataset's metadata, or known before it is generated).
+
+  Raises:
+    errors.ConfigError: naming the field, the problem and the splits there are.
+  """
+  for name in SPLIT_FIELDS:
+    spec = field_value(config, name)
+    try:
+      instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(split_infos)
+    except (ValueError, NotImplementedError, KeyError) as e:
+      problem = tfds_reason(e)
+    else:
+      counts = [(i.to if i.to is not None else split_infos[i.splitname].num_examples)
+                - (i.from_ or 0) for i in instructions]
+      if all(c > 0 for c in counts):
+        continue
+      problem = 'it selects no examples.'
+    sizes = ', '.join(f'{n} ({split_infos[n].num_examples} examples)' for n in split_infos)
+    raise errors.ConfigError(f'config.{name}={spec!r}: {problem} {dataset_name} has {sizes}.')
+
+
 def stratified_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
   """A fixed permutation of range(len(labels)) whose every contiguous slice is stratified.
 
@@ -290,10 +342,16 @@ def load_source(config):
   """
   data = config.data
   if data.name == FOLDER_NAME:
-    return FolderSource(data.folder, split_names(data.train_split)[0])
+    source = FolderSource(data.folder, split_names(data.train_split)[0])
+    check_split_ranges(config, FolderSplitSizes(source), source.name)
+    return source
   data_dir = data.data_dir or None
   builder = create_builder(data.name, data_dir)
   if data.name.split('/')[0] == SYNTHETIC_NAME:
+    planned = builder.builder_config  # its splits' sizes, known before it is generated
+    check_split_ranges(config, {
+        'train': types.SimpleNamespace(num_examples=planned.num_train),
+        'validation': types.SimpleNamespace(num_examples=planned.num_validation)}, data.name)
     # Generated on first use, by one process while the others wait.
     if jax.process_index() == 0:
       synthetic.prepare_builder(builder)
@@ -305,5 +363,6 @@ def load_source(config):
     raise errors.NotFoundError(
         f'Dataset {data.name!r} is not prepared in {builder.data_dir_root}. Prepare it '
         f"with `tfds build {data.name} --data_dir=DIR` and set config.data.data_dir=DIR.")
+  check_split_ranges(config, builder.info.splits, builder.info.full_name)
   logging.info('Reading %s from %s.', builder.info.full_name, builder.data_dir)
   return TfdsSource(builder, data.image_key, data.label_key)
