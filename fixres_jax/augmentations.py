@@ -32,6 +32,9 @@ class FinetuneAugment:
     flip: a random horizontal flip.
     shift: FixRes v2's random horizontal shift of the central crop.
     jitter: ColorJitter strength (0: none).
+    whole_first: flip and jitter the whole resized image before the crop, in the official
+      v2 order (transforms_v2.py: Resize, RandomHorizontalFlip, ColorJitter, CenterCrop), so
+      the contrast blends with the whole image's mean grey; False: after the crop.
     cached_views: views of each image the cached mode stores (the image, and its mirror
       image when flipped); 0 when the transform is random in another way and cannot be cached.
   """
@@ -39,12 +42,18 @@ class FinetuneAugment:
   shift: bool
   jitter: float
   cached_views: int
+  whole_first: bool = False
 
 
 FINETUNE_AUGMENTS: Dict[str, FinetuneAugment] = {
     'none': FinetuneAugment(flip=False, shift=False, jitter=0.0, cached_views=1),  # FixRes v1
     'flip': FinetuneAugment(flip=True, shift=False, jitter=0.0, cached_views=2),
-    'v2': FinetuneAugment(flip=True, shift=True, jitter=0.05, cached_views=0),  # official v2
+    # The official v2 recipe in its own order: the name the configs use, so that 'v2' means
+    # the pixels the released v2 numbers came from.
+    'v2': FinetuneAugment(flip=True, shift=True, jitter=0.05, cached_views=0, whole_first=True),
+    # The same augmentations after the crop: only the window is resampled (cheaper, and
+    # decode='fast' applies); the contrast uses the crop's mean grey instead of the image's.
+    'v2_crop': FinetuneAugment(flip=True, shift=True, jitter=0.05, cached_views=0),
 }
 CACHEABLE_AUGMENTS = tuple(k for k, v in FINETUNE_AUGMENTS.items() if v.cached_views)
 

@@ -418,6 +418,11 @@ def test_view_problems(config: ml_collections.ConfigDict) -> list:
   if data.test_resize == 'official' and data.test_crop_mode != 'center':
     problems.append(f"config.data.test_resize='official' resizes the height for the 'center' "
                     f"crop mode, not {data.test_crop_mode!r}: set test_resize='shorter'.")
+  augment = augmentations.FINETUNE_AUGMENTS.get(config.finetune.augment)
+  if augment and augment.whole_first and data.test_crop_mode == 'margin':
+    problems.append(f'config.finetune.augment={config.finetune.augment!r} jitters the whole '
+                    "resized image, which the 'margin' crop mode never makes (it crops first): "
+                    "use augment='v2_crop'.")
   if is_integer(data.test_resize_size) and data.test_resize_size:
     if data.test_crop_mode == 'margin':
       problems.append(f"config.data.test_resize_size={data.test_resize_size}: the 'margin' "

@@ -490,10 +490,89 @@ def test_crop_modes_in_finetuning_and_fast_decoding():
     np.testing.assert_array_equal(none, test)
     fast = preprocess.preprocess_test(data, 96, crop_mode=mode, decode='fast')
     assert np.abs(denormalize(fast) - denormalize(test)).mean() < 3, mode
-    v2 = preprocess.preprocess_finetune(data, tf.constant([1, 2]), 96, augment='v2',
+    v2 = preprocess.preprocess_finetune(data, tf.constant([1, 2]), 96, augment='v2_crop',
                                         crop_mode=mode)
     assert v2.shape == (96, 96, 3)
   with pytest.raises(ValueError, match='crop mode'):
     preprocess.preprocess_test(data, 96, crop_mode='random')
   with pytest.raises(ValueError, match='resize_size'):
     preprocess.preprocess_test(data, 96, resize_size=90)
+
+
+def reference_v2(data, seed, size, pil_jitter=False):
+  """FixRes's transforms_v2 'val_train' with PIL and torchvision, given our draws: Resize
+  (height to int(256 / 224 * size), bilinear), RandomHorizontalFlip, ColorJitter(0.05) on
+  the whole resized image (torchvision's float ops, or PIL's ImageEnhance as the official
+  run on PIL images), then its CenterCrop shifted by the jitter."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision.transforms import functional as TF  # pylint: disable=g-import-not-at-top
+  from PIL import ImageEnhance  # pylint: disable=g-import-not-at-top
+  shift_seed, flip_seed, color_seed = preprocess.split_seed(seed, 3)
+  image = Image.open(io.BytesIO(data)).convert('RGB')
+  width, height = image.size
+  short = int((256 / 224) * size)
+  new_w = int(short * width / height)
+  image = image.resize((new_w, short), Image.BILINEAR)
+  if preprocess.flip_image(tf.constant([[[0.0], [1.0]]]), flip_seed).numpy()[0, 0, 0] == 1:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  order, factors = (t.numpy() for t in preprocess.sample_jitter(color_seed, 0.05, 0.05, 0.05))
+  if pil_jitter:
+    for op in order:
+      enhance = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[op]
+      image = enhance(image).enhance(float(factors[op]))
+    array = np.asarray(image, np.float64)
+  else:
+    tensor = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)
+    for op in order:
+      tensor = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[op](
+          tensor, float(factors[op]))
+    array = tensor.permute(1, 2, 0).numpy().astype(np.float64) * 255
+  top, left = int(round((short - size) / 2)), int(round((new_w - size) / 2))
+  if left > 0:
+    left += int(preprocess.sample_v2_shift(shift_seed, height, width, size,
+                                           resize='official'))
+  out = np.zeros((size, size, 3))  # PIL's crop pads a narrow image with black
+  kept = array[top:top + size, max(left, 0):left + size]
+  out[:, max(-left, 0):max(-left, 0) + kept.shape[1]] = kept
+  return out
+
+
+@pytest.mark.parametrize('photo', ['as shipped', 'transposed', 'bright sides'])
+def test_v2_finetuning_is_the_official_order(photo):
+  """'v2' flips and jitters the whole resized image before the shifted crop, as
+  transforms_v2; 'v2_crop' (the same augmentations after the crop) is not those pixels:
+  a flip mirrors where the shifted crop lands, and the contrast uses the crop's mean grey,
+  which the bright sides outside the crop pull away from the image's."""
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  if photo == 'bright sides':
+    array = make_image(120, 300)
+    array[:, :60] = array[:, -60:] = 250
+    data = encode(array, quality=95)
+  else:
+    data = real_photo(photo)
+  worst_crop_first = math.inf
+  for i in range(4):
+    seed = tf.constant([i, 5])
+    reference = reference_v2(data, seed, 96)
+    ours = {augment: decode.denormalize(preprocess.preprocess_finetune(
+        data, seed, 96, augment=augment, resize='official', decode='exact').numpy())
+            for augment in ('v2', 'v2_crop')}
+    assert decode.psnr(ours['v2'], reference) >= 50, i
+    # PIL rounds to uint8 after each op (and rounds the mean grey): within 4 grey levels.
+    pil_error = np.abs(np.round(ours['v2']) - reference_v2(data, seed, 96, pil_jitter=True))
+    assert pil_error.max() <= 4 and pil_error.mean() < 2, i
+    worst_crop_first = min(worst_crop_first, decode.psnr(ours['v2_crop'], reference))
+  if photo != 'as shipped':  # the portrait has no room to shift and its crop is most of it
+    assert worst_crop_first < 45
+
+
+def test_v2_order_needs_a_resized_image():
+  data = encode(make_image(80, 100))
+  with pytest.raises(ValueError, match="augment='v2_crop'"):
+    preprocess.preprocess_finetune(data, tf.constant([0, 0]), 48, augment='v2',
+                                   crop_mode='margin')
+  for mode in ('center', 'squash', 'border'):
+    for augment in ('v2', 'v2_crop'):
+      image = preprocess.preprocess_finetune(data, tf.constant([0, 1]), 48, augment=augment,
+                                             crop_mode=mode)
+      assert image.shape == (48, 48, 3)

@@ -100,3 +100,10 @@ def test_bad_test_transform_options_are_named():
     config_lib.validate(config, 8)
   assert "'margin' crop mode sets its scale" in str(error.value)
   assert "test_resize='official' resizes the height" in str(error.value)
+  config.data.test_resize = 'shorter'
+  config.data.test_resize_size = 0
+  config.finetune.augment = 'v2'  # the official order jitters the whole resized image
+  with pytest.raises(ValueError, match="use augment='v2_crop'"):
+    config_lib.validate(config, 8)
+  config.finetune.augment = 'v2_crop'
+  config_lib.validate(config, 8)

@@ -42,7 +42,7 @@ against 0.43 on a 500x375 image) and so a different best test resolution.
 """
 
 import math
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -408,7 +408,8 @@ def resized_size(height, width, short: int, resize: str):
 
 
 def resize_into(image_bytes, sample_frame: Callable, size: int, fill=(0, 0, 0),
-                interpolation: str = 'bilinear', sample_shift: Callable = lambda h, w: 0):
+                interpolation: str = 'bilinear', sample_shift: Callable = lambda h, w: 0,
+                edit_whole: Optional[Callable] = None):
   """Resize + CenterCrop for frames that may pad: the whole image decoded (decode_whole),
   the part of the resized image inside the output window resampled, the rest `fill`.
 
@@ -417,6 +418,8 @@ def resize_into(image_bytes, sample_frame: Callable, size: int, fill=(0, 0, 0),
     fill: RGB of the padding (torchvision's CenterCrop: black; timm's 'border': the mean).
     sample_shift: (height, width) -> resized pixels to move the window right (FixRes v2),
       clamped to the image.
+    edit_whole: if given, the whole image is resized, passed through it (FixRes v2's flip
+      and colour jitter, which see the whole resized image), and only then cropped.
 
   Returns:
     float32 [size, size, 3], RGB in [0, 255].
@@ -430,7 +433,13 @@ def resize_into(image_bytes, sample_frame: Callable, size: int, fill=(0, 0, 0),
   start = tf.maximum(corner, 0.0)  # the first resized row and column kept
   visible = tf.minimum(tf.stack([new_h, new_w]), corner + size) - start
   scale = tf.stack([new_h, new_w]) / tf.cast(tf.stack([height, width]), tf.float32)
-  resized = _resample(image, tf.cast(visible, tf.int32), scale, -start, interpolation)
+  if edit_whole is None:
+    resized = _resample(image, tf.cast(visible, tf.int32), scale, -start, interpolation)
+  else:
+    whole = _resample(image, tf.cast(tf.stack([new_h, new_w]), tf.int32), scale,
+                      tf.zeros([2]), interpolation)
+    resized = tf.slice(edit_whole(whole), tf.concat([tf.cast(start, tf.int32), [0]], 0),
+                       tf.concat([tf.cast(visible, tf.int32), [3]], 0))
   before = tf.cast(start - corner, tf.int32)
   after = size - before - tf.cast(visible, tf.int32)
   fill = tf.constant(fill, tf.float32)
@@ -606,15 +615,16 @@ def test_geometry(size: int, crop_pct: float = 0.875, resize: str = 'shorter',
 
 def view_frame(image_bytes, sample_frame: Callable, size: int, crop_mode: str = 'center',
                resize: str = 'shorter', decode: str = 'fast', interpolation: str = 'bilinear',
-               sample_shift: Callable = lambda h, w: 0):
+               sample_shift: Callable = lambda h, w: 0, edit_whole: Optional[Callable] = None):
   """The size x size output window of `sample_frame` (test_geometry), RGB in [0, 255]:
   resampled from the window's box in the original image, with the filter's context around
   it (resize then crop) except in 'margin' mode (crop then resize, as flax); the frames
-  that pad go through resize_into."""
+  that pad, and `edit_whole` (see resize_into), go through resize_into."""
   _check_interpolation(interpolation)
-  if resize == 'official' or crop_mode == 'border':
+  if resize == 'official' or crop_mode == 'border' or edit_whole is not None:
     fill = BORDER_FILL if crop_mode == 'border' else (0, 0, 0)
-    return resize_into(image_bytes, sample_frame, size, fill, interpolation, sample_shift)
+    return resize_into(image_bytes, sample_frame, size, fill, interpolation, sample_shift,
+                       edit_whole)
   sample_box = lambda h, w: frame_box(h, w, sample_frame(h, w), size, sample_shift(h, w))
   return decode_and_resize(image_bytes, sample_box, size, context=crop_mode != 'margin',
                            decode=decode, interpolation=interpolation)
@@ -628,8 +638,10 @@ def preprocess_finetune(image_bytes, seed, size: int, crop_pct: float = 0.875,
 
   Args:
     augment: a name of augmentations.FINETUNE_AUGMENTS: 'flip' (horizontal flip), 'v2'
-      (the official v2 recipe: flip, colour jitter 0.05, random horizontal shift of the
-      central crop) or 'none' (FixRes v1).
+      (the official v2 recipe, in its order: resize, flip, colour jitter 0.05 on the whole
+      resized image, then the randomly shifted central crop; the whole image is decoded),
+      'v2_crop' (the same augmentations after the crop: the contrast uses the crop's mean
+      grey, and only the crop's window is resampled) or 'none' (FixRes v1).
     decode, resize, interpolation, crop_mode, resize_size, margin: as preprocess_test.
 
   Returns:
@@ -637,17 +649,39 @@ def preprocess_finetune(image_bytes, seed, size: int, crop_pct: float = 0.875,
   """
   spec = augmentations.finetune_augment(augment)
   frame = test_geometry(size, crop_pct, resize, crop_mode, resize_size, margin)
+  if spec.whole_first and crop_mode == 'margin':
+    raise ValueError(f"augment={augment!r} jitters the whole resized image, which the "
+                     "'margin' crop mode never makes (it crops first): use augment='v2_crop'.")
   shift_seed, flip_seed, color_seed = split_seed(seed, 3)
+  if spec.shift:
+    frame = _v2_crop_frame(frame, size)
 
   def shift(h, w):
     return sample_v2_shift(shift_seed, h, w, size, frame=frame(h, w)) if spec.shift else 0
 
-  image = view_frame(image_bytes, frame, size, crop_mode, resize, decode, interpolation,
-                     shift)
-  if spec.flip:
-    image = flip_image(image, flip_seed)
-  image = jitter_color(image, color_seed, spec.jitter)
+  def augment_image(image):
+    if spec.flip:
+      image = flip_image(image, flip_seed)
+    return jitter_color(image, color_seed, spec.jitter)
+
+  if spec.whole_first:
+    image = view_frame(image_bytes, frame, size, crop_mode, resize, decode, interpolation,
+                       shift, edit_whole=augment_image)
+  else:
+    image = augment_image(view_frame(image_bytes, frame, size, crop_mode, resize, decode,
+                                     interpolation, shift))
   return normalize_image(image, dtype)
+
+
+def _v2_crop_frame(sample_frame: Callable, size: int) -> Callable:
+  """`sample_frame` with transforms_v2's own CenterCrop corner: round((side - size) / 2)
+  also when the side is narrower than size (half to even: 3 missing columns pad 2 on the
+  left, where torchvision's CenterCrop pads 1)."""
+  def frame(height, width):
+    new_h, new_w, top, left = tf.unstack(sample_frame(height, width))
+    corner = lambda side, at: tf.where(side < size, tf.round((side - size) / 2), at)
+    return tf.stack([new_h, new_w, corner(new_h, top), corner(new_w, left)])
+  return frame
 
 
 def _check_resize(resize: str) -> None:
