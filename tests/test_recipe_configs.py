@@ -107,3 +107,50 @@ def test_bad_test_transform_options_are_named():
     config_lib.validate(config, 8)
   config.finetune.augment = 'v2_crop'
   config_lib.validate(config, 8)
+
+
+def test_rsb_a3_evaluates_as_timm():
+  """configs/r50_rsb_a3.py's test transform at 224 is timm's eval transform for
+  resnet50.a3_in1k (its pretrained_cfg: crop_pct, crop_mode, interpolation) on a real photo."""
+  import io  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import timm  # pylint: disable=g-import-not-at-top
+  from timm.data import transforms_factory  # pylint: disable=g-import-not-at-top
+  from benchmarks import decode  # pylint: disable=g-import-not-at-top
+  timm_cfg = timm.models.get_pretrained_cfg('resnet50.a3_in1k').to_dict()
+  size = timm_cfg['test_input_size'][-1]
+  transform = transforms_factory.transforms_imagenet_eval(
+      size, crop_pct=timm_cfg['test_crop_pct'], crop_mode=timm_cfg['crop_mode'],
+      interpolation=timm_cfg['interpolation'], normalize=False)
+  config = load('r50_rsb_a3')
+  assert size in config.sweep.resolutions
+  for name, data in decode.real_photos().items():
+    if '2x' in name:
+      continue
+    image = Image.open(io.BytesIO(data)).convert('RGB')
+    reference = transform(image).permute(1, 2, 0).numpy().astype(np.float64)
+    ours = decode.denormalize(pipeline.test_transform(config, size)(data).numpy())
+    assert decode.psnr(ours, reference) >= 50, name
+    bilinear = config.copy_and_resolve_references()
+    bilinear.data.test_interpolation = 'bilinear'  # the crop right, the filter not: < 45 dB
+    ours = decode.denormalize(pipeline.test_transform(bilinear, size)(data).numpy())
+    assert decode.psnr(ours, reference) < 45, name
+
+
+def test_transfer_recipe_is_the_authors():
+  """The whole network about 50 epochs with the ImageNet hyper-parameters, then FixRes."""
+  config = load('transfer')
+  imagenet = config_lib.get_imagenet_config(224, 288, ())
+  cfg = config.train
+  assert (config.init_head, cfg.num_epochs, cfg.image_size) == (False, 50, 224)
+  for field in ('base_lr', 'schedule', 'momentum', 'weight_decay', 'warmup_epochs',
+                'lr_decay_factor', 'label_smoothing', 'no_decay'):
+    assert cfg[field] == imagenet.train[field], field
+  assert config.data.color_jitter == imagenet.data.color_jitter == 0.3
+  steps = 1000
+  lr = train.create_schedule_per_256(cfg, steps, cfg.batch_size)
+  assert float(lr(0)) == pytest.approx(0.16 * 64 / 512)  # the official lr, scaled to 64
+  assert float(lr(30 * steps)) == pytest.approx(0.016 * 64 / 512)
+  assert float(lr(50 * steps - 1)) == pytest.approx(0.016 * 64 / 512)
+  assert config.finetune.augment == 'v2' and config.stages == config_lib.STAGES
