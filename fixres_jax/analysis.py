@@ -33,6 +33,7 @@ from fixres_jax import evaluate
 from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import resolution
+from fixres_jax import transform_record
 
 AUTO = 'auto'
 SHAPE_IMAGES = 500  # training images whose shapes feed the analytic K_test*
@@ -205,7 +206,11 @@ def format_table(records: list) -> str:
 
 
 def finetuned_test_res(config, workdir) -> tuple:
-  """(K_test the fine-tuned model was made at, how it was chosen), from the workdir's record."""
+  """(K_test the fine-tuned model was made at, how it was chosen), from the workdir's records:
+  the finished stage's test transform, else the 'auto' choice or the config."""
+  record = transform_record.read(workdir, 'finetune')
+  if record is not None:
+    return record['image_size'], record['chosen']
   path = epath.Path(workdir) / 'auto_test_res.json'
   choice = json.loads(path.read_text()) if path.exists() else None
   if choice and config.finetune.test_res in (AUTO, choice['test_res']):

@@ -32,6 +32,7 @@ from fixres_jax import preemption
 from fixres_jax import rerun
 from fixres_jax import storage
 from fixres_jax import train
+from fixres_jax import transform_record
 from fixres_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -86,6 +87,8 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   if 'train' in config.stages:
     preemption.check_stop('the train stage')
     models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
+    transform_record.write(workdir, transform_record.describe(
+        config, 'train', config.train.image_size, 'config.train.image_size'))
   else:
     models['trained'] = load_trained(config, workdir, model)
   if 'finetune' in config.stages:
@@ -95,6 +98,8 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
                                        model)
     finetune_fn = cached_finetune.FINETUNE_MODES[config.finetune.mode]
     models['finetuned'] = finetune_fn(config, workdir, dataset, mesh, models['trained'])
+    transform_record.write(workdir, transform_record.describe(
+        config, 'finetune', *analysis.finetuned_test_res(config, workdir)))
   elif checkpoint.has_steps(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
