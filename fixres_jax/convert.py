@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fixres_jax import checkpoint
+from fixres_jax import errors
 from fixres_jax import models
 
 INSTALL_HINT = ('Install the converter dependencies with '
@@ -45,8 +46,12 @@ _MODULE_NAMES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample
 _SHOWN_NAMES = 20
 
 
-class ConversionError(ValueError):
-  """The checkpoint does not match the requested architecture."""
+class ConversionError(errors.UserError, ValueError):
+  """The input cannot be converted: unreadable, or not the requested architecture."""
+
+
+class MissingDependencyError(errors.UserError, ImportError):
+  """torch or safetensors, needed to read the input, is not installed."""
 
 
 def torch_name(path: Tuple[str, ...]) -> str:
@@ -67,6 +72,12 @@ def torch_name(path: Tuple[str, ...]) -> str:
 def to_flax_layout(array: np.ndarray) -> np.ndarray:
   """Transposes a PyTorch weight into Flax's layout (vectors are unchanged)."""
   return np.transpose(array, _TO_FLAX_AXES.get(array.ndim, tuple(range(array.ndim))))
+
+
+def to_torch_layout(array: np.ndarray) -> np.ndarray:
+  """Transposes a Flax weight into PyTorch's layout: to_flax_layout undone."""
+  axes = _TO_FLAX_AXES.get(array.ndim, tuple(range(array.ndim)))
+  return np.transpose(array, np.argsort(axes))
 
 
 def init_shapes(model) -> Dict[Tuple[str, ...], jax.ShapeDtypeStruct]:
@@ -172,7 +183,8 @@ def _import_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(f'Reading PyTorch .pth files needs torch. {INSTALL_HINT}') from e
+    raise MissingDependencyError(f'Reading PyTorch .pth files needs torch. {INSTALL_HINT}'
+                                 ) from e
   return torch
 
 
@@ -188,26 +200,65 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, np.ndarr
     the unwrapped state_dict (see unwrap_state_dict).
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No checkpoint file at {path!r} (--input).')
-  if path.endswith('.safetensors'):
-    try:
-      from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f'Reading .safetensors files needs safetensors. {INSTALL_HINT}') from e
-    obj = safetensors_numpy.load_file(path)
-  else:
-    torch = _import_torch()
-    try:
-      obj = torch.load(path, map_location='cpu', weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
-      raise ConversionError(
-          f'{path} holds Python objects besides tensors, which torch.load(weights_only=True) '
-          'refuses. If you trust where the file comes from, rerun with --trust_pickle.') from e
+    raise errors.NotFoundError(f'No checkpoint file at {path!r} (--input).')
+  obj = read_safetensors(path) if path.endswith('.safetensors') else read_pth(path, trust_pickle)
   state_dict = unwrap_state_dict(obj)
+  not_arrays = [name for name, value in state_dict.items()
+                if not hasattr(value, 'detach') and not isinstance(value, np.ndarray)]
+  if not_arrays:
+    raise ConversionError(f'{path} holds entries that are not tensors: '
+                          f'{", ".join(sorted(not_arrays)[:_SHOWN_NAMES])}. Give the '
+                          "model's state_dict (torch.save(model.state_dict(), path)).")
   # .float() first: NumPy has no bfloat16 for torch tensors.
   return {name: (value.detach().float().numpy() if hasattr(value, 'detach')
                  else np.asarray(value, np.float32))
           for name, value in state_dict.items()}
+
+
+def read_pth(path: str, trust_pickle: bool) -> Any:
+  """torch.load's object; a file it cannot read is a ConversionError naming why."""
+  torch = _import_torch()
+  if not written_by_torch_save(path):  # else torch.load fails as if it held Python objects
+    raise ConversionError(f'{path} is not a file written by torch.save (neither a zip '
+                          'archive nor a pickle). --input must be a .pth/.pt file holding a '
+                          'ResNet state_dict, or a .safetensors file.')
+  try:
+    return torch.load(path, map_location='cpu', weights_only=not trust_pickle)
+  except pickle.UnpicklingError as e:
+    if not trust_pickle:
+      raise ConversionError(
+          f'{path} holds Python objects besides tensors, which torch.load(weights_only=True) '
+          'refuses. If you trust where the file comes from, rerun with --trust_pickle.') from e
+    raise ConversionError(unreadable(path, e, 'a file written by torch.save')) from e
+  except Exception as e:  # pylint: disable=broad-except  (a damaged archive: any failure is the file's)
+    raise ConversionError(unreadable(path, e, 'a file written by torch.save')) from e
+
+
+def written_by_torch_save(path: str) -> bool:
+  """torch.save's formats: a zip archive (since PyTorch 1.6), or a pickle (the legacy one)."""
+  with open(path, 'rb') as f:
+    head = f.read(4)
+  # A zip's local file header, or the PROTO opcode every pickle since protocol 2 starts with.
+  return head == b'PK\x03\x04' or head[:1] == b'\x80'
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """The arrays of a .safetensors file; a file it cannot read is a ConversionError."""
+  try:
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise MissingDependencyError(
+        f'Reading .safetensors files needs safetensors. {INSTALL_HINT}') from e
+  try:
+    return safetensors_numpy.load_file(path)
+  except Exception as e:  # pylint: disable=broad-except  (SafetensorError, and I/O errors)
+    raise ConversionError(unreadable(path, e, 'a .safetensors file')) from e
+
+
+def unreadable(path: str, error: Exception, wanted: str) -> str:
+  reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
+  return (f'{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}: {reason}). '
+          f'--input must be {wanted} holding a ResNet state_dict.')
 
 
 def convert_file(arch: str, input_path: str, output_dir: str,
@@ -226,6 +277,10 @@ def convert_file(arch: str, input_path: str, output_dir: str,
   """
   if arch not in models.ARCH_NAMES or arch == 'resnet':
     raise ConversionError(f'Unknown --arch={arch!r}: use one of {models.ARCH_NAMES[:-1]}.')
+  if num_classes is not None and num_classes < 1:
+    raise ConversionError(f'--num_classes={num_classes}: use a positive number of classes, '
+                          'or leave it out to take the rows of fc.weight.')
+  check_output(output_dir)
   state_dict = load_state_dict(input_path, trust_pickle)
   if num_classes is None:
     if 'fc.weight' not in state_dict:
@@ -240,6 +295,17 @@ def convert_file(arch: str, input_path: str, output_dir: str,
     raise
   checkpoint.save_variables(output_dir, variables)
   return variables
+
+
+def check_output(output_dir: str) -> None:
+  """Fails before the conversion when a local --output cannot be created."""
+  if '://' in str(output_dir):
+    return
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as e:
+    raise ConversionError(f'Cannot write --output={output_dir} ({e}): choose a writable '
+                          'directory.') from e
 
 
 FLAGS = flags.FLAGS
@@ -264,4 +330,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['arch', 'input', 'output'])
-  app.run(main)
+  errors.run_tool(main)

@@ -12,7 +12,6 @@ import signal
 import sys
 from typing import NoReturn
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -138,21 +137,15 @@ def quiet_library_logs() -> None:
   console.import_tensorflow_quietly()
 
 
-def exit_with(message: str) -> None:
-  """A user's mistake: its message alone on stderr (no traceback), exit errors.EXIT_CODE."""
-  print(f'Error: {message}', file=sys.stderr, flush=True)
-  sys.exit(errors.EXIT_CODE)
-
-
 def parse_flags(argv, flag_values=FLAGS):
   """absl's flag parsing, where a misspelt --config.FIELD or a value its type cannot take
   (--config.train.batch_size=abc) ends with its message alone."""
   try:
     return flag_values(argv)
   except flags.IllegalFlagValueError as e:
-    exit_with(illegal_value_message(e, flag_values))
+    errors.exit_with(illegal_value_message(e, flag_values))
   except flags.Error as e:  # an unknown flag: absl's message names it
-    exit_with(str(e))
+    errors.exit_with(str(e))
   except (AttributeError, KeyError) as e:
     overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     # ml_collections: "'imge_size'\nDid you mean "image_size" instead of "imge_size"?"
@@ -164,7 +157,7 @@ def parse_flags(argv, flag_values=FLAGS):
     culprits = [o for o in overrides if field and field in o.split('.')]
     if not culprits:
       raise  # not an override of ours: an error in the config file itself, a bug
-    exit_with(f'{culprits[0]} names no config field: {field!r} does not exist. '
+    errors.exit_with(f'{culprits[0]} names no config field: {field!r} does not exist. '
               f"{' '.join(hint)} The fields are those of {argv_config(argv)} "
               '(defaults in fixres_jax/config.py).'.replace('  ', ' '))
 
@@ -211,7 +204,7 @@ def run_or_exit(config, workdir: str) -> None:
   except KeyboardInterrupt:  # Ctrl-C twice, or with several processes (no handler there)
     stop_with('Interrupted.', 128 + signal.SIGINT)
   except errors.UserError as e:  # anything else is a bug: its traceback stays
-    exit_with(errors.message(e))
+    errors.exit_with(errors.message(e))
   if preemption.STOP.is_set():  # it came during the last stage's final work
     stop_with(f'Stopped by signal {preemption.STOP.signum} after the last stage, whose '
               'outputs are written.', preemption.STOP.exit_code())
@@ -224,4 +217,4 @@ def stop_with(message: str, code: int) -> NoReturn:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  errors.run_tool(main, flags_parser=parse_flags)

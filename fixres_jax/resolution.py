@@ -33,6 +33,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from fixres_jax import errors
+
 SAMPLERS = ('torchvision', 'inception', 'plain')
 DEFAULT_IMAGE_SHAPE = (375, 500)  # (height, width): ImageNet's most common shape.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -208,9 +210,12 @@ def read_image_shapes(dataset: str, split: str = 'train', max_images: int = 2000
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(dataset, data_dir=data_dir)
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except ValueError as e:  # tfds's DatasetNotFoundError, a malformed name
+    raise errors.NotFoundError(f'--dataset={dataset!r}: {str(e).splitlines()[0]}') from None
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f'tfds dataset {dataset!r} is not prepared in {builder.data_dir}: prepare it first '
         '(see README), or pass --aspect / --image_size instead.')
   source = sources.TfdsSource(builder, image_key=image_key)
@@ -281,7 +286,11 @@ def main(argv):
   shapes, aspect = None, None
   note = f'{DEFAULT_IMAGE_SHAPE[1]}x{DEFAULT_IMAGE_SHAPE[0]}'
   if f.aspect is not None:
-    aspect = float(fractions.Fraction(f.aspect))
+    try:
+      aspect = float(fractions.Fraction(f.aspect))
+    except (ValueError, ZeroDivisionError):
+      raise app.UsageError(f'--aspect={f.aspect!r}: give WIDTH/HEIGHT or a number, e.g. '
+                           '4/3 or 1.333.') from None
     note = f'aspect {f.aspect}'
   elif f.image_size:
     try:
@@ -304,4 +313,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  errors.run_tool(main)

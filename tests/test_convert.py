@@ -1,6 +1,7 @@
 """PyTorch -> Flax conversion, checked against torchvision's own models."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 from fixres_jax import checkpoint
 from fixres_jax import convert
+from fixres_jax import errors
 from fixres_jax import models
 
 try:
@@ -156,6 +158,67 @@ def test_pickled_objects_need_trust(tmp_path):
   with pytest.raises(convert.ConversionError, match='--trust_pickle'):
     convert.load_state_dict(path)
   assert 'fc.weight' in convert.load_state_dict(path, trust_pickle=True)
+
+
+def write_input(tmp_path, kind: str) -> str:
+  """A bad --input of `kind`; returns its path."""
+  path = tmp_path / {'safetensors': 'model.safetensors'}.get(kind, 'model.pth')
+  if kind == 'text':
+    path.write_text('not a checkpoint\n')
+  elif kind == 'safetensors':
+    path.write_bytes(bytes(range(256)) * 4)
+  elif kind == 'not_tensors':
+    torch.save({'fc.weight': torch.zeros(10, 512), 'note': 'trained by me'}, path)
+  elif kind == 'empty':
+    path.write_bytes(b'')
+  elif kind == 'truncated':  # a torch.save archive cut short, as by a failed copy
+    torch.save(create_torch_model('resnet18').state_dict(), path)
+    path.write_bytes(path.read_bytes()[:100_000])
+  return str(path)
+
+
+@pytest.mark.parametrize('kind, trust, message', [
+    ('text', False, 'is not a file written by torch.save'),
+    ('text', True, 'is not a file written by torch.save'),
+    ('empty', False, 'is not a file written by torch.save'),
+    ('truncated', False, 'cannot be read as a PyTorch checkpoint'),
+    ('safetensors', False, 'cannot be read as a PyTorch checkpoint (SafetensorError'),
+    ('not_tensors', False, 'holds entries that are not tensors: note'),
+    ('missing', False, "No checkpoint file at"),
+])
+def test_an_unreadable_input_is_a_user_error(tmp_path, kind, trust, message):
+  path = write_input(tmp_path, kind)
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    convert.convert_file('resnet18', path, str(tmp_path / 'out'), trust_pickle=trust)
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+  path = str(tmp_path / 'resnet18.pth')
+  torch.save(create_torch_model('resnet18').state_dict(), path)
+  for arch, num_classes, output, message in [
+      ('resnet51', None, tmp_path / 'out', "Unknown --arch='resnet51': use one of"),
+      ('resnet18', 0, tmp_path / 'out', '--num_classes=0: use a positive number'),
+      ('resnet18', None, '/proc/converted', 'Cannot write --output=/proc/converted'),
+      ('resnet50', None, tmp_path / 'out', 'The checkpoint matches --arch=resnet18.')]:
+    with pytest.raises(errors.UserError, match=re.escape(message)):
+      convert.convert_file(arch, path, str(output), num_classes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind, args, message', [
+    ('text', ['--arch=resnet18'], 'is not a file written by torch.save'),
+    ('missing', ['--arch=resnet18'], 'No checkpoint file at'),
+    ('text', ['--arch=resnet51'], "Unknown --arch='resnet51'"),
+    ('text', [], 'Flag --arch must have a value other than None'),
+])
+def test_command_line_answers_bad_input_with_its_message_alone(tmp_path, kind, args, message):
+  command = [sys.executable, '-m', 'fixres_jax.convert', f'--input={write_input(tmp_path, kind)}',
+             f'--output={tmp_path / "out"}', *args]
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'PYTHONPATH': REPO_ROOT})
+  assert result.returncode == errors.EXIT_CODE, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr and message in result.stderr, result.stderr[-3000:]
+  assert result.stderr.rstrip().splitlines()[-1].startswith('Error: ')
 
 
 @pytest.mark.parametrize('arch', [name for name in models.ARCH_NAMES if name != 'resnet'])

@@ -315,6 +315,26 @@ def test_user_error_prints_its_message_alone(tmp_path, workdir, extra, message):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('tool, args, message', [
+    ('fixres_jax.resolution', ['--train_res=128', '--aspect=wide'], "--aspect='wide': give"),
+    ('fixres_jax.resolution', ['--train_res=128', '--dataset=no_such_dataset'],
+     "--dataset='no_such_dataset'"),
+    ('fixres_jax.resolution', ['--train_res=abc'], "--train_res=abc: invalid literal"),
+    ('fixres_jax.data.prepare', ['--config=tests/tiny_config.py', '--short_side=64'],
+     'Flag --out must have a value other than None'),
+    ('fixres_jax.data.service', [], 'Give --port to start a dispatcher here'),
+    ('fixres_jax.main', ['--config=tests/tiny_config.py', '--workdir=/tmp/x', '--bogus'],
+     "Unknown command line flag 'bogus'"),
+])
+def test_every_tool_answers_bad_input_with_its_message_alone(tool, args, message):
+  result = subprocess.run([sys.executable, '-m', tool, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == errors.EXIT_CODE, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr and message in result.stderr, result.stderr[-3000:]
+  assert result.stderr.rstrip().splitlines()[-1].startswith('Error: ')
+
+
+@pytest.mark.slow
 def test_a_bug_keeps_its_traceback(tmp_path):
   """A mistake inside a config file is a bug in that file, not a misspelt override."""
   config = tmp_path / 'broken_config.py'

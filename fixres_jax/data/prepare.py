@@ -45,6 +45,7 @@ from ml_collections import config_flags
 from PIL import Image
 import tensorflow as tf
 
+from fixres_jax import errors
 from fixres_jax.data import sources
 
 COPY_RECORD = 'fixres_copy.json'  # the flags of the copy, checked when a run resumes
@@ -252,4 +253,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('quality', 90, 'JPEG quality of re-encoded images.')
   flags.DEFINE_integer('workers', 0, 'Threads decoding and encoding (0: one per CPU core).')
   flags.mark_flags_as_required(['config', 'out', 'short_side'])
-  app.run(main)
+  errors.run_tool(main)

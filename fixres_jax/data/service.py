@@ -31,6 +31,8 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from fixres_jax import errors
+
 LOCAL_HOSTS = ('localhost', '127.0.0.1', '::1')
 
 
@@ -155,4 +157,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('port', 0, 'Start a dispatcher on this port (0: none here).')
   flags.DEFINE_list('workers', [], 'Every worker, HOST:PORT; the local ones start here.')
   flags.DEFINE_string('dispatcher', '', 'The dispatcher workers join ("": localhost:PORT).')
-  app.run(main)
+  errors.run_tool(main)
