@@ -48,7 +48,7 @@ class SweepResult:
 
 
 def sweep(config, dataset, mesh, models: Dict[str, dict], model,
-          finetune_test_res: Optional[tuple] = None) -> SweepResult:
+          finetune_test_res: Optional[tuple] = None, workdir=None) -> SweepResult:
   """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions.
 
   Args:
@@ -56,6 +56,8 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     model: the flax module (all models share one architecture).
     finetune_test_res: (K_test, how it was chosen) of models['finetuned'], as
       finetuned_test_res gives them; recorded in the metadata, marked in sweep.png.
+    workdir: where sweep.json and sweep.csv are rewritten after each resolution, so that a
+      later failure loses none of them (write_sweep writes every output at the end).
 
   Returns:
     the records, feature statistics and metadata (timing, analytic K_test*, fits).
@@ -94,6 +96,8 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
       logging.info('sweep %s @ %d: top1 %.4f, zero features %.3f', name, test_res,
                    metrics['top1'], metrics['zero_fraction'])
     seconds[int(test_res)] = time.perf_counter() - res_start
+    if workdir is not None:
+      write_records(workdir, records)
   total_seconds = time.perf_counter() - start
   logging.info('Sweep: %d evaluations at %d resolutions took %.1f s.', len(records),
                len(cfg.resolutions), total_seconds)
@@ -120,8 +124,11 @@ def analytic_test_res(config, dataset) -> dict:
   dataset or a folder.
   """
   from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  shapes = sources.read_image_shapes(dataset, config.data.train_split, SHAPE_IMAGES)
+  shapes = sources.read_image_shapes(dataset, config.data.train_split, SHAPE_IMAGES,
+                                     skip_corrupt=config.data.skip_corrupt)
   note = f'{len(shapes)} images of {config.data.train_split}'
+  if not len(shapes):  # every one skipped as corrupt: resolution's default shape
+    shapes, note = None, f'no readable image of {config.data.train_split}: 500x375 assumed'
   result = resolution.recommend_test_res(config.train.image_size, config.data.crop_pct,
                                          config.data.crop, image_shapes=shapes,
                                          samples=SAMPLER_CROPS, seed=config.seed)
@@ -262,16 +269,24 @@ def write_sweep(workdir, result: SweepResult) -> None:
   """sweep.json, sweep.csv, stats.json, sweep_meta.json, sweep.png, features.png (process 0)."""
   if jax.process_index() != 0:
     return
+  write_records(workdir, result.records)
   workdir = epath.Path(workdir)
-  (workdir / 'sweep.json').write_text(json.dumps(result.records, indent=2))
-  with (workdir / 'sweep.csv').open('w') as f:
-    writer = csv.DictWriter(f, CSV_FIELDS, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(result.records)
   (workdir / 'stats.json').write_text(json.dumps(result.stats))
   (workdir / 'sweep_meta.json').write_text(json.dumps(result.meta, indent=2))
   save_figure(plot_sweep(result.records, result.meta), workdir / 'sweep.png')
   save_figure(plot_features(result.stats, result.meta['train_res']), workdir / 'features.png')
+
+
+def write_records(workdir, records: list) -> None:
+  """sweep.json and sweep.csv (process 0)."""
+  if jax.process_index() != 0:
+    return
+  workdir = epath.Path(workdir)
+  (workdir / 'sweep.json').write_text(json.dumps(records, indent=2))
+  with (workdir / 'sweep.csv').open('w') as f:
+    writer = csv.DictWriter(f, CSV_FIELDS, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(records)
 
 
 def save_figure(figure, path: epath.Path) -> None:

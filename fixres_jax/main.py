@@ -104,7 +104,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   if 'sweep' in config.stages:
     preemption.check_stop('the sweep')
     result = analysis.sweep(config, dataset, mesh, models, model,
-                            analysis.finetuned_test_res(config, workdir))
+                            analysis.finetuned_test_res(config, workdir), workdir)
     analysis.write_sweep(workdir, result)
     print(analysis.format_table(result.records), flush=True)
     print(analysis.describe_outputs(config, workdir, result.records), flush=True)

@@ -191,12 +191,20 @@ class FolderSplitSizes(collections.abc.Mapping):
     return len(list(iter(self)))
 
 
-def read_image_shapes(source, split: str, max_images: int) -> np.ndarray:
+def read_image_shapes(source, split: str, max_images: int, skip_corrupt: bool = False
+                      ) -> np.ndarray:
   """(height, width) of up to `max_images` images of `split`, as an int64 array [m, 2].
 
   Reads JPEG headers only (tf.image.extract_jpeg_shape); other formats are decoded. Reads in
   order: a folder split's order is class-stratified and a tfds split's records are mixed, so
   the first images span the classes.
+
+  Args:
+    skip_corrupt: skip (and log) the images whose size cannot be read, as config.data's
+      skip_corrupt does everywhere; m may then be 0.
+
+  Raises:
+    errors.DataError: an image whose size cannot be read, without skip_corrupt.
   """
   ds = source.read(split, drop_remainder=False)
 
@@ -206,8 +214,17 @@ def read_image_shapes(source, split: str, max_images: int) -> np.ndarray:
         tf.io.is_jpeg(data), lambda: tf.io.extract_jpeg_shape(data)[:2],
         lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2])
 
-  ds = ds.take(max_images).map(shape, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
-  return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
+  ds = ds.take(max_images).map(shape, num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_corrupt:
+    ds = ds.ignore_errors(log_warning=True)
+  try:
+    shapes = [batch for batch in ds.batch(1024).as_numpy_iterator()]
+  except tf.errors.InvalidArgumentError as e:
+    raise errors.DataError(
+        f'Cannot read the size of an image of {source.name} split {split!r} '
+        f'({e.message.splitlines()[0]}). Remove or re-encode it, or set '
+        'config.data.skip_corrupt=True to skip such images (each is logged).') from None
+  return np.concatenate(shapes or [np.zeros((0, 2))]).astype(np.int64)
 
 
 def resolve_split(split: str, split_infos) -> List[Tuple[str, int, int]]:
