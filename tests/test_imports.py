@@ -1,4 +1,5 @@
-"""The model, step, checkpoint and analysis code never imports TensorFlow (only data/ does),
+"""The model, step, checkpoint and analysis code never imports TensorFlow (only data/ does;
+the exporter reaches TensorFlow and jax2tf only through data/serving.py, when it writes),
 the library never imports the studies or the benchmarks, and importing it leaves TensorFlow's
 devices alone."""
 
@@ -9,7 +10,7 @@ import sys
 
 TF_FREE = ('models', 'train', 'finetune', 'cached_finetune', 'checkpoint', 'analysis',
            'parallel', 'parametric', 'metrics', 'convert', 'stage', 'evaluate', 'losses',
-           'augmentations', 'config')
+           'augmentations', 'config', 'transform_record', 'export', 'export_torch')
 
 
 def test_only_the_data_package_imports_tensorflow():
