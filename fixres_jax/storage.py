@@ -11,6 +11,10 @@ serves every non-array write, on Cloud Storage and on a local emulator alike:
                                                  STORAGE_EMULATOR_HOST when absent, with
                                                  GOOGLE_AUTH_TOKEN_FOR_TESTING (no login)
 
+Every gcsfs request has a deadline (REQUEST_TIMEOUT_S, each of gcsfs's retries), and
+check_ready first connects to the endpoint within CONNECT_TIMEOUT_S: an unreachable one stops
+the run at start, named, instead of retrying for minutes.
+
 Object storage cannot append, so files written a line at a time (metrics.jsonl, TensorBoard
 events, profiles) are written to a local staging directory and uploaded by `Staging.sync`.
 The workdir lock (`RemoteLock`) is an object holding its owner and a heartbeat.
@@ -23,18 +27,27 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 from absl import logging
 from etils import epath
+import fsspec
 
 from fixres_jax import errors
 
-# Before any gs:// path is resolved: epath caches its backend choice on first use.
-os.environ.setdefault('EPATH_USE_TF', 'false')
 
 LOCK_LEASE_S = 300  # a lock whose heartbeat is older than this is abandoned
 LOCK_HEARTBEAT_S = 60
+CONNECT_TIMEOUT_S = 10  # reaching the endpoint at start
+REQUEST_TIMEOUT_S = 60  # each gcsfs request (gcsfs retries a failed one up to 6 times)
+CLOUD_STORAGE_ENDPOINT = 'https://storage.googleapis.com'
+
+# Before any gs:// path is resolved: epath caches its backend choice on first use, and its
+# gcsfs instance, made with fsspec's defaults for 'gs': a deadline for every request (gcsfs
+# has none of its own).
+os.environ.setdefault('EPATH_USE_TF', 'false')
+fsspec.config.conf.setdefault('gs', {}).setdefault('requests_timeout', REQUEST_TIMEOUT_S)
 
 
 class StorageError(errors.UserError, RuntimeError):
@@ -58,18 +71,36 @@ def check_ready(workdir) -> None:
         f'--workdir={workdir} needs gcsfs ({e}): pip install -r requirements.txt') from e
   emulator = os.environ.get('STORAGE_EMULATOR_HOST')
   if emulator:
+    check_reachable(emulator, 'STORAGE_EMULATOR_HOST')
     os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', emulator)
     os.environ.setdefault('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')  # tensorstore's: no login
     logging.info('Cloud Storage emulator at %s (checkpoint arrays: %s).', emulator,
                  os.environ['TENSORSTORE_GCS_HTTP_URL'])
   else:
     check_credentials(workdir)
+    check_reachable(CLOUD_STORAGE_ENDPOINT, 'Cloud Storage')
   bucket = str(workdir)[len('gs://'):].split('/')[0]
-  import fsspec  # pylint: disable=g-import-not-at-top
   if not fsspec.filesystem('gs').exists(bucket):
     raise StorageError(f'--workdir={workdir}: the bucket gs://{bucket} does not exist or '
                        f'cannot be read: create it (gcloud storage buckets create '
                        f'gs://{bucket}) or fix the name.')
+
+
+def check_reachable(endpoint: str, what: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+  """Connects to the storage endpoint's host and port within `timeout_s`.
+
+  Raises:
+    StorageError: naming the endpoint, when the connection fails or takes longer.
+  """
+  url = urllib.parse.urlsplit(endpoint if '://' in endpoint else f'http://{endpoint}')
+  port = url.port or (443 if url.scheme == 'https' else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+  except OSError as e:  # refused, unresolvable, or timed out (socket.timeout is one)
+    raise StorageError(
+        f'The storage endpoint {endpoint} ({what}) cannot be reached from this machine within '
+        f'{timeout_s:g} s ({e}): start it or fix the address (STORAGE_EMULATOR_HOST), or check '
+        'the network.') from e
 
 
 def check_credentials(workdir) -> None:
@@ -170,8 +201,7 @@ class RemoteLock:
 
   def _write(self, create: bool = False) -> None:
     data = json.dumps({**self.record, 'heartbeat': time.time()}).encode()
-    import fsspec  # pylint: disable=g-import-not-at-top
-    # mode='create' is a precondition (ifGenerationMatch=0): only one of two runs creates it.
+      # mode='create' is a precondition (ifGenerationMatch=0): only one of two runs creates it.
     fsspec.filesystem('gs').pipe_file(os.fspath(self.path), data,
                                       mode='create' if create else 'overwrite')
 

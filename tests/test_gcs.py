@@ -66,6 +66,56 @@ def test_missing_bucket_is_named(gcs):
     storage.check_ready('gs://no-such-bucket/run')
 
 
+def closed_port() -> int:
+  """A port on 127.0.0.1 that nothing listens on."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_an_unreachable_endpoint_stops_at_start_with_its_address(monkeypatch):
+  url = f'http://127.0.0.1:{closed_port()}'
+  for name, value in gcs_emulator.environment(url).items():
+    monkeypatch.setenv(name, value)
+  start = time.monotonic()
+  with pytest.raises(storage.StorageError,
+                     match=f'endpoint {url} \\(STORAGE_EMULATOR_HOST\\) cannot be reached'):
+    storage.check_ready(f'gs://{gcs_emulator.BUCKET}/run')
+  assert time.monotonic() - start < storage.CONNECT_TIMEOUT_S
+
+
+def test_a_silent_endpoint_stops_within_the_connect_deadline(monkeypatch):
+  """An address that never answers (a blackholed route) times out instead of hanging."""
+  import socket  # pylint: disable=g-import-not-at-top
+  def never_answers(address, timeout=None):
+    del address
+    assert timeout == storage.CONNECT_TIMEOUT_S
+    raise socket.timeout('timed out')
+  monkeypatch.setattr(socket, 'create_connection', never_answers)
+  with pytest.raises(storage.StorageError, match='within 10 s \\(timed out\\)'):
+    storage.check_reachable('http://10.255.255.1:4443', 'STORAGE_EMULATOR_HOST')
+
+
+def test_every_gcsfs_request_has_a_deadline(gcs):
+  storage.check_ready(gcs)
+  from etils.epath import backend  # pylint: disable=g-import-not-at-top
+  assert backend.fsspec_backend.fs(gcs).requests_timeout == storage.REQUEST_TIMEOUT_S  # epath's
+  assert fsspec.filesystem('gs').requests_timeout == storage.REQUEST_TIMEOUT_S
+
+
+@pytest.mark.slow
+def test_main_with_an_unreachable_endpoint_exits_at_once(tmp_path):
+  url = f'http://127.0.0.1:{closed_port()}'
+  env = dict(environment(), **gcs_emulator.environment(url))
+  result = subprocess.run(main_command(f'gs://{gcs_emulator.BUCKET}/run', tmp_path), cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.rstrip().splitlines()[-1].startswith(
+      f'Error: The storage endpoint {url} (STORAGE_EMULATOR_HOST) cannot be reached')
+
+
 def test_metrics_are_uploaded_on_sync_not_per_write(gcs):
   writer = metrics.MetricWriter(gcs, 'train')
   for step in range(1, 11):
