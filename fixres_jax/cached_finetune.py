@@ -70,11 +70,11 @@ def last_bn_input(model, variables: dict, images: jax.Array) -> jax.Array:
   Only that tensor is returned, so XLA drops the rest of the network (the last block's
   residual branch, pooling and the classifier).
   """
-  block, conv = model.last_conv_path
+  path = tuple(model.last_conv_path)
   _, state = model.apply(
       variables, images, capture_intermediates=lambda m, method: (
-          m.path == (block, conv) and method == '__call__'), mutable=['intermediates'])
-  return state['intermediates'][block][conv]['__call__'][0].astype(jnp.float32)
+          m.path == path and method == '__call__'), mutable=['intermediates'])
+  return models.get_at(state['intermediates'], path)['__call__'][0].astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_views'))
@@ -108,11 +108,9 @@ def combine_moments(a: dict, b: dict) -> dict:
 
 def set_population_stats(variables: dict, last_bn_path, mean, var) -> dict:
   """A copy of the variables whose last BN has running statistics (mean, var)."""
-  block, bn = last_bn_path
-  batch_stats = dict(variables['batch_stats'])
-  batch_stats[block] = dict(batch_stats[block], **{bn: {
-      'mean': np.asarray(mean, np.float32), 'var': np.asarray(var, np.float32)}})
-  return {**variables, 'batch_stats': batch_stats}
+  stats = {'mean': np.asarray(mean, np.float32), 'var': np.asarray(var, np.float32)}
+  return {**variables,
+          'batch_stats': models.set_at(variables['batch_stats'], last_bn_path, stats)}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_views', 'dtype'))

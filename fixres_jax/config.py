@@ -356,7 +356,7 @@ def choice_fields() -> dict:
   from fixres_jax import models  # pylint: disable=g-import-not-at-top
   from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
   from fixres_jax import train  # pylint: disable=g-import-not-at-top
-  return {'model.name': models.ARCH_NAMES, 'model.block': tuple(models.BLOCKS),
+  return {'model.name': models.model_names(), 'model.block': tuple(models.BLOCKS),
           'model.dtype': models.DTYPES, 'data.dtype': augmentations.IMAGE_DTYPES,
           'data.crop': augmentations.TRAIN_CROPS, 'data.decode': augmentations.DECODES,
           'data.train_decode': augmentations.DECODES,

@@ -8,7 +8,7 @@ step costs about one forward pass.
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Sequence
 
 from absl import logging
 import jax
@@ -46,7 +46,7 @@ def create_finetune_state(model, variables: dict, cfg, learning_rate, names
 
 
 def finetune_step(state: stage_lib.TrainState, batch: dict, trainable: Sequence[str],
-                  last_bn_path: Tuple[str, str]):
+                  last_bn_path: Sequence[str]):
   """One FixRes step: SGD on the trainable subset, running statistics of the last BN.
 
   Every other parameter and BN statistic is returned bit-identical. state.opt_state
@@ -59,9 +59,8 @@ def finetune_step(state: stage_lib.TrainState, batch: dict, trainable: Sequence[
     return loss, (logits, updates['batch_stats'])
 
   state, loss, (logits, new_stats) = stage_lib.update_subset(state, trainable, loss_fn)
-  block, bn = last_bn_path
-  batch_stats = dict(state.batch_stats)
-  batch_stats[block] = dict(batch_stats[block], **{bn: new_stats[block][bn]})
+  batch_stats = models.set_at(state.batch_stats, last_bn_path,
+                              models.get_at(new_stats, last_bn_path))
   top1 = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return state.replace(batch_stats=batch_stats), {'loss': loss, 'top1': top1}
 
@@ -86,7 +85,8 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   state, manager = stage_lib.open_stage('finetune', config, workdir, mesh, create_finetune_state(
       model, checkpoint.to_host(variables), cfg, learning_rate, names))
   step_fn = jax.jit(functools.partial(finetune_step, trainable=names,
-                                      last_bn_path=model.last_bn_path), donate_argnums=0)
+                                      last_bn_path=tuple(model.last_bn_path)),
+                    donate_argnums=0)
   batches = parallel.prefetch_to_devices(
       pipeline.stage_batches(config, dataset, 'finetune', int(state.step)), mesh)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fixres_jax.models.registry import ModelOptions, register_model
+
 BN_MOMENTUM = 0.9  # == PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
@@ -256,3 +258,49 @@ class ResNet(nn.Module):
     if return_features:
       return logits, features.astype(jnp.float32)
     return logits
+
+
+BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+# torchvision's architectures (and the ResNeXt / wide variants of the WSL and FixRes releases).
+ARCHS = {
+    'resnet18': dict(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
+    'resnet34': dict(stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
+    'resnet50': dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck),
+    'resnet101': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck),
+    'resnet152': dict(stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck),
+    'resnext50_32x4d': dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck,
+                            groups=32, width_per_group=4),
+    'resnext101_32x8d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                             groups=32, width_per_group=8),
+    'resnext101_32x16d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                              groups=32, width_per_group=16),
+    'resnext101_32x32d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                              groups=32, width_per_group=32),
+    'resnext101_32x48d': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                              groups=32, width_per_group=48),
+    'wide_resnet50_2': dict(stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128),
+    'wide_resnet101_2': dict(stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck,
+                             width_per_group=128),
+}
+
+
+def create_resnet(num_classes: int, options: ModelOptions, **arch) -> ResNet:
+  """A ResNet of layout `arch` (ResNet's fields) with config.model's options."""
+  return ResNet(num_classes=num_classes, dtype=jnp.dtype(options.dtype),
+                zero_init_residual=options.zero_init_residual,
+                zero_init_head=options.zero_init_head, bn_group_size=options.bn_group_size,
+                drop_path_rate=options.drop_path_rate, **arch)
+
+
+for _name, _arch in ARCHS.items():
+  register_model(_name)(functools.partial(create_resnet, **_arch))
+
+
+@register_model('resnet')
+def create_custom_resnet(num_classes: int, options: ModelOptions) -> ResNet:
+  """The demo's small network: a ResNet of options.stage_sizes blocks of options.block, the
+  first stage options.num_filters wide."""
+  if options.block not in BLOCKS:
+    raise ValueError(f'config.model.block={options.block!r}: use one of {tuple(BLOCKS)}.')
+  return create_resnet(num_classes, options, stage_sizes=tuple(options.stage_sizes),
+                       block_cls=BLOCKS[options.block], num_filters=options.num_filters)
