@@ -105,7 +105,8 @@ def load_run(workdir, stage: Optional[str] = None) -> Run:
   stage = finished_stage(workdir, stage)
   record = transform_record.require(workdir, stage)
   variables = checkpoint.load_variables(epath.Path(workdir) / 'checkpoints' / stage)
-  num_classes = variables['params']['fc']['kernel'].shape[-1]
+  head = train.create_model(config, 1).HEAD  # its name, whatever the number of classes
+  num_classes = variables['params'][head]['kernel'].shape[-1]
   return Run(config, train.create_model(config, num_classes), variables, record)
 
 
