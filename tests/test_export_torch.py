@@ -35,7 +35,7 @@ def random_variables(arch: str, seed: int = 0) -> dict:
   """Random Flax variables whose BatchNorms are far from the identity (random statistics,
   scales and biases), so that a misplaced one shows in the logits."""
   model = models.create_model(arch, NUM_CLASSES)
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))
+  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))
   rng = np.random.default_rng(seed)
   draws = {'mean': lambda shape: rng.normal(0.0, 0.2, shape),
            'var': lambda shape: rng.uniform(0.5, 2.0, shape),
@@ -54,19 +54,20 @@ def torch_logits(torch_model, state_dict: dict, images: np.ndarray) -> np.ndarra
     return torch_model.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
 
-def test_resnet50_weights_give_the_flax_logits_in_torchvision_and_timm():
-  variables = random_variables('resnet50')
+@pytest.mark.parametrize('arch', ['resnet18', pytest.param('resnet50', marks=pytest.mark.slow)])
+def test_weights_give_the_flax_logits_in_torchvision_and_timm(arch):
+  variables = random_variables(arch)
   images = np.random.default_rng(1).normal(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(
       np.float32)
-  expected = np.asarray(models.create_model('resnet50', NUM_CLASSES).apply(
-      variables, images, train=False))
+  model = models.create_model(arch, NUM_CLASSES)
+  expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
   state_dict = export_torch.to_state_dict(variables)
   assert np.abs(expected).max() > 0.1  # not a degenerate all-zero comparison
   for name, torch_model in [
-      ('torchvision', torchvision.models.resnet50(num_classes=NUM_CLASSES)),
-      ('timm', timm.create_model('resnet50', pretrained=False, num_classes=NUM_CLASSES))]:
+      ('torchvision', getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)),
+      ('timm', timm.create_model(arch, pretrained=False, num_classes=NUM_CLASSES))]:
     diff = np.abs(torch_logits(torch_model, state_dict, images) - expected).max()
-    print(f'{name} resnet50: max |logit diff| {diff:.2e}')
+    print(f'{name} {arch}: max |logit diff| {diff:.2e}')
     assert diff < 1e-4, name
 
 
