@@ -16,6 +16,10 @@ moves the damaged ones to STAGE_DIR/damaged/STEP (with STEP.reason.txt), out of 
 but kept for inspection.
 """
 
+import contextlib
+import errno
+import os
+import shutil
 from typing import Any, Optional
 
 from absl import logging
@@ -241,6 +245,64 @@ def _local_target(metadata) -> Any:
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                       dict(metadata))
+
+
+def format_bytes(count: float) -> str:
+  """'512 B', '3.2 MiB', '1.4 TiB': binary units, readable at every size."""
+  for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'):
+    if abs(count) < 1024 or unit == 'PiB':
+      return f'{count:.0f} {unit}' if unit == 'B' else f'{count:.1f} {unit}'
+    count /= 1024
+
+
+def tree_bytes(tree: Any) -> int:
+  """The bytes of a pytree's arrays, as a checkpoint stores them."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, 'dtype'))
+
+
+def free_bytes(directory) -> Optional[int]:
+  """Free space under a local directory (or its nearest existing parent); None if remote."""
+  path = os.fspath(directory)
+  if '://' in path:
+    return None
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def is_out_of_space(error: BaseException) -> bool:
+  """Whether `error`, or an error it came from, is a full disk (ENOSPC, or tensorstore's
+  words for it)."""
+  for _ in range(20):  # a chain, never a cycle in practice
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+    if error is None:
+      return False
+  return False
+
+
+@contextlib.contextmanager
+def explain_out_of_space(directory, step_bytes: int, max_to_keep: int):
+  """Turns a full disk while checkpointing into one errors.OutOfSpaceError naming the
+  directory and the space the stage's checkpoints need; other errors pass through."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless a full disk)
+    if not is_out_of_space(e):
+      raise
+    needed = step_bytes * (max_to_keep + 1)
+    free = free_bytes(directory)
+    raise errors.OutOfSpaceError(
+        f'No space left in {directory} while writing a checkpoint: each step takes about '
+        f'{format_bytes(step_bytes)} and the stage keeps {max_to_keep} (and writes one more), '
+        f'about {format_bytes(needed)} in all'
+        + (f', with {format_bytes(free)} free there now' if free is not None else '')
+        + '. The steps written before are intact: free some space (or lower '
+        'config.checkpoint.max_to_keep, or move the workdir), then re-run the same command '
+        'to resume.') from None
 
 
 def estimate_bytes(model, config) -> int:

@@ -29,6 +29,10 @@ class NotFoundError(UserError, FileNotFoundError):
   """A dataset not prepared, or a folder or checkpoint that does not exist."""
 
 
+class OutOfSpaceError(UserError, OSError):
+  """The disk under the workdir filled up: what was written before is intact."""
+
+
 class CheckpointError(UserError, ValueError):
   """A checkpoint that exists but cannot be read (a truncated file, missing metadata)."""
 

@@ -74,7 +74,8 @@ def run(config, workdir: str) -> dict:
     if not_held_out:
       logging.warning('%s', not_held_out)
     model = train.create_model(config, dataset.num_classes)
-    workdir_lib.check_writable(workdir, checkpoint.estimate_bytes(model, config))
+    workdir_lib.check_writable(workdir, workdir_lib.estimate_run_bytes(
+        config, model, dataset.num_examples(config.data.train_split)))
     return run_stages(config, workdir, dataset, model)
 
 

@@ -96,16 +96,19 @@ def open_stage(name: str, config, workdir, mesh, state: TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class Cadence:
-  """How often the loop logs and checkpoints, and how many steps it profiles (0: none)."""
+  """How often the loop logs and checkpoints, how many steps it profiles (0: none), and how
+  many checkpoints the manager keeps."""
   log_every: int
   checkpoint_every: int
   profile_steps: int = 0
+  max_to_keep: int = 2
 
 
 def stage_cadence(config, stage: str) -> Cadence:
   """The cadence config.train or config.finetune asks for."""
   cfg = config.train if stage == 'train' else config.finetune
-  return Cadence(cfg.log_every_steps, config.checkpoint.every_steps, cfg.profile_steps)
+  return Cadence(cfg.log_every_steps, config.checkpoint.every_steps, cfg.profile_steps,
+                 config.checkpoint.max_to_keep)
 
 
 def all_finite(tree) -> bool:
@@ -130,7 +133,8 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
   of the metrics since the last log;
   checkpoints every cadence.checkpoint_every steps, at the end, and when a stop is requested
   (SIGTERM, SIGINT: then raises preemption.Preempted, also when the request stops an
-  evaluation); evaluates with evaluate_fn every eval_every steps and at the end.
+  evaluation); evaluates with evaluate_fn every eval_every steps and at the end. A disk that
+  fills up while checkpointing raises errors.OutOfSpaceError, the earlier steps intact.
 
   Returns:
     the final state.
@@ -144,37 +148,42 @@ def run_steps(stage: str, workdir, state, step_fn: Callable, batches, total_step
   trace = metrics_lib.TraceWindow(writer.local_dir('profile', stage), start_step + 3,
                                   cadence.profile_steps)
   window = MetricWindow()
+  full_disk = checkpoint.explain_out_of_space(manager.directory, checkpoint.tree_bytes(state),
+                                              cadence.max_to_keep)
   try:
-    for step in range(start_step + 1, total_steps + 1):
-      trace.before_step(step)
-      with jax.profiler.StepTraceAnnotation(stage, step_num=step):  # step times in profiles
-        state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
-      trace.after_step(step, state)
-      window.add(step_metrics)
-      save = step % cadence.checkpoint_every == 0 or step == total_steps
-      if save or step % cadence.log_every == 0:
-        summary = window.mean()
-        check_finite(summary['loss'], step, manager.directory)  # never save a NaN state
-      if step % cadence.log_every == 0 or step == total_steps:
-        summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
-        writer.write(step, summary, line=progress.line(step, summary))
-        window = MetricWindow()
-      if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
-        writer.write(step, evaluate_or_stop(evaluate_fn, stage, step, state, manager))
-      if save:
-        # The loss is that of the parameters before the step: check what is about to be saved.
-        if not all_finite((state.params, state.batch_stats)):
-          check_finite(float('nan'), step, manager.directory, what='model (a parameter)')
-        checkpoint.save_state(manager, step, state)
-        writer.sync()  # a remote workdir's metrics, up to this checkpoint
-      if guard.should_stop(step):
-        stop_at(stage, step, state, manager)
-    if evaluate_fn and start_step < total_steps:
-      logging.info('[%s] Evaluating at step %d.', stage, total_steps)
-      writer.write(total_steps, evaluate_or_stop(evaluate_fn, stage, total_steps, state,
-                                                 manager))
+    with full_disk:  # a save's error may surface at a later save, or when waiting for it
+      try:
+        for step in range(start_step + 1, total_steps + 1):
+          trace.before_step(step)
+          with jax.profiler.StepTraceAnnotation(stage, step_num=step):  # step times in profiles
+            state, step_metrics = run_step(step_fn, state, next(batches), global_batch)
+          trace.after_step(step, state)
+          window.add(step_metrics)
+          save = step % cadence.checkpoint_every == 0 or step == total_steps
+          if save or step % cadence.log_every == 0:
+            summary = window.mean()
+            check_finite(summary['loss'], step, manager.directory)  # never save a NaN state
+          if step % cadence.log_every == 0 or step == total_steps:
+            summary.update(progress.update(step), lr=float(learning_rate(step - 1)))
+            writer.write(step, summary, line=progress.line(step, summary))
+            window = MetricWindow()
+          if evaluate_fn and eval_every and step % eval_every == 0 and step != total_steps:
+            writer.write(step, evaluate_or_stop(evaluate_fn, stage, step, state, manager))
+          if save:
+            # The loss is that of the parameters before the step: check what is about to be saved.
+            if not all_finite((state.params, state.batch_stats)):
+              check_finite(float('nan'), step, manager.directory, what='model (a parameter)')
+            checkpoint.save_state(manager, step, state)
+            writer.sync()  # a remote workdir's metrics, up to this checkpoint
+          if guard.should_stop(step):
+            stop_at(stage, step, state, manager)
+        if evaluate_fn and start_step < total_steps:
+          logging.info('[%s] Evaluating at step %d.', stage, total_steps)
+          writer.write(total_steps, evaluate_or_stop(evaluate_fn, stage, total_steps, state,
+                                                     manager))
+      finally:
+        manager.wait_until_finished()
   finally:
-    manager.wait_until_finished()
     writer.close()
     guard.close()
   return state

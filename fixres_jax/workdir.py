@@ -3,12 +3,16 @@
 import fcntl
 import os
 import shutil
+from typing import Dict, Union
 import uuid
 
 from absl import logging
 from etils import epath
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from fixres_jax import checkpoint
 from fixres_jax import errors
 from fixres_jax import storage
 
@@ -19,11 +23,17 @@ class WorkdirError(errors.UserError, RuntimeError):
   """The workdir: not writable, too small, or in use by another run."""
 
 
-def check_writable(workdir: epath.Path, needed_bytes: int) -> None:
-  """Fails at start, not after an epoch, when the workdir cannot hold the checkpoints.
+# Allowances where the size is not known before the run: a compiled program kept in
+# WORKDIR/compilation_cache, and metrics, TensorBoard events and the sweep's outputs.
+COMPILED_PROGRAM_BYTES = 32 * 2**20
+OUTPUT_BYTES = 16 * 2**20
+
+
+def check_writable(workdir: epath.Path, needed_bytes: Union[int, Dict[str, int]]) -> None:
+  """Fails at start, not after an epoch, when the workdir cannot hold what the run writes.
 
   Args:
-    needed_bytes: estimated space for the checkpoints this run will keep.
+    needed_bytes: estimated space, or {what: space} (estimate_run_bytes).
   """
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -33,13 +43,39 @@ def check_writable(workdir: epath.Path, needed_bytes: int) -> None:
   except OSError as e:
     raise WorkdirError(f'Cannot write to --workdir={workdir} ({e}): choose a writable '
                        'directory or fix its permissions.') from e
+  parts = needed_bytes if isinstance(needed_bytes, dict) else {'the run': needed_bytes}
+  needed = sum(parts.values())
   if '://' not in str(workdir):  # local disk
     free = shutil.disk_usage(os.fspath(workdir)).free
-    if free < needed_bytes:
+    if free < needed:
+      fmt = checkpoint.format_bytes
       raise WorkdirError(
-          f'--workdir={workdir} has {free / 2**20:.0f} MiB free but the checkpoints need about '
-          f'{needed_bytes / 2**20:.0f} MiB: free some space, choose another workdir, or lower '
-          'config.checkpoint.max_to_keep.')
+          f'--workdir={workdir} has {fmt(free)} free but the run writes about {fmt(needed)} '
+          f'there ({", ".join(f"{what} {fmt(size)}" for what, size in parts.items())}): free '
+          'some space, choose another workdir, or lower config.checkpoint.max_to_keep.')
+
+
+def estimate_run_bytes(config, model, num_train_examples: int) -> Dict[str, int]:
+  """What a run writes under the workdir, by kind: checkpoints, an on-disk feature cache,
+  compiled programs (an allowance each) and the metrics and outputs (an allowance)."""
+  from fixres_jax import augmentations  # pylint: disable=g-import-not-at-top
+  from fixres_jax import cached_finetune  # pylint: disable=g-import-not-at-top
+  from fixres_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  parts = {'checkpoints': checkpoint.estimate_bytes(model, config)}
+  cfg = config.finetune
+  if cfg.mode == 'cached' and not cfg.cache_dir and 'finetune' in config.stages:
+    row = (augmentations.cached_views(cfg.augment)
+           * cached_finetune.feature_size(model, config.train.image_size)
+           * np.dtype(jnp.dtype(cfg.cache_dtype)).itemsize + 4)
+    per_process = num_train_examples * row / jax.process_count()
+    if per_process > cfg.cache_in_memory_mb * 2**20:  # else it stays in memory
+      parts['feature cache'] = num_train_examples * row
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR') is None:
+    programs = (len(config_lib.image_size_schedule(config.train)) + 2
+                + len(config.sweep.resolutions) + len(cfg.auto_resolutions))
+    parts['compiled programs'] = programs * COMPILED_PROGRAM_BYTES
+  parts['metrics and outputs'] = OUTPUT_BYTES
+  return parts
 
 
 class WorkdirLock:

@@ -1,6 +1,8 @@
 """Checkpoints restore across device counts; variables load from any stage directory; a
 damaged newest step is set aside and the newest readable one restored."""
 
+import time
+
 import flax
 import jax
 import numpy as np
@@ -162,3 +164,103 @@ def test_load_variables_names_a_damaged_step(tmp_path):
   delete_metadata(tmp_path / '2')
   with pytest.raises(errors.CheckpointError, match=f'Step 2 of {tmp_path} cannot be read'):
     checkpoint.load_variables(tmp_path)
+
+
+def run_loop_saving_every_5(workdir, step_fn, total_steps=20):
+  """stage.run_steps on create_state(), checkpointing every 5 steps into workdir/train."""
+  state = parallel.replicate(create_state(), mesh_of(1))
+  manager = checkpoint.create_manager(workdir / 'train', max_to_keep=2)
+  try:
+    stage.run_steps('train', workdir, state, step_fn, iter(lambda: {}, None), total_steps, 8,
+                    lambda step: 0.1, manager, stage.Cadence(100, 5, max_to_keep=2))
+  finally:
+    manager.close()
+
+
+def counting_step(state, batch):
+  del batch
+  return state.replace(step=state.step + 1), {'loss': jax.numpy.float32(1.0)}
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  """A 1 MiB tmpfs (root only: skipped where mount is refused)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  mount_point = tmp_path / 'tmpfs'
+  mount_point.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mount_point)],
+                           capture_output=True, check=False).returncode == 0
+  if not mounted:
+    pytest.skip('cannot mount a tmpfs here (not root)')
+  yield mount_point
+  subprocess.run(['umount', '-l', str(mount_point)], check=True)
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_clear_error(small_tmpfs):
+  """The disk fills after the step-5 checkpoint: the step-10 save fails; step 5 stays intact."""
+  def step_then_fill(state, batch):
+    if int(state.step) == 7:  # once step 5 is committed (saves are asynchronous), fill the rest
+      deadline = time.monotonic() + 60
+      while not (small_tmpfs / 'train' / '5').exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+      with open(small_tmpfs / 'filler', 'wb') as f:
+        try:
+          while True:
+            f.write(b'\0' * 4096)
+            f.flush()
+        except OSError:
+          pass
+    return counting_step(state, batch)
+  with pytest.raises(errors.OutOfSpaceError) as raised:
+    run_loop_saving_every_5(small_tmpfs, step_then_fill)
+  message = errors.message(raised.value)
+  assert f'No space left in {small_tmpfs / "train"} while writing a checkpoint' in message
+  assert 'KiB' in message and 'free there now' in message and 're-run' in message, message
+  (small_tmpfs / 'filler').unlink()
+  manager = checkpoint.create_manager(small_tmpfs / 'train')
+  assert manager.all_steps() == [5]
+  assert int(checkpoint.restore_latest(manager, parallel.replicate(create_state(), mesh_of(1))
+                                       ).step) == 5
+  manager.close()
+
+
+def test_a_full_disk_is_recognised_however_it_is_wrapped(tmp_path, monkeypatch):
+  """The same error where a writer (orbax, tensorstore) reports ENOSPC in its own words."""
+  import errno  # pylint: disable=g-import-not-at-top
+  def full_disk(manager, step, state, force=False):
+    del manager, state, force
+    if step == 10:
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file: '
+                       'No space left on device') from OSError(errno.ENOSPC, 'No space left')
+    return True
+  monkeypatch.setattr(checkpoint, 'save_state', full_disk)
+  with pytest.raises(errors.OutOfSpaceError, match='No space left in .*train while writing'):
+    run_loop_saving_every_5(tmp_path, counting_step)
+  assert checkpoint.is_out_of_space(OSError(errno.ENOSPC, 'full'))
+  assert not checkpoint.is_out_of_space(OSError(errno.EACCES, 'denied'))
+
+
+@pytest.mark.parametrize('count, text', [(0, '0 B'), (1023, '1023 B'), (1536, '1.5 KiB'),
+                                         (3 * 2**30, '3.0 GiB'), (2**62, '4096.0 PiB')])
+def test_sizes_are_written_in_readable_units(count, text):
+  assert checkpoint.format_bytes(count) == text
+
+
+def test_the_start_check_counts_everything_a_run_writes(monkeypatch):
+  from fixres_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fixres_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  config = config_lib.get_base_config()
+  config.finetune.mode, config.finetune.augment = 'cached', 'flip'
+  config.finetune.cache_in_memory_mb = 0  # the features go to WORKDIR/feature_cache
+  config.sweep.resolutions = (128, 160)
+  model = models.create_model('resnet50', 1000)
+  parts = workdir_lib.estimate_run_bytes(config, model, num_train_examples=1000)
+  assert parts['feature cache'] == 1000 * (2 * 2048 * 2 + 4)  # 2 views, 2048 bfloat16 features
+  assert parts['compiled programs'] == 5 * workdir_lib.COMPILED_PROGRAM_BYTES
+  # ResNet-50's variables, their momentum, (max_to_keep + 1) steps, two stages.
+  assert 25e6 * 4 * 2 * 3 * 2 < parts['checkpoints'] < 26e6 * 4 * 2 * 3 * 2
+  assert set(parts) == {'checkpoints', 'feature cache', 'compiled programs',
+                        'metrics and outputs'}
+  config.finetune.cache_dir = '/local/disk'  # elsewhere: not the workdir's space
+  assert 'feature cache' not in workdir_lib.estimate_run_bytes(config, model, 1000)

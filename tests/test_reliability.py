@@ -225,8 +225,9 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
 
 
 def test_full_disk_fails_at_start(tmp_path):
-  with pytest.raises(workdir_lib.WorkdirError, match='MiB free'):
-    workdir_lib.check_writable(tmp_path, needed_bytes=2**62)
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'free but the run writes about 4096.0 PiB there \(checkpoints'):
+    workdir_lib.check_writable(tmp_path, needed_bytes={'checkpoints': 2**62})
 
 
 def test_two_runs_in_one_workdir_are_refused(tmp_path):
