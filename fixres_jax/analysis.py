@@ -12,7 +12,10 @@ config.sweep.parametric_split, a slice of the TRAINING split (never the validati
 Outputs (WORKDIR/): sweep.json (records {'model', 'test_res', 'top1', 'top5', 'num_images',
 'zero_fraction', 'loss'}), sweep.csv, sweep.png (top-1 against K_test; K_train, the analytic
 K_test* of resolution.py and the fine-tuned model's K_test marked), stats.json, features.png
-and sweep_meta.json (timing, K_test*, the fine-tuned model's K_test, fits).
+and sweep_meta.json (timing, K_test*, the fine-tuned model's K_test, fits); with
+config.sweep.latency_batch_size, frontier.json and frontier.png (accuracy against the latency
+latency.py measures at each K_test). finetune.auto_max_ms_per_image limits 'auto' to the
+K_test within that latency budget.
 """
 
 import copy
@@ -26,10 +29,13 @@ from typing import Dict, Optional
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from fixres_jax import checkpoint
+from fixres_jax import errors
 from fixres_jax import evaluate
+from fixres_jax import latency
 from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import resolution
@@ -45,6 +51,7 @@ class SweepResult:
   records: list  # sweep.json
   stats: dict  # stats.json: {'edges', 'records'}
   meta: dict  # sweep_meta.json
+  frontier: Optional[dict] = None  # frontier.json, when the sweep timed the network
 
 
 def sweep(config, dataset, mesh, models: Dict[str, dict], model,
@@ -75,7 +82,7 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
           step_fn, models['trained'], batches(cfg.parametric_split, test_res), mesh)
     return fits[test_res]
 
-  records, stats, seconds = [], [], {}
+  records, stats, seconds, timings = [], [], {}, {}
   start = time.perf_counter()
   for test_res in cfg.resolutions:
     res_start = time.perf_counter()
@@ -96,6 +103,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
       logging.info('sweep %s @ %d: top1 %.4f, zero features %.3f', name, test_res,
                    metrics['top1'], metrics['zero_fraction'])
     seconds[int(test_res)] = time.perf_counter() - res_start
+    if cfg.latency_batch_size:  # what serving at this K_test costs, one device, warm
+      timings[int(test_res)] = latency.time_forward(model, models['trained'], test_res,
+                                                    cfg.latency_batch_size, config.data.dtype)
     if workdir is not None:
       write_records(workdir, records)
   total_seconds = time.perf_counter() - start
@@ -113,8 +123,12 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
         'fits': {int(r): dataclasses.asdict(f) for r, f in sorted(fits.items())},
         'maps': {int(r): [float(v) for v in parametric.quantile_map(fits[r], fits[train_res])]
                  for r in sorted(fits)}}
+  frontier = None
+  if timings:
+    frontier = {**latency.describe_stack(), 'batch_size': cfg.latency_batch_size,
+                'points': latency.frontier(records, timings)}
   return SweepResult(records, {'edges': evaluate.HISTOGRAM_EDGES.tolist(), 'records': stats},
-                     meta)
+                     meta, frontier)
 
 
 def analytic_test_res(config, dataset) -> dict:
@@ -163,7 +177,8 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
   if path.exists():
     choice = json.loads(path.read_text())
     if (choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions
-        and choice.get('metric', 'top1') == cfg.auto_metric):
+        and choice.get('metric', 'top1') == cfg.auto_metric
+        and choice.get('max_ms_per_image', 0.0) == cfg.auto_max_ms_per_image):
       logging.info('K_test = %d, chosen before (%s).', choice['test_res'], path)
       return choice['test_res']
     if checkpoint.has_steps(epath.Path(workdir) / 'checkpoints' / 'finetune'):
@@ -176,17 +191,38 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> i
   for test_res in resolutions:
     batches = pipeline.config_eval_batches(config, dataset, cfg.auto_split, test_res)
     metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh)
+    if cfg.auto_max_ms_per_image:
+      metrics['ms_per_image'] = latency.time_forward(
+          model, variables, test_res, config.sweep.latency_batch_size,
+          config.data.dtype)['ms_per_image']
     records.append({'test_res': test_res, **metrics})
     logging.info('auto K_test: top1 %.4f at %d on %s', metrics['top1'], test_res,
                  cfg.auto_split)
-  best = best_test_res(records, cfg.auto_metric)
+  best = best_test_res(within_budget(records, cfg.auto_max_ms_per_image), cfg.auto_metric)
+  if jax.process_count() > 1:  # timings differ between hosts: process 0's choice holds
+    best = int(multihost_utils.broadcast_one_to_all(np.int32(best)))
   if jax.process_index() == 0:
     path.write_text(json.dumps({'test_res': best, 'split': cfg.auto_split,
                                 'metric': cfg.auto_metric, 'resolutions': resolutions,
+                                'max_ms_per_image': cfg.auto_max_ms_per_image,
                                 'records': records}, indent=2))
   logging.info('K_test = %d chosen on %s (best %s of %s); recorded in %s.', best,
                cfg.auto_split, cfg.auto_metric, resolutions, path)
   return best
+
+
+def within_budget(records: list, max_ms_per_image: float) -> list:
+  """latency.within_budget, where a budget no K_test meets is the user's to change."""
+  fast_enough = latency.within_budget(records, max_ms_per_image)
+  if not fast_enough:
+    fastest = min(records, key=lambda r: r['ms_per_image'])
+    raise errors.ConfigError(
+        f'config.finetune.auto_max_ms_per_image={max_ms_per_image}: no K_test of '
+        f"{[r['test_res'] for r in records]} is that fast here (the fastest, "
+        f"{fastest['test_res']}, takes {fastest['ms_per_image']:.3g} ms per image, "
+        f"{latency.describe_stack()['device']}): raise the budget or add smaller K_test to "
+        'config.finetune.auto_resolutions.')
+  return fast_enough
 
 
 def best_test_res(records: list, metric: str) -> int:
@@ -275,6 +311,10 @@ def write_sweep(workdir, result: SweepResult) -> None:
   (workdir / 'sweep_meta.json').write_text(json.dumps(result.meta, indent=2))
   save_figure(plot_sweep(result.records, result.meta), workdir / 'sweep.png')
   save_figure(plot_features(result.stats, result.meta['train_res']), workdir / 'features.png')
+  if result.frontier:
+    (workdir / 'frontier.json').write_text(json.dumps(result.frontier, indent=2))
+    save_figure(latency.plot_frontier(result.frontier['points'], result.frontier['batch_size'],
+                                      result.frontier['device']), workdir / 'frontier.png')
 
 
 def write_records(workdir, records: list) -> None:

@@ -35,6 +35,8 @@ REAL_RANGES = {
     'train.cutmix_alpha': (0, math.inf, True, False, 'e.g. 1.0; 0: off'),
     'train.eval_every_epochs': (0, math.inf, True, False, '0: at the end only'),
     'finetune.lr_decay_epochs': (0, math.inf, False, False, 'e.g. 30'),
+    'finetune.auto_max_ms_per_image': (0, math.inf, True, False,
+                                       'ms per image at sweep.latency_batch_size; 0: no budget'),
 }
 # Integer fields and their least value; the error's example is the base config's default.
 INTEGER_MINIMUMS = {'seed': 0, 'finetune.cache_in_memory_mb': 0,
@@ -42,7 +44,8 @@ INTEGER_MINIMUMS = {'seed': 0, 'finetune.cache_in_memory_mb': 0,
                     'train.log_every_steps': 1, 'finetune.log_every_steps': 1,
                     'train.profile_steps': 0, 'finetune.profile_steps': 0,
                     'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': 1,
-                    'data.test_resize_size': 0, 'data.test_crop_margin': 0}
+                    'data.test_resize_size': 0, 'data.test_crop_margin': 0,
+                    'sweep.latency_batch_size': 0}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -170,6 +173,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'loss' (the lowest cross-entropy: on a small slice, top-1's sampling error can exceed the
   # differences between neighbouring K_test, while the loss uses every probability).
   finetune.auto_metric = 'top1'
+  # A latency budget for 'auto': only the K_test whose forward pass takes at most this many ms
+  # per image (latency.py: one device, batch sweep.latency_batch_size) compete; 0: no budget.
+  finetune.auto_max_ms_per_image = 0.0
   finetune.batch_size = 512
   finetune.num_epochs = 31  # the official v2 recipe for ResNet-50
   # Per 512 images. The official code: lr = 8.0 * 1e-3 * global_batch / 512.
@@ -197,6 +203,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # K_train and at each K_test on a slice of the TRAINING split (never validation).
   sweep.parametric = True
   sweep.parametric_split = 'train[-10%:]'
+  # The network's warm forward pass is timed at each K_test on one device at this batch
+  # (frontier.json, frontier.png: accuracy against latency); 0: no timing.
+  sweep.latency_batch_size = 32
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000
@@ -312,6 +321,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     problems.append('config.sweep.resolutions=(): give at least one K_test, e.g. '
                     f'{get_base_config().sweep.resolutions}.')
   problems += range_problems(config)
+  if config.finetune.auto_max_ms_per_image and not config.sweep.latency_batch_size:
+    problems.append('config.finetune.auto_max_ms_per_image needs the timing: set '
+                    'config.sweep.latency_batch_size to the batch it holds for, e.g. 32.')
   problems += address_problems(config)
   if not 0 < config.data.crop_pct <= 1:
     problems.append(f'config.data.crop_pct={config.data.crop_pct}: it must be in (0, 1] '

@@ -35,7 +35,7 @@ HISTORY_NAME = 'config_history.jsonl'
 REPLACED_DIR = 'replaced'
 AUTO_RECORD = 'auto_test_res.json'
 SWEEP_FILES = ('sweep.json', 'sweep.csv', 'stats.json', 'sweep_meta.json', 'sweep.png',
-               'features.png')
+               'features.png', 'frontier.json', 'frontier.png')
 # The stages whose saved work a run reuses, in order: each is computed from the one before.
 REDO_STAGES = ('train', 'finetune')
 # What each stage's saved work is, relative to the workdir.
