@@ -14,6 +14,8 @@ Outputs of the sweep (WORKDIR/): frontier.json ({'device', 'stack', 'batch_size'
 and frontier.png (top-1 against ms per image, one curve per model, each point labelled K).
 """
 
+import os
+import platform
 import time
 from typing import Dict, List
 
@@ -57,11 +59,26 @@ def time_forward(model, variables: dict, image_size: int, batch_size: int,
           'ms_per_batch': 1000 * median, 'repeats': repeats}
 
 
-def describe_stack() -> Dict[str, str]:
-  """The device and software the timings hold for."""
+def describe_stack() -> dict:
+  """The device and software the timings hold for; on a CPU its name, its cores and how busy
+  it was (other processes on the same cores slow every call)."""
   device = jax.local_devices()[0]
-  return {'device': f'{device.platform}: {device.device_kind}',
-          'stack': f'jax {jax.__version__}, jaxlib {jax.lib.__version__}'}
+  described = {'device': f'{device.platform}: {device.device_kind}',
+               'stack': f'jax {jax.__version__}, jaxlib {jax.lib.__version__}'}
+  if device.platform == 'cpu':
+    described['device'] = f'cpu: {cpu_model()}, {os.cpu_count()} cores'
+    described['load_average_1min'] = os.getloadavg()[0]
+  return described
+
+
+def cpu_model() -> str:
+  """The processor's name from /proc/cpuinfo (Linux), else what platform knows."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+  except OSError:
+    names = []
+  return names[0] if names else platform.processor() or 'unknown processor'
 
 
 def frontier(records: List[dict], timings: Dict[int, dict]) -> List[dict]:

@@ -10,7 +10,8 @@ import sys
 
 TF_FREE = ('models', 'train', 'finetune', 'cached_finetune', 'checkpoint', 'analysis',
            'parallel', 'parametric', 'metrics', 'convert', 'stage', 'evaluate', 'losses',
-           'augmentations', 'config', 'transform_record', 'export', 'export_torch')
+           'augmentations', 'config', 'transform_record', 'export', 'export_torch',
+           'latency')
 
 
 def test_only_the_data_package_imports_tensorflow():

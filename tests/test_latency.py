@@ -24,6 +24,9 @@ def test_time_forward_reports_a_warm_call_per_image():
   assert timing['ms_per_image'] > 0
   assert timing['ms_per_batch'] == pytest.approx(4 * timing['ms_per_image'])
   assert timing['images_per_second'] == pytest.approx(1000 / timing['ms_per_image'])
+  described = latency.describe_stack()
+  assert described['device'].startswith('cpu: ') and 'cores' in described['device']
+  assert described['stack'].startswith(f'jax {jax.__version__}')
 
 
 def test_the_frontier_keeps_the_k_test_nothing_beats_on_both_counts():
