@@ -64,7 +64,7 @@ def make_config():
 def time_loop(config, state, step_fn, batches, workdir, manager, lr):
   """Milliseconds per step of stage.run_steps over FLAGS.steps steps, after 2 warm-up steps."""
   first = int(state.step)
-  cadence = stage.stage_cadence(config, 'train')
+  cadence = stage.stage_cadence(config.train, config.checkpoint)
   state = stage.run_steps('train', workdir, state, step_fn, batches, first + 2, FLAGS.batch,
                           lr, manager, cadence)
   jax.block_until_ready(state.params)

@@ -406,39 +406,46 @@ def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = finetune.create_schedule_per_512(cfg, steps_per_epoch, cfg.batch_size)
   variables = checkpoint.to_host(variables)
-  state, manager = stage_lib.open_stage('finetune', config, workdir, mesh,
-                                        finetune.create_finetune_state(
-                                            model, variables, cfg, learning_rate, names))
-  if int(state.step) >= total_steps:  # finished: no pass to run
-    manager.close()
-    return {'params': state.params, 'batch_stats': state.batch_stats}
+  work = {}  # what the passes made: the cache and their timings
 
-  variables, cache, timings = run_passes(config, workdir, dataset, mesh, model, variables,
-                                         on_batch)
-  state = finetune.create_finetune_state(model, variables, cfg, learning_rate, names)
-  state = checkpoint.restore_latest(manager, parallel.replicate(state, mesh))
-  start = time.perf_counter()
-  local_batch = parallel.check_batch_size(cfg.batch_size, 'finetune.batch_size')
-  batches = head_batches(cache, local_batch, steps_per_epoch, config.seed + 1,
-                         int(state.step), mesh)
-  logging.info('Training %s on cached features for %d steps.', names, total_steps)
+  def run_passes_then_batches(state):
+    """Passes 1 and 2 (only when head steps remain), then the head's batches of the cache."""
+    adapted, work['cache'], work['timings'] = run_passes(config, workdir, dataset, mesh, model,
+                                                         variables, on_batch)
+    # The last BN's population statistics: a restored state holds the same ones already.
+    state = state.replace(batch_stats=parallel.replicate(adapted['batch_stats'], mesh))
+    local_batch = parallel.check_batch_size(cfg.batch_size, 'finetune.batch_size')
+    logging.info('Training %s on cached features for %d steps.', names, total_steps)
+    work['start'] = time.perf_counter()
+    return state, head_batches(work['cache'], local_batch, steps_per_epoch, config.seed + 1,
+                               int(state.step), mesh)
+
   # A step takes well under a millisecond, so checkpoints and metrics every few hundred
   # steps would cost more than the training: save at the end and on preemption (SIGTERM)
   # only, log at most once an epoch.
   cadence = stage_lib.Cadence(log_every=max(cfg.log_every_steps, steps_per_epoch),
-                              checkpoint_every=total_steps, profile_steps=cfg.profile_steps)
-  state = stage_lib.run_steps('finetune', workdir, state,
-                              functools.partial(head_step, model=model, names=names), batches,
-                              total_steps, cfg.batch_size, learning_rate, manager, cadence)
-  manager.close()
-  timings['head_s'] = time.perf_counter() - start
+                              checkpoint_every=total_steps, profile_steps=cfg.profile_steps,
+                              max_to_keep=config.checkpoint.max_to_keep)
+  stage = stage_lib.Stage(
+      'finetune', finetune.create_finetune_state(model, variables, cfg, learning_rate, names),
+      functools.partial(head_step, model=model, names=names), total_steps, cfg.batch_size,
+      learning_rate, cadence)
+  state = stage_lib.run_stage(stage, workdir, mesh, run_passes_then_batches)
+  if 'cache' in work:
+    record_cache_work(workdir, work, total_steps)
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def record_cache_work(workdir: str, work: dict, total_steps: int) -> None:
+  """Logs and records this run's share of the cached mode's work; frees the cache."""
+  timings, cache = work['timings'], work['cache']
+  timings['head_s'] = time.perf_counter() - work['start']
   logging.info('Head: %d steps on cached features in %.1f s.', total_steps, timings['head_s'])
-  writer = metrics_lib.MetricWriter(workdir, 'finetune_cache')  # this run's share of the work
+  writer = metrics_lib.MetricWriter(workdir, 'finetune_cache')
   writer.write(total_steps, {**timings, 'cache_bytes': cache.nbytes,
                              'num_examples': cache.num_valid, 'num_views': cache.shape[1]})
   writer.close()
   cache.delete()
-  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 # config.finetune.mode -> the 'finetune' stage that runs it (main.py calls it by this name).

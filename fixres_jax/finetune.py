@@ -18,7 +18,6 @@ import optax
 from fixres_jax import checkpoint
 from fixres_jax import losses
 from fixres_jax import models
-from fixres_jax import parallel
 from fixres_jax import stage as stage_lib
 from fixres_jax import train
 
@@ -82,16 +81,14 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   steps_per_epoch = pipeline.stage_steps_per_epoch(config, dataset, 'finetune')
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_schedule_per_512(cfg, steps_per_epoch, cfg.batch_size)
-  state, manager = stage_lib.open_stage('finetune', config, workdir, mesh, create_finetune_state(
-      model, checkpoint.to_host(variables), cfg, learning_rate, names))
-  step_fn = jax.jit(functools.partial(finetune_step, trainable=names,
-                                      last_bn_path=tuple(model.last_bn_path)),
-                    donate_argnums=0)
-  batches = parallel.prefetch_to_devices(
-      pipeline.stage_batches(config, dataset, 'finetune', int(state.step)), mesh)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)
-  state = stage_lib.run_steps('finetune', workdir, state, step_fn, batches, total_steps,
-                              cfg.batch_size, learning_rate, manager,
-                              stage_lib.stage_cadence(config, 'finetune'))
-  manager.close()
+  stage = stage_lib.Stage(
+      'finetune', create_finetune_state(model, checkpoint.to_host(variables), cfg,
+                                        learning_rate, names),
+      jax.jit(functools.partial(finetune_step, trainable=names,
+                                last_bn_path=tuple(model.last_bn_path)), donate_argnums=0),
+      total_steps, cfg.batch_size, learning_rate,
+      stage_lib.stage_cadence(cfg, config.checkpoint))
+  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(
+      mesh, lambda step: pipeline.stage_batches(config, dataset, 'finetune', step)))
   return {'params': state.params, 'batch_stats': state.batch_stats}

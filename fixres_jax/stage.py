@@ -2,7 +2,7 @@
 mesh, the stage's checkpoint manager, the last checkpoint restored) and the step loop."""
 
 import dataclasses
-from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, Tuple
 
 from absl import logging
 from etils import epath
@@ -83,14 +83,14 @@ def update_subset(state: TrainState, names: Sequence[str], loss_fn: Callable):
   return state, loss, aux
 
 
-def open_stage(name: str, config, workdir, mesh, state: TrainState):
+def open_stage(name: str, workdir, mesh, state: TrainState, max_to_keep: int):
   """The stage's state on the mesh, restored from its last checkpoint if there is one.
 
   Returns:
     (state, the stage's CheckpointManager under WORKDIR/checkpoints/NAME).
   """
   manager = checkpoint.create_manager(epath.Path(workdir) / 'checkpoints' / name,
-                                      max_to_keep=config.checkpoint.max_to_keep)
+                                      max_to_keep=max_to_keep)
   return checkpoint.restore_latest(manager, parallel.replicate(state, mesh)), manager
 
 
@@ -104,11 +104,66 @@ class Cadence:
   max_to_keep: int = 2
 
 
-def stage_cadence(config, stage: str) -> Cadence:
-  """The cadence config.train or config.finetune asks for."""
-  cfg = config.train if stage == 'train' else config.finetune
-  return Cadence(cfg.log_every_steps, config.checkpoint.every_steps, cfg.profile_steps,
-                 config.checkpoint.max_to_keep)
+def stage_cadence(cfg, checkpoint_cfg) -> Cadence:
+  """The cadence a stage's config (config.train or config.finetune) and config.checkpoint
+  ask for."""
+  return Cadence(cfg.log_every_steps, checkpoint_cfg.every_steps, cfg.profile_steps,
+                 checkpoint_cfg.max_to_keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """What makes a stage particular; run_stage does the rest.
+
+  Attributes:
+    name: its checkpoints go to WORKDIR/checkpoints/NAME, its metrics are tagged with it.
+    state: its initial host state; the stage's last checkpoint, if any, replaces it.
+    step_fn: jitted (state, device batch) -> (state, metrics).
+    total_steps: where the stage ends.
+    global_batch: images per step.
+    learning_rate: the schedule, for the log lines.
+    cadence: how often it logs and checkpoints.
+    eval_every: steps between evaluations with evaluate_fn (0: at the end only).
+    evaluate_fn: state -> metrics, or None.
+  """
+  name: str
+  state: TrainState
+  step_fn: Callable
+  total_steps: int
+  global_batch: int
+  learning_rate: optax.Schedule
+  cadence: Cadence
+  eval_every: int = 0
+  evaluate_fn: Optional[Callable] = None
+
+
+def run_stage(stage: Stage, workdir, mesh, prepare: Callable) -> TrainState:
+  """The skeleton of every stage: restores its last checkpoint; unless that is the last
+  step, runs its steps from there; closes its checkpoints.
+
+  Args:
+    prepare: (restored state) -> (the state to train, its device batches from its step);
+      called only when steps remain, so a finished stage reads no data.
+
+  Returns:
+    the final state.
+  """
+  state, manager = open_stage(stage.name, workdir, mesh, stage.state,
+                              stage.cadence.max_to_keep)
+  if int(state.step) < stage.total_steps:
+    state, batches = prepare(state)
+    state = run_steps(stage.name, workdir, state, stage.step_fn, batches, stage.total_steps,
+                      stage.global_batch, stage.learning_rate, manager, stage.cadence,
+                      stage.eval_every, stage.evaluate_fn)
+  manager.close()
+  return state
+
+
+def host_batches_on(mesh, batches_from: Callable[[int], Iterator]) -> Callable:
+  """run_stage's `prepare` for a stage fed by host batches: they start at the restored
+  state's step and are prefetched onto the mesh."""
+  return lambda state: (state, parallel.prefetch_to_devices(batches_from(int(state.step)),
+                                                            mesh))
 
 
 def all_finite(tree) -> bool:

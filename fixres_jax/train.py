@@ -17,7 +17,6 @@ from fixres_jax import evaluate
 from fixres_jax import losses
 from fixres_jax import mixing
 from fixres_jax import models
-from fixres_jax import parallel
 from fixres_jax import stage as stage_lib
 
 # The names config.train's choice fields take; config.validate accepts exactly these.
@@ -207,23 +206,21 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_schedule_per_256(cfg, steps_per_epoch, cfg.batch_size)
   variables = load_initial_variables(config, model, cfg.image_size)
-  tx = create_optimizer(cfg, learning_rate, variables['params'])
-  state, manager = stage_lib.open_stage(
-      'train', config, workdir, mesh,
-      stage_lib.create_train_state(model, variables, tx, ema=cfg.ema_decay > 0))
-  step_fn = jax.jit(functools.partial(train_step, objective=objective(config),
-                                      ema_decay=cfg.ema_decay), donate_argnums=0)
-  batches = parallel.prefetch_to_devices(
-      pipeline.stage_batches(config, dataset, 'train', int(state.step)), mesh)
   logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
                total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
-  eval_every = int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0
   eval_fn = evaluate.jit_eval_step(model)
-  state = stage_lib.run_steps(
-      'train', workdir, state, step_fn, batches, total_steps, cfg.batch_size, learning_rate,
-      manager, stage_lib.stage_cadence(config, 'train'), eval_every=eval_every,
+  stage = stage_lib.Stage(
+      'train', stage_lib.create_train_state(
+          model, variables, create_optimizer(cfg, learning_rate, variables['params']),
+          ema=cfg.ema_decay > 0),
+      jax.jit(functools.partial(train_step, objective=objective(config),
+                                ema_decay=cfg.ema_decay), donate_argnums=0),
+      total_steps, cfg.batch_size, learning_rate,
+      stage_lib.stage_cadence(cfg, config.checkpoint),
+      eval_every=int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0,
       evaluate_fn=lambda state: evaluate_state(config, state, dataset, mesh, eval_fn))
-  manager.close()
+  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(
+      mesh, lambda step: pipeline.stage_batches(config, dataset, 'train', step)))
   return stage_lib.trained_variables(state)
 
 

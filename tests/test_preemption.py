@@ -54,7 +54,7 @@ def test_sigterm_saves_its_step_once_and_raises_preempted(tmp_path, at_step):
   with pytest.raises(preemption.Preempted, match=f'at step {at_step}'):
     stage.run_steps('train', tmp_path, state, terminating_step(at_step),
                     iter(lambda: {}, None), 100, 8, lambda step: 0.1, manager,
-                    stage.stage_cadence(config, 'train'))
+                    stage.stage_cadence(config.train, config.checkpoint))
   assert signal.getsignal(signal.SIGTERM) is previous  # the handler is given back
   assert manager.all_steps() == sorted({5, 10} & set(range(at_step + 1)) | {at_step})
   restored = checkpoint.restore_state(manager, state)
@@ -119,7 +119,8 @@ def run_tiny_loop(tmp_path, step_fn, evaluate_fn=None, eval_every=0, total_steps
   manager = checkpoint.create_manager(tmp_path / 'checkpoints')
   try:
     stage.run_steps('train', tmp_path, state, step_fn, iter(lambda: {}, None), total_steps, 8,
-                    lambda step: 0.1, manager, stage.stage_cadence(config, 'train'),
+                    lambda step: 0.1, manager,
+                    stage.stage_cadence(config.train, config.checkpoint),
                     eval_every=eval_every, evaluate_fn=evaluate_fn)
   finally:
     manager.close()
