@@ -146,7 +146,7 @@ def test_a_stop_during_an_evaluation_checkpoints_its_step(tmp_path, main_handler
   manager.close()
 
 
-def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers):
+def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers, tmp_path):
   """SIGTERM during the train stage's last work: main exits 143, and fine-tuning never starts."""
   config = config_lib.get_base_config()
   config.stages = ('train', 'finetune', 'sweep')
@@ -159,7 +159,7 @@ def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers
   monkeypatch.setattr(main, 'run', lambda config, workdir: main.run_stages(
       config, workdir, None, None))
   with pytest.raises(SystemExit) as exited:
-    main.run_or_exit(config, 'unused')
+    main.run_or_exit(config, str(tmp_path))
   assert exited.value.code == 143
 
 
