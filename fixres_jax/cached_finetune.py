@@ -448,7 +448,7 @@ def record_cache_work(workdir: str, work: dict, total_steps: int) -> None:
   cache.delete()
 
 
-# config.finetune.mode -> the 'finetune' stage that runs it (main.py calls it by this name).
+# config.finetune.mode -> the 'finetune' stage that runs it (recipe.py calls it by this name).
 FINETUNE_MODES = {'sgd': finetune.finetune, 'cached': finetune_cached}
 
 

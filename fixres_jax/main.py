@@ -2,9 +2,9 @@
 
   python -m fixres_jax.main --config=configs/demo.py --workdir=/tmp/fixres_demo
 
-This file only wires flags to the library: the logic lives in importable modules
-(train.py, finetune.py, analysis.py). Re-running the same command skips finished stages and
-resumes an interrupted one from its last checkpoint.
+This file only wires flags, logging and exit codes to recipe.run, the recipe as a library
+call. Re-running the same command skips finished stages and resumes an interrupted one from
+its last checkpoint.
 """
 
 import os
@@ -14,24 +14,15 @@ from typing import NoReturn
 
 from absl import flags
 from absl import logging
-from etils import epath
-import jax
 from ml_collections import config_flags
 
-from fixres_jax import analysis
-from fixres_jax import cached_finetune
-from fixres_jax import checkpoint
 from fixres_jax import cluster
 from fixres_jax import config as config_lib
 from fixres_jax import console
 from fixres_jax import devices
 from fixres_jax import errors
-from fixres_jax import parallel
 from fixres_jax import preemption
-from fixres_jax import rerun
-from fixres_jax import storage
-from fixres_jax import train
-from fixres_jax import transform_record
+from fixres_jax import recipe
 from fixres_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -52,78 +43,6 @@ flags.DEFINE_bool('library_logs', False,
                   'dataset about to be generated has no dataset_info.json. Other library '
                   'warnings show either way.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def run(config, workdir: str) -> dict:
-  """Runs config.stages in order; returns {'trained': variables, 'finetuned': ...}."""
-  # Imported here, not at the top: TensorFlow (which it imports) reads its log level when it
-  # loads, and main() sets that first.
-  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top
-  config.stages = config_lib.parse_stages(config.stages)
-  config_lib.validate(config, jax.device_count())
-  sources.check_split_specs(config)
-  storage.check_ready(workdir)
-  workdir = epath.Path(workdir)
-  workdir_lib.check_writable(workdir, needed_bytes=0)
-  with workdir_lib.WorkdirLock(workdir):
-    rerun.check(config, workdir)  # refuses a change that saved work was not made with
-    dataset = pipeline.load_dataset(config)
-    pipeline.log_dataset(dataset, (config.data.train_split, config.data.eval_split))
-    not_held_out = pipeline.trained_on_selection(dataset, config)
-    if not_held_out:
-      logging.warning('%s', not_held_out)
-    model = train.create_model(config, dataset.num_classes)
-    workdir_lib.check_writable(workdir, workdir_lib.estimate_run_bytes(
-        config, model, dataset.num_examples(config.data.train_split)))
-    return run_stages(config, workdir, dataset, model)
-
-
-def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
-  """Runs config.stages; a stop requested by a signal keeps any further one from starting
-  (preemption.check_stop here, and before each evaluation pass of the sweep)."""
-  mesh = parallel.create_mesh()
-  models = {}
-  if 'train' in config.stages:
-    preemption.check_stop('the train stage')
-    models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
-    transform_record.write(workdir, transform_record.describe(
-        config, 'train', config.train.image_size, 'config.train.image_size'))
-  else:
-    models['trained'] = load_trained(config, workdir, model)
-  if 'finetune' in config.stages:
-    preemption.check_stop('the finetune stage')
-    # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
-    config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
-                                       model)
-    finetune_fn = cached_finetune.FINETUNE_MODES[config.finetune.mode]
-    models['finetuned'] = finetune_fn(config, workdir, dataset, mesh, models['trained'])
-    transform_record.write(workdir, transform_record.describe(
-        config, 'finetune', *analysis.finetuned_test_res(config, workdir)))
-  elif checkpoint.has_steps(workdir / 'checkpoints' / 'finetune'):
-    models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
-  if 'sweep' in config.stages:
-    preemption.check_stop('the sweep')
-    result = analysis.sweep(config, dataset, mesh, models, model,
-                            analysis.finetuned_test_res(config, workdir), workdir)
-    analysis.write_sweep(workdir, result)
-    print(analysis.format_table(result.records), flush=True)
-    print(analysis.describe_outputs(config, workdir, result.records), flush=True)
-  return models
-
-
-def load_trained(config, workdir: epath.Path, model) -> dict:
-  """The train stage's result, or config.init_from (with a new head if init_head=False)."""
-  trained = workdir / 'checkpoints' / 'train'
-  if checkpoint.has_steps(trained):
-    variables = checkpoint.load_variables(trained)
-    train.check_variables(model, variables, str(trained))
-    return variables
-  if config.init_from:
-    return train.load_initial_variables(config, model, config.train.image_size)
-  raise errors.ConfigError(
-      f"config.stages={tuple(config.stages)} has no 'train' stage and {trained} holds no "
-      'checkpoint: add the train stage or set config.init_from to a checkpoint.')
 
 
 def initialize_distributed() -> None:
@@ -195,11 +114,11 @@ def main(argv):
 
 
 def run_or_exit(config, workdir: str) -> None:
-  """run(), where a user's mistake exits with its message alone, and a stop requested by a
-  signal with 128 + the signal (143 for SIGTERM, 130 for SIGINT), also once run() is done."""
+  """recipe.run(), where a user's mistake exits with its message alone, and a stop requested by a
+  signal with 128 + the signal (143 for SIGTERM, 130 for SIGINT), also once recipe.run() is done."""
   try:
     devices.check_platform(config)
-    run(config, workdir)
+    recipe.run(config, workdir)
   except preemption.Stopped as e:
     stop_with(str(e), e.exit_code)
   except KeyboardInterrupt:  # Ctrl-C twice, or with several processes (no handler there)

@@ -169,14 +169,14 @@ def run_dir(root: epath.Path, train_res: int, seed: int, name: str) -> epath.Pat
 
 def run_once(config, workdir: epath.Path) -> float:
   """Runs config's stages in workdir unless they finished before; returns the wall time (s)."""
-  from fixres_jax import main  # pylint: disable=g-import-not-at-top
+  from fixres_jax import recipe  # pylint: disable=g-import-not-at-top
   done = workdir / f"reproduce_{'_'.join(config.stages)}.json"
   if done.exists():
     return common.read_json(done)['seconds']
   workdir.mkdir(parents=True, exist_ok=True)
   logging.info('Running %s in %s', tuple(config.stages), workdir)
   start = time.perf_counter()
-  main.run(config, str(workdir))
+  recipe.run(config, str(workdir))
   seconds = time.perf_counter() - start
   done.write_text(json.dumps({'seconds': seconds, 'stages': list(config.stages)}))
   return seconds
@@ -187,7 +187,7 @@ def run_finetune(config, workdir: epath.Path) -> None:
   run_once(config, workdir)
   sweep = config.copy_and_resolve_references()
   sweep.stages = ('sweep',)
-  run_once(sweep, workdir)  # main.run finds the fine-tuned checkpoint in the workdir
+  run_once(sweep, workdir)  # recipe.run finds the fine-tuned checkpoint in the workdir
 
 
 def select_epochs(plan: Plan, root: epath.Path) -> Plan:

@@ -14,7 +14,7 @@ from fixres_jax import analysis
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import evaluate
-from fixres_jax import main
+from fixres_jax import recipe
 from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import train
@@ -202,7 +202,7 @@ def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, ti
   config.finetune.test_res = 'auto'
   config.finetune.auto_resolutions = (24, 40)
   workdir = tmp_path / 'run'
-  main.run(config, str(workdir))
+  recipe.run(config, str(workdir))
 
   choice = json.loads((workdir / 'auto_test_res.json').read_text())
   assert evaluated == [(config.finetune.auto_split, r) for r in (24, 40)]

@@ -14,7 +14,7 @@ from fixres_jax import cached_finetune
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import finetune
-from fixres_jax import main
+from fixres_jax import recipe
 from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import train
@@ -195,7 +195,7 @@ def test_main_runs_the_cached_mode_and_sweeps(tmp_path, finished):
   config.sweep.resolutions = (40,)
   config.finetune.cache_in_memory_mb = 64
   workdir = tmp_path / 'run'
-  main.run(config, str(workdir))
+  recipe.run(config, str(workdir))
   records = json.loads((workdir / 'sweep.json').read_text())
   assert {(r['model'], r['test_res']) for r in records} >= {('trained', 40), ('finetuned', 40)}
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]

@@ -240,7 +240,7 @@ def test_every_arch_maps_one_to_one_onto_torchvision(arch):
 @pytest.mark.slow
 def test_converted_checkpoint_starts_a_finetune_stage(tmp_path, tiny_config):
   """torchvision resnet18 (1000 classes) -> FixRes fine-tuning on the 10-class tiny dataset."""
-  from fixres_jax import main  # pylint: disable=g-import-not-at-top
+  from fixres_jax import recipe  # pylint: disable=g-import-not-at-top
   torch_model = create_torch_model('resnet18', num_classes=1000)
   path = str(tmp_path / 'resnet18.pth')
   torch.save(torch_model.state_dict(), path)
@@ -252,9 +252,9 @@ def test_converted_checkpoint_starts_a_finetune_stage(tmp_path, tiny_config):
   config.sweep.resolutions = (40,)
   config.sweep.parametric = False
   with pytest.raises(ValueError, match='init_head=False'):  # 1000 classes vs 10
-    main.run(config, str(tmp_path / 'same_head'))
+    recipe.run(config, str(tmp_path / 'same_head'))
   config.init_head = False
-  result = main.run(config, str(tmp_path / 'run'))
+  result = recipe.run(config, str(tmp_path / 'run'))
   tuned = result['finetuned']
   # The backbone is the converted one, untouched; the new 10-class head was trained.
   np.testing.assert_array_equal(tuned['params']['layer3_1']['conv2']['kernel'],

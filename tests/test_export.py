@@ -82,14 +82,14 @@ def test_bad_input_ends_with_its_message_and_exit_2(tmp_path, capsys, case):
 def exported(tmp_path_factory, synthetic_data_dir):
   """A tiny run (train and finetune), exported through the command line."""
   import tiny_config  # pylint: disable=g-import-not-at-top
-  from fixres_jax import main  # pylint: disable=g-import-not-at-top
+  from fixres_jax import recipe  # pylint: disable=g-import-not-at-top
   config = tiny_config.get_config()
   config.data.data_dir = synthetic_data_dir
   config.train.num_epochs = 1
   config.stages = ('train', 'finetune')
   root = tmp_path_factory.mktemp('export')
   workdir, out = root / 'run', root / 'out'
-  main.run(config, str(workdir))
+  recipe.run(config, str(workdir))
   result = run_cli(f'--workdir={workdir}', f'--out={out}', '--torch')
   assert result.returncode == 0, result.stderr[-3000:]
   return config, workdir, out

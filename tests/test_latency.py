@@ -66,13 +66,13 @@ def test_a_budget_needs_the_timing():
 
 @pytest.mark.slow
 def test_the_run_writes_its_frontier_and_auto_keeps_to_the_budget(tmp_path, tiny_config):
-  from fixres_jax import main  # pylint: disable=g-import-not-at-top
+  from fixres_jax import recipe  # pylint: disable=g-import-not-at-top
   config = tiny_config
   config.finetune.test_res = analysis.AUTO
   config.finetune.auto_resolutions = (24, 32, 40)
   config.finetune.auto_max_ms_per_image = 1e6  # every K_test qualifies: the choice is timed
   config.sweep.parametric = False
-  main.run(config, str(tmp_path))
+  recipe.run(config, str(tmp_path))
   choice = json.loads((tmp_path / 'auto_test_res.json').read_text())
   assert choice['max_ms_per_image'] == 1e6
   assert all(r['ms_per_image'] > 0 for r in choice['records'])

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from fixres_jax import main
+from fixres_jax import recipe
 
 
 @pytest.mark.slow
 def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   workdir = tmp_path / 'run'
   tiny_config.train.profile_steps = 2
-  main.run(tiny_config, str(workdir))
+  recipe.run(tiny_config, str(workdir))
   records = json.loads((workdir / 'sweep.json').read_text())
   num_images = 100
   assert {(r['model'], r['test_res']) for r in records} == {
@@ -39,7 +39,7 @@ def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   saved['train']['batchsize'] = saved['train'].pop('batch_size')
   (workdir / 'config.json').write_text(json.dumps(saved))
   lines_before = len(metrics)
-  main.run(tiny_config, str(workdir))
+  recipe.run(tiny_config, str(workdir))
   metrics_after = (workdir / 'metrics.jsonl').read_text().splitlines()
   assert len(metrics_after) == lines_before
   assert json.loads((workdir / 'sweep.json').read_text()) == records
@@ -59,7 +59,7 @@ def test_main_runs_a_modern_recipe_and_hands_on_the_ema(tmp_path, tiny_config):
   tiny_config.finetune.mode = 'cached'
   tiny_config.sweep.resolutions, tiny_config.sweep.parametric = (32,), False
   workdir = tmp_path / 'run'
-  main.run(tiny_config, str(workdir))
+  recipe.run(tiny_config, str(workdir))
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   final = [m for m in metrics if m['stage'] == 'train' and 'val_ema_top1' in m][-1]
   assert 'val_top1' in final and final['val_num_images'] == final['val_ema_num_images'] == 100

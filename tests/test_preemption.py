@@ -154,9 +154,9 @@ def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers
     del args
     os.kill(os.getpid(), signal.SIGTERM)
     return {}
-  monkeypatch.setattr(main.train, 'train_and_evaluate', train_then_signal)
-  monkeypatch.setattr(main.analysis, 'resolve_test_res', pytest.fail)
-  monkeypatch.setattr(main, 'run', lambda config, workdir: main.run_stages(
+  monkeypatch.setattr(main.recipe.train, 'train_and_evaluate', train_then_signal)
+  monkeypatch.setattr(main.recipe.analysis, 'resolve_test_res', pytest.fail)
+  monkeypatch.setattr(main.recipe, 'run', lambda config, workdir: main.recipe.run_stages(
       config, workdir, None, None))
   with pytest.raises(SystemExit) as exited:
     main.run_or_exit(config, str(tmp_path))
@@ -164,7 +164,8 @@ def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers
 
 
 def test_a_stop_during_the_last_stage_still_exits_with_its_code(monkeypatch, main_handlers):
-  monkeypatch.setattr(main, 'run', lambda config, workdir: os.kill(os.getpid(), signal.SIGINT))
+  monkeypatch.setattr(main.recipe, 'run',
+                      lambda config, workdir: os.kill(os.getpid(), signal.SIGINT))
   with pytest.raises(SystemExit) as exited:
     main.run_or_exit(config_lib.get_base_config(), 'unused')
   assert exited.value.code == 130

@@ -15,7 +15,7 @@ import pytest
 
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
-from fixres_jax import main
+from fixres_jax import recipe
 from fixres_jax import stage
 from fixres_jax import train
 from fixres_jax import workdir as workdir_lib
@@ -158,7 +158,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path, ti
   config.train.warmup_epochs = 0
   config.train.base_lr = 1e4  # diverges within a few steps
   with pytest.raises(FloatingPointError, match=r'at step \d+'):
-    main.run(config, str(tmp_path))
+    recipe.run(config, str(tmp_path))
   variables = checkpoint.load_variables(tmp_path / 'checkpoints' / 'train')
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
@@ -196,7 +196,7 @@ def test_misspelt_field_is_refused_before_anything_runs(tmp_path):
 def test_finetune_without_a_trained_checkpoint_says_what_to_do(tmp_path, tiny_config):
   tiny_config.stages = ('finetune', 'sweep')
   with pytest.raises(ValueError, match='init_from'):
-    main.run(tiny_config, str(tmp_path))
+    recipe.run(tiny_config, str(tmp_path))
 
 
 def test_other_number_of_classes_suggests_init_head(tmp_path, tiny_config):
@@ -205,7 +205,7 @@ def test_other_number_of_classes_suggests_init_head(tmp_path, tiny_config):
   tiny_config.init_from = str(tmp_path / 'converted')
   tiny_config.stages = ('finetune',)
   with pytest.raises(ValueError, match='init_head=False'):
-    main.run(tiny_config, str(tmp_path / 'run'))
+    recipe.run(tiny_config, str(tmp_path / 'run'))
 
 
 def test_unwritable_workdir_fails_at_start(tmp_path):

@@ -206,22 +206,22 @@ def test_every_stage_field_is_named_by_its_section_or_listed():
 
 @pytest.mark.slow
 def test_a_finished_workdir_refuses_another_k_test_and_redoes_it(tmp_path, tiny_config):
-  from fixres_jax import main  # pylint: disable=g-import-not-at-top
+  from fixres_jax import recipe  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   tiny_config.sweep.parametric = False
-  main.run(tiny_config, str(workdir))
+  recipe.run(tiny_config, str(workdir))
   tiny_config.finetune.test_res = 48
   with pytest.raises(errors.ConfigError, match='test_res=48, but the saved finetune'):
-    main.run(tiny_config, str(workdir))
+    recipe.run(tiny_config, str(workdir))
   tiny_config.finetune.test_res = 40
   tiny_config.model.num_filters = 16
   with pytest.raises(errors.ConfigError, match='num_filters=16, but the saved train'):
-    main.run(tiny_config, str(workdir))
+    recipe.run(tiny_config, str(workdir))
   tiny_config.model.num_filters = 8
   tiny_config.sweep.resolutions = (48,)  # harmless: the sweep is made anew
-  main.run(tiny_config, str(workdir))
+  recipe.run(tiny_config, str(workdir))
   tiny_config.finetune.test_res, tiny_config.redo = 48, 'finetune'
-  main.run(tiny_config, str(workdir))
+  recipe.run(tiny_config, str(workdir))
   meta = json.loads((workdir / 'sweep_meta.json').read_text())
   assert meta['finetune_test_res']['test_res'] == 48
   assert (workdir / 'replaced' / '1' / 'checkpoints' / 'finetune').exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fixres_jax import checkpoint
-from fixres_jax import main
+from fixres_jax import recipe
 from fixres_jax.data import pipeline
 from fixres_jax.data import service
 from transforms import train_at
@@ -66,9 +66,9 @@ def test_training_through_the_service_equals_local_training(dispatcher, tiny_con
                                                             tmp_path):
   tiny_config.stages = ('train', 'sweep')
   local_dir, remote_dir = tmp_path / 'local', tmp_path / 'remote'
-  main.run(tiny_config, str(local_dir))
+  recipe.run(tiny_config, str(local_dir))
   tiny_config.data.service = dispatcher
-  main.run(tiny_config, str(remote_dir))
+  recipe.run(tiny_config, str(remote_dir))
   local = checkpoint.load_variables(local_dir / 'checkpoints' / 'train')
   remote = checkpoint.load_variables(remote_dir / 'checkpoints' / 'train')
   for a, b in zip(*(jax_leaves(v) for v in (local, remote))):
