@@ -10,9 +10,12 @@ The text forms of a comparison and a verdict (margin_text, verdict) are shared b
 generated report (RESULTS.md, DEMO.md, RECIPE.md, MODERN.md); a stat's is common.pct.
 
 A verdict is True (holds), False (does not hold) or None (undecided: runs missing, or one
-seed, which gives no spread).
+seed, which gives no spread). A variant a run did not make counts as missing; a name that no
+record can hold (a misspelt model, variant or field) raises UnknownFieldError instead, so that
+a typo never reads as "not run".
 """
 
+import re
 from typing import Dict, Optional
 
 import numpy as np
@@ -21,13 +24,46 @@ SIGMAS = 3.0  # the claims' margin, in standard deviations of the per-seed diffe
 NO_FINETUNING = 'trained (no fine-tuning)'
 VERDICTS = {True: 'HOLDS', False: 'DOES NOT HOLD', None: 'UNDECIDED (runs missing, or one seed)'}
 
+# What a record can hold: the sweep's models (analysis.py), the fine-tuning variants
+# studies/reproduce.py runs (plus ft_at_K, fine-tuned at another K_train's K) and their fields.
+MODELS = ('trained', 'finetuned', 'parametric')
+VARIANTS = ('ft_selected', 'ft_analytic', 'ft_train_res', 'bn_stats_only', 'cached', 'sgd_long',
+            'cached_long')
+VARIANT_AT = re.compile(r'ft_at_\d+')
+VARIANT_FIELDS = ('test_res', 'top1', 'finetune_seconds', 'mode', 'epochs', 'curve')
+
+
+class UnknownFieldError(KeyError):
+  """A model, variant or field that no record defines: a misspelling, not a missing run."""
+
+  def __str__(self):
+    return self.args[0]
+
+
+class NotRun(LookupError):
+  """A variant a run record could hold but does not: that run did not make it."""
+
+
+def check_name(kind: str, name: str, known, pattern=None) -> None:
+  """Raises UnknownFieldError unless `name` is one of `known` (or matches `pattern`)."""
+  if name in known or (pattern is not None and pattern.fullmatch(name)):
+    return
+  extra = f' or {pattern.pattern}' if pattern is not None else ''
+  raise UnknownFieldError(f'No record defines the {kind} {name!r} (a misspelling?): use one '
+                          f'of {tuple(known)}{extra}.')
+
 
 # ---------------------------------------------------------------------------------------------
 # Statistics
 
 
 def top1_at(records: list, model: str, test_res: int) -> Optional[float]:
-  """Top-1 of `model` at test_res in sweep.json records; None when not swept there."""
+  """Top-1 of `model` at test_res in sweep.json records; None when not swept there.
+
+  Raises:
+    UnknownFieldError: `model` is none of MODELS.
+  """
+  check_name('model', model, MODELS)
   for r in records:
     if r['model'] == model and r['test_res'] == test_res:
       return r['top1']
@@ -65,12 +101,16 @@ def compare(a: list, b: list) -> dict:
 
 
 def per_seed(runs: list, fn) -> list:
-  """fn(run) for each run; None where the run lacks what fn reads (a variant not run)."""
+  """fn(run) for each run; None where the run did not make a variant fn reads (NotRun).
+
+  Anything else fn raises (UnknownFieldError for a misspelt name, KeyError for a run field
+  no record holds) goes to the caller: a typo must not read as a run that is missing.
+  """
   out = []
   for run in runs:
     try:
       out.append(fn(run))
-    except (KeyError, TypeError):
+    except NotRun:
       out.append(None)
   return out
 
@@ -80,11 +120,22 @@ def trained_at(run: dict, test_res, model: str = 'trained'):
 
 
 def variant(run: dict, name: str, field: str = 'top1'):
+  """`field` of the fine-tuning variant `name` of a run record.
+
+  Raises:
+    UnknownFieldError: `name` is no variant a run makes, or `field` no field of one.
+    NotRun: this run did not make the variant (per_seed counts it as missing).
+  """
+  check_name('variant', name, VARIANTS, VARIANT_AT)
+  check_name('variant field', field, VARIANT_FIELDS)
+  if name not in run['variants']:
+    raise NotRun(f"seed {run.get('seed')}: no {name!r} run")
   return run['variants'][name][field]
 
 
 def finetuned_at(run: dict, test_res: int) -> Optional[float]:
-  """Top-1 of the 'sgd' fine-tuning at test_res (whichever variant ran there)."""
+  """Top-1 of the 'sgd' fine-tuning at test_res (whichever variant ran there); None when
+  none did."""
   for name in (f'ft_at_{test_res}', 'ft_selected', 'ft_analytic', 'ft_train_res'):
     found = run['variants'].get(name)
     if found and found['test_res'] == test_res:

@@ -325,10 +325,6 @@ def train_step_seconds(path: epath.Path) -> float:
   return float(np.median([r['step_time_s'] for r in steps]) * max(r['step'] for r in steps))
 
 
-VARIANTS = ('ft_selected', 'ft_analytic', 'ft_train_res', 'bn_stats_only', 'cached', 'sgd_long',
-            'cached_long')
-
-
 def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Optional[dict]:
   """The numbers of one (K_train, seed): None until its training has finished."""
   workdir = functools.partial(run_dir, root, train_res, seed)
@@ -348,7 +344,7 @@ def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Opt
     run['sweep'] = [{k: r[k] for k in ('model', 'test_res', 'top1', 'zero_fraction')}
                     for r in sweep]
   run['variants'] = {}
-  for name in VARIANTS + tuple(f'ft_at_{k}' for k in range(8, 1025, 8)):
+  for name in claims.VARIANTS + tuple(f'ft_at_{k}' for k in range(8, 1025, 8)):
     records = common.read_json(workdir(name) / 'sweep.json')
     if not records:
       continue

@@ -46,7 +46,7 @@ def sweep_curve(model: str, field: str = 'top1'):
 
 
 def variant_curve(name: str, field: str = 'top1'):
-  return lambda r: {x['test_res']: x[field] for x in r['variants'][name]['curve']}
+  return lambda r: {x['test_res']: x[field] for x in claims.variant(r, name, 'curve')}
 
 
 def mean_points(runs: list, fn) -> list:

@@ -158,6 +158,38 @@ def test_claim_b_is_undecided_when_a_control_did_not_run():
   assert claim['holds'] is None
 
 
+def test_a_variant_that_did_not_run_is_missing_not_an_error():
+  runs = runs_b()
+  del runs[1]['variants']['cached']
+  assert claims.per_seed(runs, lambda r: claims.variant(r, 'cached')) == [
+      pytest.approx(0.7), None, pytest.approx(0.701)]
+  assert claims.per_seed(runs, lambda r: claims.variant(r, 'ft_at_64')) == [None] * 3
+  assert claims.claim_cached({32: runs})['rows'][32]['cached']['n'] == 2
+
+
+@pytest.mark.parametrize('read, named', [
+    (lambda r: claims.variant(r, 'ft_selcted'), "variant 'ft_selcted'"),
+    (lambda r: claims.variant(r, 'ft_selected', 'finetune_secs'),
+     "variant field 'finetune_secs'"),
+    (lambda r: claims.trained_at(r, 40, 'finetund'), "model 'finetund'"),
+])
+def test_a_misspelt_name_raises_instead_of_reading_as_not_run(read, named):
+  runs = runs_b()
+  with pytest.raises(claims.UnknownFieldError, match='a misspelling') as error:
+    claims.per_seed(runs, read)
+  assert named in str(error.value)
+  # Even where no run made any variant: the name, not the runs, is wrong.
+  for run in runs:
+    run['variants'].clear()
+  with pytest.raises(claims.UnknownFieldError):
+    claims.per_seed(runs, read)
+
+
+def test_a_misspelt_run_field_raises():
+  with pytest.raises(KeyError, match='train_secs'):
+    claims.per_seed(runs_b(), lambda r: r['train_secs'])
+
+
 def test_claim_c_compares_the_low_network_fine_tuned_up_with_the_high_one():
   low = [run_record(s, variants={'ft_at_48': (48, 0.70 + JITTER[s])}) for s in range(3)]
   high = [run_record(s, train_res=48, selected=56, trained=(0.72 + JITTER[s], 0.75))
