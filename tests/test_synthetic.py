@@ -172,22 +172,66 @@ DATA_FINGERPRINTS = {
     'reproduce': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
     'small': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
     'tiny': '594b4c1386f737efa87b78b1503884c47c266807b80e60a02d5a51e4564e7f82',
+    'shift_noise': '44354f242caf1fefb84d9644a15165f1e23a5564db4064d2d691c715a8a23d02',
+    'shift_jpeg': '6761f15aafb1f4d1fc24a1ab03f89743bfbc5d0eb61784e578c439608ca2a42c',
+    'shift_blur': '7ddede06566373278b633c7e2019f5a03b5b05f2295f15558b01ca867cb32ea0',
+    'shift_small': '1cdd6426b496218cbe2be4a8484c592253d2b88354572f7d49955a03e641da1a',
 }
 
 
-def _fingerprint(seed: int) -> str:
+def _fingerprint(config) -> str:
   digest = hashlib.sha256()
-  for split in ('train', 'validation'):
+  for split in ('train', 'validation') if config.num_train else ('validation',):
     for index in range(FINGERPRINT_EXAMPLES):
-      digest.update(synthetic.generate_example(seed, split, index)['image'])
+      digest.update(synthetic.generate_example(config.seed, split, index, config.shift)['image'])
   return digest.hexdigest()
 
 
 @pytest.mark.parametrize('config', synthetic.FixresSynthetic.BUILDER_CONFIGS,
                          ids=lambda c: c.name)
 def test_generated_bytes_are_pinned(config):
-  assert _fingerprint(config.seed) == DATA_FINGERPRINTS[config.name], (
+  assert _fingerprint(config) == DATA_FINGERPRINTS[config.name], (
       f'fixres_synthetic/{config.name} generates different JPEG bytes than before (NumPy '
       f'{np.__version__}, Pillow {Image.__version__}). Install the locked versions '
       '(requirements.lock); if the change is meant, bump FixresSynthetic.VERSION and update '
       'DATA_FINGERPRINTS.')
+
+
+def test_shifts_draw_the_same_scenes_with_one_range_changed():
+  """A shifted validation image is the default one's scene and class under other conditions."""
+  def scene(index, style):
+    rng = np.random.default_rng([0, 1, index])
+    image, obj = render.render_example(rng, index % synthetic.NUM_CLASSES, style)
+    return image, obj
+
+  def sharpness(jpeg):
+    grey = np.asarray(Image.open(io.BytesIO(jpeg)).convert('L'), np.float64)
+    return np.abs(np.diff(grey, axis=1)).mean()
+
+  for index in range(3):
+    plain, plain_obj = scene(index, render.DEFAULT_STYLE)
+    for name in ('noise', 'jpeg', 'blur'):
+      image, obj = scene(index, render.SHIFTS[name])
+      assert obj.shape == plain_obj.shape and obj.cycles == plain_obj.cycles
+    _, small = scene(index, render.SHIFTS['small'])
+    assert small.shape.size < plain_obj.shape.size and small.cycles == plain_obj.cycles
+    np.testing.assert_array_equal(small.colors, plain_obj.colors)
+    default = synthetic.generate_example(0, 'validation', index)
+    shifted = {n: synthetic.generate_example(0, 'validation', index, n) for n in render.SHIFTS}
+    assert all(ex['label'] == default['label'] for ex in shifted.values())
+    assert len(shifted['jpeg']['image']) < len(default['image'])  # coarser quantisation
+    assert sharpness(shifted['blur']['image']) < 0.8 * sharpness(default['image'])
+    assert sharpness(shifted['noise']['image']) > 1.2 * sharpness(default['image'])
+
+
+def test_a_shift_config_is_a_validation_split_of_the_default_scenes(tmp_path):
+  config = synthetic.FixresSyntheticConfig(name='shift_test', num_train=0, num_validation=4,
+                                           shift='blur')
+  builder = tfds.builder('fixres_synthetic', config=config, data_dir=str(tmp_path))
+  builder.download_and_prepare()
+  assert set(builder.info.splits) == {'validation'}
+  shifted = _read_jpegs(builder, 'validation')
+  for name, (jpeg, label) in shifted.items():
+    index = int(name.split('/')[1].split('.')[0])
+    assert jpeg == synthetic.generate_example(0, 'validation', index, 'blur')['image']
+    assert label == index % synthetic.NUM_CLASSES

@@ -8,6 +8,10 @@ seed 0, are prefixes of one another: 'tiny' is the first examples of 'default'.
 Labels cycle through the classes (index % 10), so every split is balanced. Large splits are
 rendered on every core (examples.py), into the same bytes.
 
+The shift_* configs hold only a validation split: the 'default' config's validation scenes
+drawn in a style of render.SHIFTS (more noise, lower JPEG quality, blur, smaller objects),
+evaluation sets of the sweep (config.sweep.evals, evalsets.py).
+
   import tensorflow_datasets as tfds
   from fixres_jax.data import synthetic  # registers the builder
   builder = tfds.builder('fixres_synthetic/tiny', data_dir=DIR)
@@ -37,10 +41,13 @@ class FixresSyntheticConfig(tfds.core.BuilderConfig):
     num_train: examples in the 'train' split.
     num_validation: examples in the 'validation' split.
     seed: the root of every example's random stream.
+    shift: a name of render.SHIFTS ('': the dataset's own style); a shifted config has no
+      training split (num_train 0).
   """
   num_train: int = 10_000
   num_validation: int = 2_000
   seed: int = 0
+  shift: str = ''
 
 
 class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -69,6 +76,12 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
       FixresSyntheticConfig(
           name='tiny', num_train=256, num_validation=100,
           description='256 train / 100 validation images: tests, built in seconds.'),
+  ] + [
+      FixresSyntheticConfig(
+          name=f'shift_{shift}', num_train=0, num_validation=2_000, shift=shift,
+          description=f"The default's 2,000 validation scenes with render.SHIFTS[{shift!r}]: "
+                      'a shifted test set, no training split.')
+      for shift in render.SHIFTS
   ]
 
   _progress = None  # one bar over every example of the dataset, while it is generated
@@ -88,21 +101,24 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated: nothing to download.
     config = self.builder_config
-    if min(config.num_train, config.num_validation) < 1:
+    if min(config.num_train, config.num_validation) < 1 and not (
+        config.shift and config.num_validation >= 1):
       raise ValueError(f'fixres_synthetic config {config.name!r} needs at least one example '
                        f'per split, got num_train={config.num_train}, '
                        f'num_validation={config.num_validation}.')
     self._progress = tqdm.tqdm(total=config.num_train + config.num_validation, leave=False,
                                desc=f'Generating {self.info.full_name}', unit=' images',
                                mininterval=1.0)
-    return {
-        'train': self._generate_examples('train', config.num_train),
-        'validation': self._generate_examples('validation', config.num_validation),
-    }
+    splits = {'validation': self._generate_examples('validation', config.num_validation)}
+    if config.num_train:  # a shifted config is a test set only
+      splits = {'train': self._generate_examples('train', config.num_train), **splits}
+    return splits
 
   def _generate_examples(self, split: str, num_examples: int):
-    rendered = examples.generate_examples(self.builder_config.seed, split, num_examples,
-                                          examples.count_workers(num_examples))
+    config = self.builder_config
+    rendered = examples.generate_examples(config.seed, split, num_examples,
+                                          examples.count_workers(num_examples),
+                                          shift=config.shift)
     for index, example in enumerate(rendered):
       yield index, example
       self._progress.update()
@@ -153,7 +169,7 @@ def prepare(config_name: str = 'default',
   """The prepared fixres_synthetic builder of `config_name`, generated on first use.
 
   Args:
-    config_name: 'default', 'reproduce', 'small' or 'tiny'.
+    config_name: 'default', 'reproduce', 'small', 'tiny' or a shift ('shift_noise', ...).
     data_dir: tfds data directory; None for tfds's default (TFDS_DATA_DIR or
       ~/tensorflow_datasets).
   """

@@ -39,11 +39,16 @@ _WORKER_CODE = ('import sys; from fixres_jax.data.synthetic import examples; '
                 'examples.serve(sys.argv[1:])')
 
 
-def generate_example(seed: int, split: str, index: int) -> dict:
-  """Example `index` of `split`, as the builder stores it: JPEG bytes, label, file name."""
+def generate_example(seed: int, split: str, index: int, shift: str = '') -> dict:
+  """Example `index` of `split`, as the builder stores it: JPEG bytes, label, file name.
+
+  Args:
+    shift: a name of render.SHIFTS: the same scene drawn in that style; '': DEFAULT_STYLE.
+  """
   rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
   label = index % render.NUM_CLASSES
-  jpeg, _ = render.render_jpeg(rng, label)
+  jpeg, _ = render.render_jpeg(rng, label, render.SHIFTS[shift] if shift else
+                               render.DEFAULT_STYLE)
   return {'image': jpeg, 'label': label, 'file_name': f'{split}/{index:08d}.jpg'}
 
 
@@ -57,19 +62,23 @@ def count_workers(num_examples: int) -> int:
 
 
 def generate_examples(seed: int, split: str, num_examples: int, num_workers: int,
-                      chunk_size: int = CHUNK_EXAMPLES) -> Iterator[dict]:
+                      chunk_size: int = CHUNK_EXAMPLES, shift: str = '') -> Iterator[dict]:
   """Examples 0..num_examples-1 of `split` in order, rendered by `num_workers` processes.
 
   With num_workers 0 the parent renders them itself. Worker w renders chunks w,
   w + num_workers, ... of `chunk_size` examples, the parent reads them in turn.
 
+  Args:
+    shift: as generate_example.
+
   Raises:
     RuntimeError: a worker died (its traceback is on stderr, which workers share).
   """
   if num_workers < 1:
-    yield from (generate_example(seed, split, index) for index in range(num_examples))
+    yield from (generate_example(seed, split, index, shift) for index in range(num_examples))
     return
-  args = [str(seed), split, str(num_examples), str(chunk_size), str(num_workers)]
+  args = [str(seed), split, str(num_examples), str(chunk_size), str(num_workers),
+          shift or '-']
   workers = [start_worker(args + [str(w)]) for w in range(num_workers)]
   try:
     for chunk in range(math.ceil(num_examples / chunk_size)):
@@ -110,17 +119,18 @@ def serve(argv: List[str]) -> None:
   """A worker's loop: a thread renders its chunks, up to CHUNKS_AHEAD ahead of the writing.
 
   Args:
-    argv: seed, split, num_examples, chunk_size, num_workers, this worker's number.
+    argv: seed, split, num_examples, chunk_size, num_workers, the shift ('-': none), this
+      worker's number.
   """
-  seed, split, num_examples, chunk_size, num_workers, worker = (
-      int(argv[0]), argv[1], *map(int, argv[2:]))
+  seed, split, shift = int(argv[0]), argv[1], '' if argv[5] == '-' else argv[5]
+  num_examples, chunk_size, num_workers, worker = map(int, argv[2:5] + argv[6:7])
   # The pickles own the real stdout; anything printed goes to stderr instead.
   stream = os.fdopen(os.dup(sys.stdout.fileno()), 'wb')
   os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
   starts = range(worker * chunk_size, num_examples, num_workers * chunk_size)
   chunks = queue.Queue(maxsize=CHUNKS_AHEAD)
   threading.Thread(target=render_chunks, daemon=True,
-                   args=(seed, split, num_examples, chunk_size, starts, chunks)).start()
+                   args=(seed, split, num_examples, chunk_size, starts, chunks, shift)).start()
   with stream:
     while (chunk := chunks.get()) is not None:
       if isinstance(chunk, Exception):
@@ -130,11 +140,11 @@ def serve(argv: List[str]) -> None:
 
 
 def render_chunks(seed: int, split: str, num_examples: int, chunk_size: int, starts: range,
-                  chunks: queue.Queue) -> None:
+                  chunks: queue.Queue, shift: str = '') -> None:
   """Puts each chunk's examples on `chunks`, then None; or the error that stopped it."""
   try:
     for start in starts:
-      chunks.put([generate_example(seed, split, index)
+      chunks.put([generate_example(seed, split, index, shift)
                   for index in range(start, min(start + chunk_size, num_examples))])
     chunks.put(None)
   except Exception as e:  # pylint: disable=broad-except  (re-raised by the writing thread)

@@ -31,6 +31,11 @@ that to about an epoch. Objects 0.4-0.9 of the short side with 8-16 cycles (3.0.
 of each crop with texture, whose periods are a little finer than before (0.056 of the short
 side on average, was 0.087), and the network leaves chance within two thirds of an epoch
 (docs/DEMO.md measures each step, over seeds).
+
+Shifts. SHIFTS holds styles that change one range of DEFAULT_STYLE: more sensor noise, lower
+JPEG quality, a Gaussian blur, smaller objects. Drawn from the same random streams, a shifted
+image is the same scene of the same class, met under other conditions: the builder's shift_*
+configs render the validation images that way, test sets of a deployment's shifts.
 """
 
 import dataclasses
@@ -41,6 +46,7 @@ from typing import Tuple
 
 import numpy as np
 from PIL import Image
+from PIL import ImageFilter
 
 CLASS_NAMES = (
     'horizontal_stripes', 'vertical_stripes', 'diagonal_stripes', 'zigzag', 'checkerboard',
@@ -68,6 +74,8 @@ class Style:
     texture_contrast: luminance difference of the texture's two colours, grey levels.
     noise_std: per-image sensor noise, grey levels.
     jpeg_quality: JPEG quality, uniform over the integers in the range.
+    blur: standard deviation of a Gaussian blur before the JPEG encoding, pixels; (0, 0):
+      none, and no random number is drawn for it (DEFAULT_STYLE's images stay as they were).
   """
   short_side: Tuple[int, int] = (200, 320)
   aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
@@ -76,9 +84,18 @@ class Style:
   texture_contrast: Tuple[float, float] = (24.0, 144.0)
   noise_std: Tuple[float, float] = (2.0, 6.0)
   jpeg_quality: Tuple[int, int] = (70, 95)
+  blur: Tuple[float, float] = (0.0, 0.0)
 
 
 DEFAULT_STYLE = Style()
+# What a deployed model may meet that training did not show it; each changes one range.
+SHIFTS = {
+    'noise': dataclasses.replace(DEFAULT_STYLE, noise_std=(12.0, 24.0)),
+    'jpeg': dataclasses.replace(DEFAULT_STYLE, jpeg_quality=(8, 25)),
+    'blur': dataclasses.replace(DEFAULT_STYLE, blur=(1.5, 3.0)),
+    # Half the apparent size, and so half the texture period: the resolution FixRes adapts.
+    'small': dataclasses.replace(DEFAULT_STYLE, object_size=(0.2, 0.45)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,9 +258,13 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 def render_jpeg(rng: np.random.Generator, label: int, style: Style = DEFAULT_STYLE
                 ) -> Tuple[bytes, ObjectSpec]:
-  """render_example, encoded at a random JPEG quality in style.jpeg_quality."""
+  """render_example, blurred by style.blur, encoded at a random JPEG quality in
+  style.jpeg_quality."""
   image, obj = render_example(rng, label, style)
   quality = int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1))
+  if style.blur[1] > 0:  # drawn last, so that every earlier draw is the unblurred scene's
+    radius = float(rng.uniform(*style.blur))
+    image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
   return encode_jpeg(image, quality), obj
 
 
