@@ -181,7 +181,7 @@ def _write_json(path: epath.Path, record: dict) -> None:
   tmp.replace(path)
 
 
-def population_moments(config, workdir, dataset, mesh, model, variables: dict,
+def population_moments(config, workdir, data, mesh, model, variables: dict,
                        on_batch: Optional[Callable] = None) -> dict:
   """Pass 1: the moments of the last BN's input over the fine-tuning set, resumable.
 
@@ -196,10 +196,10 @@ def population_moments(config, workdir, dataset, mesh, model, variables: dict,
   Returns:
     {'count', 'mean', 'm2'} per channel in float64; the variance is m2 / count.
   """
-  num_batches, batches_fn = _pass_batches(config, dataset, mesh)
+  num_batches, batches_fn = data.num_pass_batches, pass_batches_on(data, mesh)
   path = epath.Path(workdir) / CACHE_DIR / f'moments_p{jax.process_index()}.json'
   path.parent.mkdir(parents=True, exist_ok=True)
-  key = cache_key(config, dataset, variables)
+  key = cache_key(config, data, variables)
   saved = _read_json(path, key)
   start = agree_on_start(saved['batches_done'] if saved else 0, cumulative=True)
   moments = ({k: np.asarray(saved[k], np.float64) for k in ('count', 'mean', 'm2')}
@@ -284,7 +284,7 @@ class FeatureCache:
           os.remove(path)
 
 
-def cache_features(config, workdir, dataset, mesh, model, variables: dict,
+def cache_features(config, workdir, data, mesh, model, variables: dict,
                    on_batch: Optional[Callable] = None) -> FeatureCache:
   """Pass 2: every example's pooled features (every view) with `variables`, resumable.
 
@@ -295,11 +295,11 @@ def cache_features(config, workdir, dataset, mesh, model, variables: dict,
     variables: host variables whose last BN holds the population statistics.
     on_batch: called as on_batch('features', batches done) (tests interrupt with it).
   """
-  num_batches, batches_fn = _pass_batches(config, dataset, mesh)
+  num_batches, batches_fn = data.num_pass_batches, pass_batches_on(data, mesh)
   num_views = augmentations.cached_views(config.finetune.augment)
   local_batch = parallel.check_batch_size(config.finetune.batch_size, 'finetune.batch_size')
   cache = create_cache(config, workdir, model, num_batches * local_batch, num_views,
-                       cache_key(config, dataset, variables))
+                       cache_key(config, data, variables))
   start = agree_on_start(cache.batches_done, cumulative=False)
   if start:
     logging.info('Pass 2 resumes at batch %d of %d in %s.', start, num_batches,
@@ -317,26 +317,15 @@ def cache_features(config, workdir, dataset, mesh, model, variables: dict,
   return cache
 
 
-def _pass_batches(config, dataset, mesh):
-  """The number of batches of a pass, and start_batch -> its global batches from there.
-
-  The fine-tuning set (config.data.train_split) through the test transform at K_test:
-  every example once, padded and masked, in the same order in both passes.
-  """
-  from fixres_jax.data import pipeline  # only the passes, not the steps, need TensorFlow
-  cfg, split = config.finetune, config.data.train_split
-
-  def batches_fn(start_batch):
-    return parallel.prefetch_to_devices(pipeline.config_eval_batches(
-        config, dataset, split, cfg.test_res, cfg.batch_size, start_batch), mesh)
-
-  return pipeline.num_eval_batches(dataset, split, cfg.batch_size), batches_fn
+def pass_batches_on(data, mesh) -> Callable:
+  """start batch -> the pass's global batches from there, prefetched onto the mesh."""
+  return lambda start_batch: parallel.prefetch_to_devices(data.pass_batches(start_batch), mesh)
 
 
-def cache_key(config, dataset, variables: dict) -> str:
+def cache_key(config, data, variables: dict) -> str:
   """Fingerprint of everything a pass's result depends on."""
   cfg = config.finetune
-  return fingerprint(variables, data=dataset.name, split=config.data.train_split,
+  return fingerprint(variables, data=data.name, split=config.data.train_split,
                      test_res=cfg.test_res, batch_size=cfg.batch_size, augment=cfg.augment,
                      cache_dtype=cfg.cache_dtype, data_config=config.data.to_dict(),
                      model=config.model.to_dict(), processes=jax.process_count(),
@@ -383,7 +372,7 @@ def cache_location(config, workdir) -> str:
   return directory
 
 
-def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
+def finetune_cached(config, workdir: str, data: stage_lib.StageData, mesh, variables: dict,
                     on_batch: Optional[Callable] = None) -> dict:
   """The 'finetune' stage with config.finetune.mode='cached'.
 
@@ -395,14 +384,13 @@ def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
   Returns:
     the fine-tuned variables.
   """
-  from fixres_jax.data import pipeline  # only the loop, not the steps, needs TensorFlow
   cfg = config.finetune
   if cfg.train_bn_affine:
     raise ValueError("config.finetune.mode='cached' trains the classifier only: set "
                      "config.finetune.train_bn_affine=False, or use mode='sgd'.")
-  model = train.create_model(config, dataset.num_classes)
+  model = train.create_model(config, data.num_classes)
   names = models.finetuned_names(model, train_bn_affine=False)
-  steps_per_epoch = pipeline.stage_steps_per_epoch(config, dataset, 'finetune')
+  steps_per_epoch = data.steps_per_epoch
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = finetune.create_schedule_per_512(cfg, steps_per_epoch, cfg.batch_size)
   variables = checkpoint.to_host(variables)
@@ -410,7 +398,7 @@ def finetune_cached(config, workdir: str, dataset, mesh, variables: dict,
 
   def run_passes_then_batches(state):
     """Passes 1 and 2 (only when head steps remain), then the head's batches of the cache."""
-    adapted, work['cache'], work['timings'] = run_passes(config, workdir, dataset, mesh, model,
+    adapted, work['cache'], work['timings'] = run_passes(config, workdir, data, mesh, model,
                                                          variables, on_batch)
     # The last BN's population statistics: a restored state holds the same ones already.
     state = state.replace(batch_stats=parallel.replicate(adapted['batch_stats'], mesh))
@@ -452,7 +440,7 @@ def record_cache_work(workdir: str, work: dict, total_steps: int) -> None:
 FINETUNE_MODES = {'sgd': finetune.finetune, 'cached': finetune_cached}
 
 
-def run_passes(config, workdir, dataset, mesh, model, variables: dict,
+def run_passes(config, workdir, data, mesh, model, variables: dict,
                on_batch: Optional[Callable] = None):
   """Passes 1 and 2.
 
@@ -461,7 +449,7 @@ def run_passes(config, workdir, dataset, mesh, model, variables: dict,
     {'pass1_s', 'pass2_s'}.
   """
   start = time.perf_counter()
-  moments = population_moments(config, workdir, dataset, mesh, model, variables, on_batch)
+  moments = population_moments(config, workdir, data, mesh, model, variables, on_batch)
   variables = set_population_stats(variables, model.last_bn_path, moments['mean'],
                                    moments['m2'] / moments['count'])
   timings = {'pass1_s': time.perf_counter() - start}
@@ -469,7 +457,7 @@ def run_passes(config, workdir, dataset, mesh, model, variables: dict,
                'in %.1f s.', '/'.join(model.last_bn_path), moments['count'],
                timings['pass1_s'])
   start = time.perf_counter()
-  cache = cache_features(config, workdir, dataset, mesh, model, variables, on_batch)
+  cache = cache_features(config, workdir, data, mesh, model, variables, on_batch)
   timings['pass2_s'] = time.perf_counter() - start
   logging.info('Pass 2: features of %d examples x %d views in %.1f s.', cache.num_valid,
                cache.shape[1], timings['pass2_s'])

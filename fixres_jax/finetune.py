@@ -64,7 +64,7 @@ def finetune_step(state: stage_lib.TrainState, batch: dict, trainable: Sequence[
   return state.replace(batch_stats=batch_stats), {'loss': loss, 'top1': top1}
 
 
-def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
+def finetune(config, workdir: str, data: stage_lib.StageData, mesh, variables: dict) -> dict:
   """The 'finetune' stage (mode 'sgd'): FixRes fine-tuning at config.finetune.test_res on the
   train split.
 
@@ -74,11 +74,10 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
   Returns:
     the fine-tuned variables.
   """
-  from fixres_jax.data import pipeline  # only the loop, not the step, needs TensorFlow
   cfg = config.finetune
-  model = train.create_model(config, dataset.num_classes, bn_group_size=cfg.bn_group_size)
+  model = train.create_model(config, data.num_classes, bn_group_size=cfg.bn_group_size)
   names = models.finetuned_names(model, cfg.train_bn_affine)
-  steps_per_epoch = pipeline.stage_steps_per_epoch(config, dataset, 'finetune')
+  steps_per_epoch = data.steps_per_epoch
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_schedule_per_512(cfg, steps_per_epoch, cfg.batch_size)
   logging.info('FixRes fine-tuning %s for %d steps at %d px.', names, total_steps, cfg.test_res)
@@ -89,6 +88,6 @@ def finetune(config, workdir: str, dataset, mesh, variables: dict) -> dict:
                                 last_bn_path=tuple(model.last_bn_path)), donate_argnums=0),
       total_steps, cfg.batch_size, learning_rate,
       stage_lib.stage_cadence(cfg, config.checkpoint))
-  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(
-      mesh, lambda step: pipeline.stage_batches(config, dataset, 'finetune', step)))
+  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(mesh,
+                                                                              data.batches))
   return {'params': state.params, 'batch_stats': state.batch_stats}

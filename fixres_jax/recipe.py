@@ -20,6 +20,7 @@ from fixres_jax import errors
 from fixres_jax import parallel
 from fixres_jax import preemption
 from fixres_jax import rerun
+from fixres_jax import stage as stage_lib
 from fixres_jax import storage
 from fixres_jax import train
 from fixres_jax import transform_record
@@ -58,7 +59,8 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   models = {}
   if 'train' in config.stages:
     preemption.check_stop('the train stage')
-    models['trained'] = train.train_and_evaluate(config, workdir, dataset, mesh)
+    models['trained'] = train.train_and_evaluate(config, workdir, train_data(config, dataset),
+                                                 mesh)
     transform_record.write(workdir, transform_record.describe(
         config, 'train', config.train.image_size, 'config.train.image_size'))
   else:
@@ -69,7 +71,8 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
                                        model)
     finetune_fn = cached_finetune.FINETUNE_MODES[config.finetune.mode]
-    models['finetuned'] = finetune_fn(config, workdir, dataset, mesh, models['trained'])
+    models['finetuned'] = finetune_fn(config, workdir, finetune_data(config, dataset), mesh,
+                                      models['trained'])
     transform_record.write(workdir, transform_record.describe(
         config, 'finetune', *analysis.finetuned_test_res(config, workdir)))
   elif checkpoint.has_steps(workdir / 'checkpoints' / 'finetune'):
@@ -82,6 +85,31 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     print(analysis.format_table(result.records), flush=True)
     print(analysis.describe_outputs(config, workdir, result.records), flush=True)
   return models
+
+
+def train_data(config, dataset) -> stage_lib.StageData:
+  """What the train stage reads: training batches at K_train, validation at K_train."""
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return stage_lib.StageData(
+      dataset.name, dataset.num_classes,
+      pipeline.stage_steps_per_epoch(config, dataset, 'train'),
+      lambda step: pipeline.stage_batches(config, dataset, 'train', step),
+      eval_batches=lambda: pipeline.config_eval_batches(
+          config, dataset, config.data.eval_split, config.train.image_size))
+
+
+def finetune_data(config, dataset) -> stage_lib.StageData:
+  """What the finetune stage reads: fine-tuning batches at K_test, and the cached mode's
+  passes over the same images through the test transform."""
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cfg, split = config.finetune, config.data.train_split
+  return stage_lib.StageData(
+      dataset.name, dataset.num_classes,
+      pipeline.stage_steps_per_epoch(config, dataset, 'finetune'),
+      lambda step: pipeline.stage_batches(config, dataset, 'finetune', step),
+      num_pass_batches=pipeline.num_eval_batches(dataset, split, cfg.batch_size),
+      pass_batches=lambda start: pipeline.config_eval_batches(
+          config, dataset, split, cfg.test_res, cfg.batch_size, start))
 
 
 def load_trained(config, workdir: epath.Path, model) -> dict:

@@ -112,6 +112,29 @@ def stage_cadence(cfg, checkpoint_cfg) -> Cadence:
 
 
 @dataclasses.dataclass(frozen=True)
+class StageData:
+  """What a stage reads, handed to it by recipe.py: stages never open the input pipeline.
+
+  Attributes:
+    name: the dataset's name (part of the cached mode's fingerprint).
+    num_classes: its number of classes.
+    steps_per_epoch: the stage's global steps per epoch.
+    batches: start step -> the stage's endless host batches from there.
+    eval_batches: () -> the validation batches at K_train (the train stage's evaluation).
+    num_pass_batches: the cached mode's passes: batches in one pass over the fine-tuning set.
+    pass_batches: start batch -> that pass's host batches from there (the test transform at
+      K_test, every example once, padded and masked).
+  """
+  name: str
+  num_classes: int
+  steps_per_epoch: int
+  batches: Callable[[int], Iterator[dict]]
+  eval_batches: Optional[Callable[[], Iterator[dict]]] = None
+  num_pass_batches: int = 0
+  pass_batches: Optional[Callable[[int], Iterator[dict]]] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
   """What makes a stage particular; run_stage does the rest.
 

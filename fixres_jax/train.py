@@ -193,16 +193,15 @@ def check_same_shapes(expected: dict, loaded: dict, source: str, head: str) -> N
                      + hint)
 
 
-def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
+def train_and_evaluate(config, workdir: str, data: stage_lib.StageData, mesh) -> dict:
   """The 'train' stage: trains at config.train.image_size, resuming from the last checkpoint.
 
   Returns:
     the final variables {'params', 'batch_stats'} (replicated on the mesh).
   """
-  from fixres_jax.data import pipeline  # only the loop, not the steps, needs TensorFlow
   cfg = config.train
-  model = create_model(config, dataset.num_classes)
-  steps_per_epoch = pipeline.stage_steps_per_epoch(config, dataset, 'train')
+  model = create_model(config, data.num_classes)
+  steps_per_epoch = data.steps_per_epoch
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_schedule_per_256(cfg, steps_per_epoch, cfg.batch_size)
   variables = load_initial_variables(config, model, cfg.image_size)
@@ -218,18 +217,15 @@ def train_and_evaluate(config, workdir: str, dataset, mesh) -> dict:
       total_steps, cfg.batch_size, learning_rate,
       stage_lib.stage_cadence(cfg, config.checkpoint),
       eval_every=int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0,
-      evaluate_fn=lambda state: evaluate_state(config, state, dataset, mesh, eval_fn))
-  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(
-      mesh, lambda step: pipeline.stage_batches(config, dataset, 'train', step)))
+      evaluate_fn=lambda state: evaluate_state(state, data.eval_batches(), mesh, eval_fn))
+  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(mesh,
+                                                                              data.batches))
   return stage_lib.trained_variables(state)
 
 
-def evaluate_state(config, state, dataset, mesh, eval_fn) -> dict:
-  """Validation metrics at the training resolution, prefixed 'val_' (and 'val_ema_' for
-  the EMA of the weights), both models in one pass."""
-  from fixres_jax.data import pipeline
-  batches = pipeline.config_eval_batches(config, dataset, config.data.eval_split,
-                                         config.train.image_size)
+def evaluate_state(state, batches, mesh, eval_fn) -> dict:
+  """Validation metrics of `batches` (at the training resolution), prefixed 'val_' (and
+  'val_ema_' for the EMA of the weights), both models in one pass."""
   entries = {'val': ({'params': state.params, 'batch_stats': state.batch_stats}, None)}
   if state.ema is not None:
     entries['val_ema'] = (state.ema, None)

@@ -14,9 +14,9 @@ from fixres_jax import analysis
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import evaluate
-from fixres_jax import recipe
 from fixres_jax import parallel
 from fixres_jax import parametric
+from fixres_jax import recipe
 from fixres_jax import train
 from test_sources import folder_config, make_folder
 

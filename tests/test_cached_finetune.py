@@ -13,12 +13,12 @@ import pytest
 from fixres_jax import cached_finetune
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
+from fixres_jax.data import pipeline
 from fixres_jax import finetune
-from fixres_jax import recipe
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import recipe
 from fixres_jax import train
-from fixres_jax.data import pipeline
 import tiny_config
 
 NUM_TRAIN = 256  # fixres_synthetic/tiny
@@ -32,7 +32,8 @@ def create_model(config, dataset):
 
 
 def run_cached(config, workdir, dataset, variables, on_batch=None) -> dict:
-  return cached_finetune.finetune_cached(config, str(workdir), dataset,
+  return cached_finetune.finetune_cached(config, str(workdir),
+                                         recipe.finetune_data(config, dataset),
                                          parallel.create_mesh(), variables, on_batch)
 
 
@@ -54,7 +55,8 @@ def finished(synthetic_data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   result = run_cached(config, workdir, dataset, variables)
   moments = cached_finetune.population_moments(  # reads the finished pass 1
-      config, workdir, dataset, parallel.create_mesh(), model, variables)
+      config, workdir, recipe.finetune_data(config, dataset), parallel.create_mesh(), model,
+      variables)
   batches = list(pipeline.config_eval_batches(config, dataset, config.data.train_split,
                                               config.finetune.test_res, BATCH))
   return types.SimpleNamespace(config=config, dataset=dataset, model=model,
@@ -102,7 +104,8 @@ def test_stored_features_equal_the_live_model(tmp_path, finished, cache_dtype, i
   variables = cached_finetune.set_population_stats(
       finished.variables, model.last_bn_path, finished.moments['mean'],
       finished.moments['m2'] / finished.moments['count'])
-  cache = cached_finetune.cache_features(config, tmp_path, finished.dataset,
+  cache = cached_finetune.cache_features(config, tmp_path,
+                                         recipe.finetune_data(config, finished.dataset),
                                          parallel.create_mesh(), model, variables)
   assert (cache.directory is None) == (in_memory_mb > 0)
   assert cache.num_valid == NUM_TRAIN

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fixres_jax.data import preprocess
 from fixres_jax import errors
 from fixres_jax import export
-from fixres_jax.data import preprocess
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

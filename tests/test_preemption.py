@@ -155,6 +155,7 @@ def test_a_stop_keeps_every_later_stage_from_starting(monkeypatch, main_handlers
     os.kill(os.getpid(), signal.SIGTERM)
     return {}
   monkeypatch.setattr(main.recipe.train, 'train_and_evaluate', train_then_signal)
+  monkeypatch.setattr(main.recipe, 'train_data', lambda config, dataset: None)
   monkeypatch.setattr(main.recipe.analysis, 'resolve_test_res', pytest.fail)
   monkeypatch.setattr(main.recipe, 'run', lambda config, workdir: main.recipe.run_stages(
       config, workdir, None, None))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fixres_jax import checkpoint
-from fixres_jax import recipe
 from fixres_jax.data import pipeline
 from fixres_jax.data import service
+from fixres_jax import recipe
 from transforms import train_at
 
 pytestmark = pytest.mark.slow
