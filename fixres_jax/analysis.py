@@ -131,13 +131,25 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
                      meta, frontier)
 
 
-def analytic_test_res(config, dataset) -> dict:
+def analytic_test_res(config, dataset=None) -> dict:
   """resolution.recommend_test_res for K_train, the train crop sampler and the image shapes.
 
-  The shapes are those of up to SHAPE_IMAGES training images (JPEG headers only), from a tfds
-  dataset or a folder.
+  The one implementation of the analytic K_test*: a run's sweep and the studies (which pass
+  the run's config) call it, so that a report and a run cannot disagree. The shapes are those
+  of up to SHAPE_IMAGES images of config.data.train_split (JPEG headers only), from a tfds
+  dataset or a folder; the Monte Carlo draws with config.seed.
+
+  Args:
+    config: the run's config.
+    dataset: its opened source; None opens config.data's (a study, outside a run).
+
+  Returns:
+    recommend_test_res's dict, with 'image_shapes' saying which images it measured.
   """
-  from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from fixres_jax.data import sources  # pylint: disable=g-import-not-at-top
+  if dataset is None:
+    dataset = pipeline.load_dataset(config)
   shapes = sources.read_image_shapes(dataset, config.data.train_split, SHAPE_IMAGES,
                                      skip_corrupt=config.data.skip_corrupt)
   note = f'{len(shapes)} images of {config.data.train_split}'

@@ -233,13 +233,11 @@ def train_all(plan: Plan, root: epath.Path) -> None:
       run_once(train_config(plan, train_res, seed), run_dir(root, train_res, seed, 'train'))
 
 
-def analytic_test_res(plan: Plan, train_res: int) -> dict:
-  from fixres_jax import resolution  # pylint: disable=g-import-not-at-top
-  config = base_config(plan)
-  shapes = resolution.read_image_shapes(config.data.name, 'train', 500,
-                                        plan.data_dir or None, config.data.image_key)
-  return resolution.recommend_test_res(train_res, config.data.crop_pct, config.data.crop,
-                                       image_shapes=shapes, samples=20_000)
+def analytic_test_res(plan: Plan, train_res: int, seed: int) -> dict:
+  """The analytic K_test* that the (K_train, seed) run's own sweep computes: the library's
+  function on the run's config (its training split, crop sampler and seed)."""
+  from fixres_jax import analysis  # pylint: disable=g-import-not-at-top
+  return analysis.analytic_test_res(train_config(plan, train_res, seed))
 
 
 def best_heldout(workdir: epath.Path) -> dict:
@@ -284,10 +282,10 @@ def analyse_one(plan: Plan, root: epath.Path, train_res: int, seed: int, k_star:
 def analyse_all(plan: Plan, root: epath.Path) -> None:
   """analyse_one for every (K_train, seed) whose training has finished."""
   for train_res in plan.train_res:
-    k_star = analytic_test_res(plan, train_res)['test_res']
     for seed in plan.seeds:
       if (run_dir(root, train_res, seed, 'train') / 'reproduce_train.json').exists():
-        analyse_one(plan, root, train_res, seed, k_star)
+        analyse_one(plan, root, train_res, seed,
+                    analytic_test_res(plan, train_res, seed)['test_res'])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,13 +372,22 @@ def run_times(root: epath.Path, runs_by_res: Dict[int, list]) -> tuple:
           max(end for _, end in spans) - min(start for start, _ in spans))
 
 
+def summarize_analytic(by_seed: Dict[int, dict]) -> dict:
+  """One K_train's analytic K_test*: the first seed's, and each seed's (the Monte Carlo draws
+  with the run's seed, so the digits may differ a little between seeds)."""
+  fields = ('test_res', 'test_res_exact', 'expected_sigma')
+  first = by_seed[min(by_seed)]
+  return {**{f: first[f] for f in fields},
+          'by_seed': {s: {f: v[f] for f in fields} for s, v in by_seed.items()}}
+
+
 def write_report(plan: Plan, root: epath.Path, out: epath.Path, seconds: float,
                  command: str) -> dict:
   """Collects every finished run under root and writes RESULTS.md, results.json, figures."""
-  analytic = {k: analytic_test_res(plan, k) for k in plan.train_res}
+  analytic = {(k, s): analytic_test_res(plan, k, s) for k in plan.train_res for s in plan.seeds}
   runs_by_res = {}
   for k in plan.train_res:
-    runs = [collect_run(root, k, s, analytic[k]['test_res']) for s in plan.seeds]
+    runs = [collect_run(root, k, s, analytic[k, s]['test_res']) for s in plan.seeds]
     runs = [r for r in runs if r and 'sweep' in r and 'selected_test_res' in r]
     if runs:
       runs_by_res[k] = runs
@@ -394,8 +401,8 @@ def write_report(plan: Plan, root: epath.Path, out: epath.Path, seconds: float,
       'seconds_elapsed': elapsed,
       'plan': dataclasses.asdict(plan), 'heldout_split': HELDOUT_SPLIT,
       'fit_split': FIT_SPLIT, 'eval_split': EVAL_SPLIT, 'sigmas': claims.SIGMAS,
-      'analytic': {k: {f: v[f] for f in ('test_res', 'test_res_exact', 'expected_sigma')}
-                   for k, v in analytic.items()},
+      'analytic': {k: summarize_analytic({s: analytic[k, s] for s in plan.seeds})
+                   for k in plan.train_res},
       'train_flops_per_image': flops, 'claims': claims.evaluate(runs_by_res, flops),
       'epochs_selection': common.read_json(root / 'epochs.json'),
       'runs': [r for runs in runs_by_res.values() for r in runs]}

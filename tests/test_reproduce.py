@@ -39,6 +39,10 @@ def test_quick_reproduction_writes_report(tmp_path, synthetic_data_dir):
     for name in ('ft_selected', 'bn_stats_only', 'cached'):
       assert run['variants'][name]['test_res'] == run['selected_test_res']
     assert run['variants']['cached']['mode'] == 'cached'
+    # The study's analytic K_test* is the one the run's own sweep computed.
+    meta = json.loads((root / f"k{run['train_res']}_s{run['seed']}" / 'sweep' /
+                       'sweep_meta.json').read_text())
+    assert meta['analytic_test_res']['test_res'] == run['analytic_test_res']
   # The training epochs were chosen on the held-out slice, and every run used them.
   selection = results['epochs_selection']
   assert set(map(int, selection['heldout_top1'])) == set(reproduce.QUICK_EPOCHS)
