@@ -8,7 +8,7 @@ finished runs are summarized and how the report reads, as a Grid, and runs it wi
 import dataclasses
 import json
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -33,6 +33,8 @@ class Grid:
     format_report: (results, plan, seconds of runs or None, the command) -> Markdown.
     train_res: the baseline's K_train.
     epochs: the baseline's training epochs when --epochs is not given.
+    readme_block: results -> README's block between the study's markers (common.readme_markers
+      (name, 'studies.NAME')), rewritten by a full (not --quick) study; None: no block.
   """
   name: str
   variants: Dict[str, dict]
@@ -41,6 +43,7 @@ class Grid:
   format_report: Callable
   train_res: int = 64
   epochs: int = 8
+  readme_block: Optional[Callable] = None
 
 
 def define_flags(grid: Grid) -> None:
@@ -85,6 +88,14 @@ def main(grid: Grid) -> None:
   command = common.format_command(f'studies.{grid.name}')
   (out / f'{grid.name.upper()}.md').write_text(
       grid.format_report(results, plan, seconds, command))
+  if grid.readme_block and not FLAGS.quick:  # --quick's numbers mean nothing
+    common.write_readme_block(common.REPO / 'README.md', readme_markers(grid),
+                              grid.readme_block(results))
+
+
+def readme_markers(grid: Grid):
+  """The markers around the study's block in README."""
+  return common.readme_markers(grid.name, f'studies.{grid.name}')
 
 
 def never_learned(results: dict, labels: Dict[str, str], key: str) -> str:

@@ -97,7 +97,7 @@ def test_report_renders_every_number_with_its_machine(steps_json, tmp_path):
     if record['framework'] == 'flax':
       assert f"{record['step_s'] * 1e3:,.1f}" in markdown
   block = report.readme_block(results)
-  assert block.startswith('## Performance') and f"{cost['measured']:.2f}x" in block
+  assert block.startswith('Measured by `benchmarks/`') and f"{cost['measured']:.2f}x" in block
 
 
 def test_report_gives_images_per_second_and_mfu_on_a_gpu(steps_json, tmp_path):
