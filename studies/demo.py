@@ -187,6 +187,38 @@ def generation_seconds(workdir: epath.Path):
   return None
 
 
+def paired_gain(workdir: epath.Path, seed: int, test_res: int, data_dir: str) -> dict:
+  """Fine-tuned minus trained top-1 at test_res on the validation split, image by image.
+
+  Returns:
+    {'gain', 'standard_error' (paired: of the per-image differences), 'num_images',
+    'only_finetuned', 'only_trained' (images only that network classifies right)}, in points.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fixres_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from fixres_jax import train  # pylint: disable=g-import-not-at-top
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = common.load_config_file(common.REPO / CONFIG)
+  config.seed, config.data.data_dir = seed, data_dir
+  dataset = pipeline.load_dataset(config)
+  model = train.create_model(config, dataset.num_classes)
+  predict = jax.jit(lambda variables, images: model.apply(variables, images).argmax(-1))
+  correct = {}
+  for stage in ('train', 'finetune'):
+    variables = checkpoint.load_variables(workdir / 'checkpoints' / stage)
+    hits = [np.asarray(predict(variables, b['image']) == b['label'])[np.asarray(b['mask']) > 0]
+            for b in pipeline.config_eval_batches(config, dataset, config.data.eval_split,
+                                                  test_res)]
+    correct[stage] = np.concatenate(hits)
+  difference = 100 * (correct['finetune'].astype(float) - correct['train'])
+  return {'gain': float(difference.mean()),
+          'standard_error': float(difference.std(ddof=1) / np.sqrt(difference.size)),
+          'num_images': int(difference.size),
+          'only_finetuned': int(np.sum(correct['finetune'] & ~correct['train'])),
+          'only_trained': int(np.sum(correct['train'] & ~correct['finetune']))}
+
+
 def summarize(runs: List[dict]) -> dict:
   """The demo's two claims over the seeds, and the sweep as mean ± std."""
   field = lambda name: [r[name] for r in runs]
@@ -234,6 +266,19 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
       f"{', '.join('%+.2f' % g for g in gains)} points per seed (target: at least +1 on "
       f"every seed): {'holds' if min(gains) >= 1 else 'does not hold'}.",
   ]
+  if all('paired' in r for r in runs):
+    errors = [r['paired']['standard_error'] for r in runs]
+    lines.append(
+        f"- **How precisely one seed measures that gain**: image by image on the "
+        f"{runs[0]['paired']['num_images']} validation images, each seed's gain has a paired "
+        f"standard error of {', '.join('%.2f' % e for e in errors)} points (images only the "
+        f"fine-tuned network gets right / only the trained one: "
+        f"{', '.join('%d/%d' % (r['paired']['only_finetuned'], r['paired']['only_trained']) for r in runs)}"
+        f"). The std of the gains over seeds ({claims.stats(gains)['std']:.2f}) is of that "
+        f"size, so most of it is which images the validation split holds; the mean gain is "
+        f"{claims.stats(gains)['mean']:+.2f} ± {claims.stats(gains)['std'] / math.sqrt(len(gains)):.2f}"
+        " (standard error over seeds). A gain of +1 on every seed would need a true gain "
+        f"of about +{1 + 2 * max(errors):.1f}, or a larger validation split.")
   if perturbed:
     base = next((r for r in runs if r['seed'] == perturbed['seed']), None)
     if base:
@@ -366,12 +411,17 @@ def readme_block_from_json(result: dict) -> str:
 
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
                  readme: Optional[epath.Path] = None, perturbed_seed: int = -1,
-                 plateau_root: str = '') -> dict:
-  """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs."""
+                 plateau_root: str = '', data_dir: str = '') -> dict:
+  """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs;
+  with data_dir, also each seed's paired gain, re-evaluated from its checkpoints."""
   runs = [r for r in (collect_seed(root, s) for s in seeds) if r]
   perturbed = collect_seed(root, perturbed_seed, PERTURBED) if perturbed_seed >= 0 else None
   if len(runs) < 2:
     raise ValueError(f'{len(runs)} finished demo runs under {root}: run --phase=run first.')
+  if data_dir:
+    for run in runs:
+      run['paired'] = paired_gain(root / f"seed_{run['seed']}", run['seed'],
+                                  run['selected_test_res'], data_dir)
   summary = summarize(runs)
   cores = len(os.sched_getaffinity(0))
   machine = common.describe_machine(cores)
@@ -423,7 +473,8 @@ def main(argv):
   if FLAGS.phase in ('report', 'all'):
     write_report(root, seeds, epath.Path(FLAGS.out),
                  common.format_command('studies.demo'), readme=common.REPO / 'README.md',
-                 perturbed_seed=FLAGS.perturbed_seed, plateau_root=FLAGS.plateau_root)
+                 perturbed_seed=FLAGS.perturbed_seed, plateau_root=FLAGS.plateau_root,
+                 data_dir=FLAGS.data_dir)
 
 
 if __name__ == '__main__':
