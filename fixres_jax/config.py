@@ -10,6 +10,7 @@ from ml_collections import config_dict
 
 from fixres_jax import augmentations
 from fixres_jax import errors
+from fixres_jax import evalsets
 
 STAGES = ('train', 'finetune', 'sweep')
 AUTO_METRICS = ('top1', 'loss')  # what finetune.test_res='auto' maximises
@@ -206,6 +207,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # The network's warm forward pass is timed at each K_test on one device at this batch
   # (frontier.json, frontier.png: accuracy against latency); 0: no timing.
   sweep.latency_batch_size = 32
+  # The sets every model is scored on at every K_test, names of evalsets.py's registry:
+  # 'validation' (config.data's eval_split), ImageNet's robustness sets ('imagenet_v2',
+  # 'imagenet_real', 'imagenet_a', 'imagenet_r', 'imagenet_sketch'), the embedded dataset's
+  # shifts ('synthetic_noise', 'synthetic_jpeg', 'synthetic_blur', 'synthetic_small').
+  sweep.evals = (evalsets.PRIMARY,)
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000
@@ -321,6 +327,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     problems.append('config.sweep.resolutions=(): give at least one K_test, e.g. '
                     f'{get_base_config().sweep.resolutions}.')
   problems += range_problems(config)
+  problems += evalsets.problems(config)
   if config.finetune.auto_max_ms_per_image and not config.sweep.latency_batch_size:
     problems.append('config.finetune.auto_max_ms_per_image needs the timing: set '
                     'config.sweep.latency_batch_size to the batch it holds for, e.g. 32.')

@@ -1,21 +1,24 @@
 """Evaluation, one path for every stage and tool: the training stage's validation, the
 test-resolution sweep, the 'auto' K_test selection and the parametric fits.
 
-One jitted step (eval_step) computes masked sums over a global batch: top-1/top-5, loss, and
-statistics of the pooled features (after the final ReLU and global average pooling): exact
+One jitted step (eval_step) computes masked sums over a global batch: top-1/top-5, loss (the
+NLL), calibration bins (ECE) and statistics of the pooled features (after the final ReLU and global average pooling): exact
 sums for their mean and standard deviation and a histogram of the nonzero values on fixed
 log-spaced bins (HISTOGRAM_EDGES), from which come quantiles and the parametric fits.
 Sums, not means, so that padded examples (mask 0) count for nothing and partial results add
-up exactly. Features never leave the device.
+up exactly. Features never leave the device. A Scoring says how labels score (evalsets.py's
+label rules: one label, ImageNet-ReaL's label sets, a class subset as ImageNet-A/R's).
 """
 
+import dataclasses
 import functools
-from typing import Dict
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fixres_jax import evalsets
 from fixres_jax import losses
 from fixres_jax import models
 from fixres_jax import parallel
@@ -28,17 +31,71 @@ HISTOGRAM_EDGES = np.geomspace(1e-4, 1e3, 7 * 32 + 1)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def metric_sums(logits: jax.Array, batch: dict) -> dict:
-  """Masked sums of correct top-1/top-5, loss and the number of images."""
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """How an evaluation set's labels score (hashable: a static argument of the jitted step).
+
+  Attributes:
+    rule: one of evalsets.LABEL_RULES. 'single': batch['label'] is int [B]; 'real':
+      batch['label'] is a multi-hot float [B, classes] (images without labels have mask 0);
+      'subset': batch['label'] is int [B], a class of `classes`.
+    classes: 'subset': the class indices the logits are restricted to.
+  """
+  rule: str = 'single'
+  classes: Tuple[int, ...] = ()
+
+
+SINGLE = Scoring()
+
+
+def metric_sums(logits: jax.Array, batch: dict, scoring: Scoring = SINGLE) -> dict:
+  """Masked sums of correct top-1/top-5, loss (the NLL), calibration bins and the count.
+
+  The calibration bins are ECE's: evalsets.ECE_BINS equal-width bins of the confidence (the
+  top softmax probability), bin b holding (b / n, (b + 1) / n]; per bin the number of images,
+  their summed confidence and their correct top-1 predictions.
+  """
   mask, labels = batch['mask'], batch['label']
+  if scoring.rule == 'subset':  # scored among the set's classes only, as timm's valid_labels
+    classes = jnp.asarray(scoring.classes, jnp.int32)
+    logits = logits[:, classes]
+    # A label's position among the classes; -1 (never a prediction) for one outside them.
+    matches = labels[:, None] == classes[None, :]
+    labels = jnp.where(jnp.any(matches, -1), jnp.argmax(matches, axis=-1), -1)
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  correct5 = jnp.any(top5 == labels[:, None], axis=-1)
+  predicted = jnp.argmax(logits, -1)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  if scoring.rule == 'real':  # correct when a prediction is any of the image's labels
+    hits = jnp.take_along_axis(labels, top5, axis=-1) > 0
+    correct1, correct5 = hits[:, 0], jnp.any(hits, axis=-1)
+    # The probability given to the label set; images without labels (mask 0) give 1.
+    in_set = jnp.where(labels > 0, log_probs, -jnp.inf)
+    loss = -jnp.where(mask > 0, jax.nn.logsumexp(in_set, axis=-1), 0.0)
+  else:
+    correct1 = predicted == labels
+    correct5 = jnp.any(top5 == labels[:, None], axis=-1)
+    loss = losses.cross_entropy(logits, labels)
+  confidence = jnp.exp(jnp.max(log_probs, axis=-1))
+  bins = jnp.clip(jnp.ceil(confidence * evalsets.ECE_BINS).astype(jnp.int32) - 1, 0,
+                  evalsets.ECE_BINS - 1)
+  in_bin = jax.nn.one_hot(bins, evalsets.ECE_BINS) * mask[:, None]
   return {
-      'correct1': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'correct1': jnp.sum(correct1 * mask),
       'correct5': jnp.sum(correct5 * mask),
-      'loss': jnp.sum(losses.cross_entropy(logits, labels) * mask),
+      'loss': jnp.sum(loss * mask),
       'count': jnp.sum(mask),
+      'bin_count': jnp.sum(in_bin, axis=0),
+      # Sums over the batch, not matmuls: the batch axis is sharded.
+      'bin_confidence': jnp.sum(confidence[:, None] * in_bin, axis=0),
+      'bin_correct': jnp.sum(correct1[:, None] * in_bin, axis=0),
   }
+
+
+def expected_calibration_error(bin_count, bin_confidence, bin_correct) -> float:
+  """ECE: the count-weighted mean over bins of |accuracy - mean confidence|."""
+  count = np.asarray(bin_count, np.float64)
+  gap = np.abs(np.asarray(bin_correct, np.float64) - np.asarray(bin_confidence, np.float64))
+  return float(gap.sum() / max(count.sum(), 1.0))
 
 
 def feature_sums(features: jax.Array, mask: jax.Array) -> dict:
@@ -61,7 +118,8 @@ def feature_sums(features: jax.Array, mask: jax.Array) -> dict:
           'feature_sq_sum': jnp.sum(features**2 * weights), 'histogram': histogram}
 
 
-def eval_step(model, variables: dict, batch: dict, adaptation=None) -> dict:
+def eval_step(model, variables: dict, batch: dict, adaptation=None,
+              scoring: Scoring = SINGLE) -> dict:
   """Metric and feature sums over a global batch, in inference mode.
 
   Args:
@@ -71,22 +129,26 @@ def eval_step(model, variables: dict, batch: dict, adaptation=None) -> dict:
     adaptation: (a, b) of parametric.adapt_features, or None. One forward pass serves the
       model and its parametric adaptation: the head is applied to the pooled features and
       to their adapted version.
+    scoring: how the labels score (Scoring).
 
   Returns:
     {'plain': sums}, plus {'adapted': sums} with an adaptation.
   """
   logits, features = model.apply(variables, batch['image'], train=False, return_features=True)
-  result = {'plain': {**metric_sums(logits, batch), **feature_sums(features, batch['mask'])}}
+  result = {'plain': {**metric_sums(logits, batch, scoring),
+                      **feature_sums(features, batch['mask'])}}
   if adaptation is not None:
     adapted = parametric.adapt_features(features, *adaptation)
     logits = models.apply_head(model, variables['params'][model.HEAD], adapted)
-    result['adapted'] = {**metric_sums(logits, batch), **feature_sums(adapted, batch['mask'])}
+    result['adapted'] = {**metric_sums(logits, batch, scoring),
+                         **feature_sums(adapted, batch['mask'])}
   return result
 
 
-def jit_eval_step(model):
-  """eval_step with the model bound, jitted (traced once per resolution and batch shape)."""
-  return jax.jit(functools.partial(eval_step, model))
+def jit_eval_step(model, scoring: Scoring = SINGLE):
+  """eval_step with the model and scoring bound, jitted (traced once per resolution and batch
+  shape)."""
+  return jax.jit(functools.partial(eval_step, model, scoring=scoring))
 
 
 def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dict]:
@@ -126,7 +188,10 @@ def summarize(totals: dict) -> tuple:
              'top5': float(totals['correct5']) / count,
              'loss': float(totals['loss']) / count,
              'zero_fraction': float(totals['zero_fraction']) / count,
-             'num_images': int(round(count))}
+             'num_images': int(round(count)),
+             'nll': float(totals['loss']) / count,  # 'loss' under the name calibration uses
+             'ece': expected_calibration_error(totals['bin_count'], totals['bin_confidence'],
+                                               totals['bin_correct'])}
   n = float(totals['feature_count'])
   counts = np.asarray(totals['histogram'], np.int64)
   zeros = n - counts.sum()

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from fixres_jax import config as config_lib
 from fixres_jax import errors
+from fixres_jax import evalsets
 from fixres_jax.data import preprocess
 from fixres_jax.data import service as service_lib
 from fixres_jax.data import sources
@@ -197,6 +198,56 @@ def config_eval_batches(config, dataset: Dataset, split: str, image_size: int,
                       skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """An evaluation set ready to read: its source, split and how its labels score.
+
+  Attributes:
+    name: its name in config.sweep.evals.
+    rule: one of evalsets.LABEL_RULES.
+    classes: 'subset': the classes present in the split, the logits' restriction.
+  """
+  name: str
+  source: Dataset
+  split: str
+  rule: str = 'single'
+  classes: tuple = ()
+
+
+def load_eval_sets(config, dataset: Dataset) -> list:
+  """config.sweep.evals as EvalData, in order; the validation set reads `dataset` itself.
+
+  Raises:
+    errors.NotFoundError: a set is not prepared (saying how to prepare it).
+    errors.ConfigError: a set's label space differs from the model's.
+  """
+  loaded = []
+  for name in evalsets.parse_names(config.sweep.evals):
+    eval_set = evalsets.resolve(config, name)
+    if eval_set.dataset == config.data.name and name == evalsets.PRIMARY:
+      source = dataset
+    else:
+      source = sources.load_eval_source(config, name, eval_set)
+    if source.num_classes != dataset.num_classes:
+      raise errors.ConfigError(
+          f'config.sweep.evals has {name!r}, whose {source.num_classes} classes are not the '
+          f"{dataset.num_classes} of {dataset.name} the model was made for: evaluate it with "
+          'a model of its label space.')
+    classes = sources.present_classes(source, eval_set.split) if eval_set.rule == 'subset' else ()
+    loaded.append(EvalData(name, source, eval_set.split, eval_set.rule, classes))
+    logging.info('Evaluation set %s: %s %s, %d images, %s labels%s.', name, source.name,
+                 eval_set.split, source.num_examples(eval_set.split), eval_set.rule,
+                 f' over {len(classes)} classes' if classes else '')
+  return loaded
+
+
+def eval_set_batches(config, eval_data: EvalData, image_size: int) -> Iterator[dict]:
+  """config_eval_batches of an evaluation set, its labels as its rule reads them."""
+  return eval_batches(eval_data.source, eval_data.split, config.sweep.batch_size,
+                      test_transform(config, image_size), skip_corrupt=config.data.skip_corrupt,
+                      cache=config.data.cache, rule=eval_data.rule)
+
+
 def data_shards(num_shards: int = 0) -> range:
   """The data shards this process reads (num_shards=0: one per process).
 
@@ -334,8 +385,8 @@ def repeat_examples(ds: tf.data.Dataset, repetitions: int, shard_batch: int, gro
 
 
 def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Callable,
-                 start_batch: int = 0, skip_corrupt: bool = False, cache: bool = False
-                 ) -> Iterator[dict]:
+                 start_batch: int = 0, skip_corrupt: bool = False, cache: bool = False,
+                 rule: str = 'single') -> Iterator[dict]:
   """Every example of `split` exactly once, through `transform`, padded and masked.
 
   Every process yields the same number of batches (no multi-host hang); padding examples
@@ -346,6 +397,8 @@ def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Cal
     start_batch: the first batch to yield (to resume a pass); the examples before it are
       skipped without decoding (unless skip_corrupt).
     skip_corrupt, cache: as ReadOptions.
+    rule: evalsets.LABEL_RULES: 'real' reads each example's labels as a multi-hot float32
+      [classes] and masks out the images that have none (they are left out of the scores).
 
   Yields:
     {'image', 'label', 'mask': float32 [local_batch]}.
@@ -354,8 +407,11 @@ def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Cal
   num_batches = num_eval_batches(dataset, split, global_batch)
 
   def transform_fn(ex):
-    return {'image': transform(ex['image']), 'label': tf.cast(ex['label'], tf.int32),
-            'mask': tf.constant(1.0, tf.float32)}
+    label, mask = tf.cast(ex['label'], tf.int32), tf.constant(1.0, tf.float32)
+    if rule == 'real':
+      label = tf.minimum(tf.reduce_sum(tf.one_hot(label, dataset.num_classes), axis=0), 1.0)
+      mask = tf.cast(tf.size(ex['label']) > 0, tf.float32)
+    return {'image': transform(ex['image']), 'label': label, 'mask': mask}
 
   ds = _read(dataset, split, jax.process_index(), jax.process_count(), False, None, cache)
   # Skip before decoding, unless skipped corrupt images shift the batches: then count
@@ -364,9 +420,11 @@ def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Cal
   ds = _decode(ds.skip(raw_skip), dataset, transform_fn, skip_corrupt)
   ds = ds.skip(start_batch * local_batch - raw_skip)
   image = ds.element_spec['image']
+  label = ds.element_spec['label']
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros(image.shape, image.dtype),
-      'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0, tf.float32)}).repeat()
+      'label': tf.zeros(label.shape, label.dtype), 'mask': tf.constant(0.0, tf.float32)}
+      ).repeat()
   ds = ds.concatenate(padding).take((num_batches - start_batch) * local_batch)
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options(True))
   return _iterate(ds, dataset, split)

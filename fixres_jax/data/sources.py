@@ -59,7 +59,9 @@ class TfdsSource:
 
   @property
   def num_classes(self) -> int:
-    return self.builder.info.features[self.label_key].num_classes
+    feature = self.builder.info.features[self.label_key]
+    # A sequence of labels (ImageNet-ReaL's real_label) holds ClassLabels.
+    return getattr(feature, 'feature', feature).num_classes
 
   def num_examples(self, split: str) -> int:
     return self.builder.info.splits[split].num_examples
@@ -348,6 +350,52 @@ def name_problem(name: str, error: ValueError) -> str:
   names = tuple(f'{dataset.name}/{c}' for c in configs) or (dataset.name,)
   return (f'config.data.name={name!r}: {dataset.name} has no config {config!r}: use one of '
           f'{names}.')
+
+
+def load_eval_source(config, name: str, eval_set):
+  """The source of evaluation set `name` (an evalsets.EvalSet naming a tfds dataset).
+
+  The embedded dataset's shifts are generated on first use; any other dataset must be
+  prepared in config.data.data_dir.
+
+  Raises:
+    errors.NotFoundError: the dataset is not prepared, with eval_set.prepare's instructions.
+    errors.ConfigError: tfds knows no such dataset, or it lacks the image or label feature.
+  """
+  data_dir = config.data.data_dir or None
+  builder = create_builder(eval_set.dataset, data_dir)
+  if eval_set.dataset.split('/')[0] == SYNTHETIC_NAME:
+    if jax.process_index() == 0:
+      synthetic.prepare_builder(builder)
+    multihost_utils.sync_global_devices(f'{eval_set.dataset} prepared')
+    builder = tfds.builder(eval_set.dataset, data_dir=data_dir)
+  elif not builder.is_prepared():
+    raise errors.NotFoundError(
+        f'Evaluation set {name!r} (config.sweep.evals) reads {eval_set.dataset}, which is not '
+        f'prepared in {builder.data_dir_root}. {eval_set.prepare}')
+  check_split_ranges_of(f'sweep.evals[{name!r}]', eval_set.split, builder.info.splits,
+                        builder.info.full_name)
+  return TfdsSource(builder, eval_set.image_key, eval_set.label_key)
+
+
+def check_split_ranges_of(field: str, spec: str, split_infos, dataset_name: str) -> None:
+  """check_split_ranges for one split spec, named `field` in the error."""
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(split_infos)
+  except (ValueError, NotImplementedError, KeyError) as e:
+    sizes = ', '.join(f'{n} ({split_infos[n].num_examples} examples)' for n in split_infos)
+    raise errors.ConfigError(f'config.{field}: split {spec!r}: {tfds_reason(e)} '
+                             f'{dataset_name} has {sizes}.') from None
+  del instructions
+
+
+def present_classes(source, split: str) -> tuple:
+  """The sorted labels that occur in `split` (the classes of a 'subset' evaluation set)."""
+  labels = source.read(split, drop_remainder=False).map(lambda ex: ex['label'])
+  found = set()
+  for batch in labels.batch(4096).as_numpy_iterator():
+    found.update(np.unique(batch).tolist())
+  return tuple(int(c) for c in sorted(found))
 
 
 def load_source(config):
