@@ -1,17 +1,21 @@
 """Test-resolution sweep, parametric adaptation, K_test='auto', and their outputs.
 
-The sweep evaluates every model at every K_test of config.sweep.resolutions, in one pass over
-the validation split per resolution (each batch goes through every model) with evaluate.py's
-step, compiled once per resolution: top-1/top-5 and statistics of the pooled features, from
-which come quantiles, the figure features.png and the parametric adaptation's fits.
+The sweep evaluates every model at every K_test of config.sweep.resolutions on every set of
+config.sweep.evals (evalsets.py: the validation split by default; ImageNet's robustness sets,
+the embedded dataset's shifts), in one pass over each set per resolution (each batch goes
+through every model) with evaluate.py's step, compiled once per resolution and label rule:
+top-1/top-5, calibration (ECE, NLL) and statistics of the pooled features, from which come
+quantiles, the figure features.png and the parametric adaptation's fits. The first set of
+config.sweep.evals is the headline: the table, the frontier and features.png show it.
 
 Models: 'trained', 'finetuned' (when there is one) and 'parametric', the trained network with
 its pooled features mapped by parametric.py's scalar transform, fitted at each K_test on
 config.sweep.parametric_split, a slice of the TRAINING split (never the validation split).
 
-Outputs (WORKDIR/): sweep.json (records {'model', 'test_res', 'top1', 'top5', 'num_images',
-'zero_fraction', 'loss'}), sweep.csv, sweep.png (top-1 against K_test; K_train, the analytic
-K_test* of resolution.py and the fine-tuned model's K_test marked), stats.json, features.png
+Outputs (WORKDIR/): sweep.json (records {'eval', 'model', 'test_res', 'top1', 'top5',
+'num_images', 'zero_fraction', 'loss', 'nll', 'ece'}, 'eval' naming the set), sweep.csv,
+sweep.png (top-1 against K_test, one panel per set; K_train, the analytic K_test* of
+resolution.py and the fine-tuned model's K_test marked), stats.json, features.png
 and sweep_meta.json (timing, K_test*, the fine-tuned model's K_test, fits); with
 config.sweep.latency_batch_size, frontier.json and frontier.png (accuracy against the latency
 latency.py measures at each K_test). finetune.auto_max_ms_per_image limits 'auto' to the
@@ -73,8 +77,16 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
   cfg, train_res = config.sweep, config.train.image_size
   models = {name: parallel.replicate(v, mesh) for name, v in models.items()}
   step_fn = evaluate.jit_eval_step(model)
+  step_fns = {evaluate.SINGLE: step_fn}  # one jitted step per label rule
   batches = functools.partial(pipeline.config_eval_batches, config, dataset)
+  eval_sets = pipeline.load_eval_sets(config, dataset)
   fits = {}
+
+  def step_for(eval_data):
+    scoring = evaluate.Scoring(eval_data.rule, tuple(eval_data.classes))
+    if scoring not in step_fns:
+      step_fns[scoring] = evaluate.jit_eval_step(model, scoring)
+    return step_fns[scoring]
 
   def fit_at(test_res):  # the trained model's features on a training slice
     if test_res not in fits:
@@ -91,17 +103,20 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     if cfg.parametric:  # the trained model's pass also yields its adapted version
       entries['trained'] = (models['trained'],
                             parametric.quantile_map(fit_at(test_res), fit_at(train_res)))
-    totals = evaluate.evaluate(step_fn, entries, batches(config.data.eval_split, test_res),
-                               mesh)
-    results = {name: total['plain'] for name, total in totals.items()}
-    if cfg.parametric:
-      results['parametric'] = totals['trained']['adapted']
-    for name, total in results.items():
-      metrics, feature_stats = evaluate.summarize(total)
-      records.append({'model': name, 'test_res': int(test_res), **metrics})
-      stats.append({'model': name, 'test_res': int(test_res), **feature_stats})
-      logging.info('sweep %s @ %d: top1 %.4f, zero features %.3f', name, test_res,
-                   metrics['top1'], metrics['zero_fraction'])
+    for eval_data in eval_sets:
+      totals = evaluate.evaluate(step_for(eval_data), entries,
+                                 pipeline.eval_set_batches(config, eval_data, test_res), mesh)
+      results = {name: total['plain'] for name, total in totals.items()}
+      if cfg.parametric:
+        results['parametric'] = totals['trained']['adapted']
+      for name, total in results.items():
+        metrics, feature_stats = evaluate.summarize(total)
+        key = {'eval': eval_data.name, 'model': name, 'test_res': int(test_res)}
+        records.append({**key, **metrics})
+        stats.append({**key, **feature_stats})
+        logging.info('sweep %s %s @ %d: top1 %.4f, ECE %.4f, zero features %.3f',
+                     eval_data.name, name, test_res, metrics['top1'], metrics['ece'],
+                     metrics['zero_fraction'])
     seconds[int(test_res)] = time.perf_counter() - res_start
     if cfg.latency_batch_size:  # what serving at this K_test costs, one device, warm
       timings[int(test_res)] = latency.time_forward(model, models['trained'], test_res,
@@ -113,6 +128,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
                len(cfg.resolutions), total_seconds)
   meta = {'seconds': total_seconds, 'seconds_per_resolution': seconds, 'train_res': train_res,
           'eval_split': config.data.eval_split,
+          'evals': [{'name': e.name, 'dataset': e.source.name, 'split': e.split,
+                     'rule': e.rule, 'num_classes_scored': len(e.classes) or None}
+                    for e in eval_sets],
           'analytic_test_res': analytic_test_res(config, dataset)}
   if 'finetuned' in models and finetune_test_res and finetune_test_res[0] is not None:
     meta['finetune_test_res'] = {'test_res': int(finetune_test_res[0]),
@@ -126,7 +144,7 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
   frontier = None
   if timings:
     frontier = {**latency.describe_stack(), 'batch_size': cfg.latency_batch_size,
-                'points': latency.frontier(records, timings)}
+                'points': latency.frontier(headline(records), timings)}
   return SweepResult(records, {'edges': evaluate.HISTOGRAM_EDGES.tolist(), 'records': stats},
                      meta, frontier)
 
@@ -247,8 +265,24 @@ def best_test_res(records: list, metric: str) -> int:
   return max(records, key=key)['test_res']
 
 
+def headline(records: list) -> list:
+  """The records of the sweep's first set (config.sweep.evals[0]), its headline."""
+  first = records[0].get('eval') if records else None
+  return [r for r in records if r.get('eval') == first]
+
+
 def format_table(records: list) -> str:
-  """Top-1 (%) per test resolution (rows) and model (columns)."""
+  """Top-1 (%) per test resolution (rows) and model (columns); one table per set after the
+  first, each under its name."""
+  sets = list(dict.fromkeys(r.get('eval') for r in records))
+  tables = [format_set_table([r for r in records if r.get('eval') == s]) for s in sets]
+  if len(sets) == 1:
+    return tables[0]
+  return '\n\n'.join(f'{s}:\n{t}' for s, t in zip(sets, tables))
+
+
+def format_set_table(records: list) -> str:
+  """format_table for the records of one set."""
   names = list(dict.fromkeys(r['model'] for r in records))
   resolutions = sorted({r['test_res'] for r in records})
   top1 = {(r['model'], r['test_res']): r['top1'] for r in records}
@@ -278,6 +312,8 @@ def finetuned_test_res(config, workdir) -> tuple:
 def describe_outputs(config, workdir, records: list) -> str:
   """The end of a run's output: where its files are and, in words, what the table shows."""
   workdir = epath.Path(workdir)
+  sets = list(dict.fromkeys(r.get('eval') for r in records))
+  records = headline(records)
   names = list(dict.fromkeys(r['model'] for r in records))
   k_test, how = finetuned_test_res(config, workdir)
   columns = {'trained': f'the network trained at K_train={config.train.image_size}',
@@ -288,6 +324,8 @@ def describe_outputs(config, workdir, records: list) -> str:
   lines = [
       f'The table: top-1 on {config.data.eval_split} at each test resolution K_test; {shown}.',
       best_sentence(records, config.train.image_size),
+      f'Other sets, in sweep.json and sweep.png: {", ".join(sets[1:])}.' if len(sets) > 1
+      else '',
       f'Table: {workdir / "sweep.csv"} (and sweep.json). Plot: {workdir / "sweep.png"} (and '
       f'features.png). Checkpoints: {workdir / "checkpoints"} (train, finetune).']
   return '\n'.join(line for line in lines if line)
@@ -310,7 +348,8 @@ def best_sentence(records: list, train_res: int) -> str:
   return text
 
 
-CSV_FIELDS = ('model', 'test_res', 'top1', 'top5', 'loss', 'zero_fraction', 'num_images')
+CSV_FIELDS = ('eval', 'model', 'test_res', 'top1', 'top5', 'loss', 'zero_fraction',
+              'num_images', 'nll', 'ece')
 
 
 def write_sweep(workdir, result: SweepResult) -> None:
@@ -322,7 +361,8 @@ def write_sweep(workdir, result: SweepResult) -> None:
   (workdir / 'stats.json').write_text(json.dumps(result.stats))
   (workdir / 'sweep_meta.json').write_text(json.dumps(result.meta, indent=2))
   save_figure(plot_sweep(result.records, result.meta), workdir / 'sweep.png')
-  save_figure(plot_features(result.stats, result.meta['train_res']), workdir / 'features.png')
+  features = {**result.stats, 'records': headline(result.stats['records'])}
+  save_figure(plot_features(features, result.meta['train_res']), workdir / 'features.png')
   if result.frontier:
     (workdir / 'frontier.json').write_text(json.dumps(result.frontier, indent=2))
     save_figure(latency.plot_frontier(result.frontier['points'], result.frontier['batch_size'],
@@ -361,22 +401,34 @@ MARK_STYLE = dict(linewidth=1.2, zorder=1)  # the vertical K_test marks, under t
 
 
 def plot_sweep(records: list, meta: dict):
-  """Top-1 against K_test, one curve per model; K_train, the analytic K_test* and the K_test
-  the fine-tuned model was made at (meta['finetune_test_res'], when there is one) marked."""
+  """Top-1 against K_test, one panel per evaluation set and one curve per model; K_train, the
+  analytic K_test* and the K_test the fine-tuned model was made at (meta['finetune_test_res'],
+  when there is one) marked."""
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  fig = figure.Figure(figsize=(6.4, 4.2), dpi=110)
-  ax = fig.add_subplot()
-  colors = {}
-  for name in dict.fromkeys(r['model'] for r in records):
-    points = sorted((r['test_res'], 100 * r['top1']) for r in records if r['model'] == name)
-    (line,) = ax.plot(*zip(*points), label=name, **CURVE_STYLES.get(name, OTHER_CURVE_STYLE))
-    colors[name] = line.get_color()
-  mark_test_resolutions(ax, meta, colors.get('finetuned', 'C1'))
-  ax.set_xlabel('test resolution K_test (px)')
-  ax.set_ylabel(f"top-1 on {meta['eval_split']} (%)")
-  ax.grid(alpha=0.3)
-  # Beside the axes, where it covers no curve.
-  ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.02, 1), borderaxespad=0)
+  sets = list(dict.fromkeys(r.get('eval') for r in records))
+  columns = min(len(sets), 3)
+  rows = -(-len(sets) // columns)
+  fig = figure.Figure(figsize=(6.4 + 4.4 * (columns - 1), 4.2 * rows), dpi=110)
+  axes = fig.subplots(rows, columns, squeeze=False).ravel()
+  for ax, eval_name in zip(axes, sets):
+    colors = {}
+    mine = [r for r in records if r.get('eval') == eval_name]
+    for name in dict.fromkeys(r['model'] for r in mine):
+      points = sorted((r['test_res'], 100 * r['top1']) for r in mine if r['model'] == name)
+      (line,) = ax.plot(*zip(*points), label=name, **CURVE_STYLES.get(name, OTHER_CURVE_STYLE))
+      colors[name] = line.get_color()
+    mark_test_resolutions(ax, meta, colors.get('finetuned', 'C1'))
+    ax.set_xlabel('test resolution K_test (px)')
+    on = meta['eval_split'] if len(sets) == 1 else eval_name
+    ax.set_ylabel(f'top-1 on {on} (%)')
+    if len(sets) > 1:
+      ax.set_title(eval_name)
+    ax.grid(alpha=0.3)
+  for ax in axes[len(sets):]:
+    ax.set_visible(False)
+  # Beside the last panel of the first row, where it covers no curve.
+  axes[min(columns, len(sets)) - 1].legend(fontsize='small', loc='upper left',
+                                           bbox_to_anchor=(1.02, 1), borderaxespad=0)
   return fig
 
 
