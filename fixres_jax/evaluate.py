@@ -148,6 +148,8 @@ def eval_step(model, variables: dict, batch: dict, adaptation=None,
 def jit_eval_step(model, scoring: Scoring = SINGLE):
   """eval_step with the model and scoring bound, jitted (traced once per resolution and batch
   shape)."""
+  if scoring == SINGLE:  # the default's call is eval_step(model, variables, batch, adaptation)
+    return jax.jit(functools.partial(eval_step, model))
   return jax.jit(functools.partial(eval_step, model, scoring=scoring))
 
 
