@@ -1,9 +1,15 @@
-"""8 fake CPU devices for sharding tests; set before jax is imported anywhere."""
+"""8 fake CPU devices for sharding tests and cheap compilations (tests/fast_compile.py), set
+before jax is imported anywhere; one compilation cache for the session."""
 
 import os
+import shutil
+import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+import fast_compile
+
+os.environ['XLA_FLAGS'] = ' '.join([
+    os.environ.get('XLA_FLAGS', ''), fast_compile.XLA_FLAGS,
+    '--xla_force_host_platform_device_count=8']).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # The triton bundled with torch segfaults when its extension loads after TensorFlow's; the
@@ -15,6 +21,22 @@ except ImportError:
   pass
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the session, set before anything compiles: a
+  program compiled again (a new jit of the same tiny model in another test, or after
+  clear_jax_caches) is read back instead. Only this process uses it; a `fixres_jax.main`
+  subprocess keeps its own workdir's cache."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config.jax_cache_dir = tempfile.mkdtemp(prefix='fixres_jax_test_cache_')
+  jax.config.update('jax_compilation_cache_dir', config.jax_cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(getattr(config, 'jax_cache_dir', ''), ignore_errors=True)
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from fixres_jax import checkpoint
+import fast_compile
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -51,7 +52,8 @@ def main_command(workdir, data_dir, *extra):
 
 def environment(devices_per_process, **extra):
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+              XLA_FLAGS=(fast_compile.XLA_FLAGS +
+                         f' --xla_force_host_platform_device_count={devices_per_process}'),
               **extra)
 
 
