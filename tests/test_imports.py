@@ -8,39 +8,37 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 TF_FREE = ('models', 'train', 'finetune', 'cached_finetune', 'checkpoint', 'analysis',
            'parallel', 'parametric', 'metrics', 'convert', 'stage', 'evaluate', 'losses',
            'augmentations', 'config', 'transform_record', 'export', 'export_torch',
            'latency')
 
 
-def test_only_the_data_package_imports_tensorflow():
+@pytest.mark.slow  # a fresh interpreter: what an import pulls in shows only there
+def test_imports_load_tensorflow_only_from_data_and_leave_its_devices_alone():
+  """The TF-free modules import without TensorFlow; the pipeline imports it (the check can
+  see it). Importing the pipeline and main then hides the GPUs from TensorFlow nowhere: that
+  happens where the pipeline is first used, not on import (on a CPU-only machine no device
+  changes: the recorded calls are what fails there). One interpreter runs both checks."""
   code = ('import sys\n'
           + ''.join(f'import fixres_jax.{name}\n' for name in TF_FREE)
           + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:3])\n"
-          + 'import fixres_jax.data.pipeline\n'
-          + "print('tensorflow' in sys.modules)\n")
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          check=True, timeout=300)
-  without_data, with_data = result.stdout.strip().splitlines()[-2:]
-  assert without_data == '[]', without_data
-  assert with_data == 'True'  # the check itself can see TensorFlow
-
-
-def test_importing_the_pipeline_leaves_tensorflow_devices_alone():
-  """The pipeline hides the GPUs from TensorFlow where it is first used, not on import (on a
-  CPU-only machine no device changes: the recorded calls are what fails there)."""
-  code = ('import tensorflow as tf\n'
+          'import tensorflow as tf\n'
           'calls = []\n'
           'tf.config.set_visible_devices = tf.config.experimental.set_visible_devices = (\n'
           '    lambda *args, **kwargs: calls.append(args))\n'
           'before = tf.config.get_visible_devices()\n'
           'import fixres_jax.data.pipeline, fixres_jax.main\n'
+          "print('tensorflow' in sys.modules)\n"
           'print(calls)\n'
           'print(tf.config.get_visible_devices() == before)\n')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           check=True, timeout=300)
-  calls, unchanged = result.stdout.strip().splitlines()[-2:]
+  without_data, with_data, calls, unchanged = result.stdout.strip().splitlines()[-4:]
+  assert without_data == '[]', without_data
+  assert with_data == 'True'  # the check itself can see TensorFlow
   assert calls == '[]', f'importing fixres_jax called tf.config.set_visible_devices{calls}'
   assert unchanged == 'True'
 

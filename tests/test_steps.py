@@ -119,26 +119,28 @@ def test_finetune_last_bn_uses_batch_statistics():
       'mean': variables['batch_stats'][block][bn]['mean'] + 100.0,
       'var': variables['batch_stats'][block][bn]['var'] * 100.0}
   x = random_batch(8)['image']
-  finetune_out = lambda v: model.apply(v, x, finetune=True, mutable=['batch_stats'])[0]
+  finetune_out = jax.jit(lambda v: model.apply(v, x, finetune=True, mutable=['batch_stats'])[0])
   np.testing.assert_allclose(finetune_out(variables), finetune_out(poisoned), rtol=1e-5,
                              atol=1e-5)
-  assert not np.allclose(model.apply(variables, x), model.apply(poisoned, x))
+  inference_out = jax.jit(lambda v: model.apply(v, x))
+  assert not np.allclose(inference_out(variables), inference_out(poisoned))
 
 
 def test_eval_step_counts_only_masked_images():
   model = tiny_model()
   variables = train.init_variables(model, SIZE, seed=0)
   mask = [1.0] * 5 + [0.0] * 3
-  sums = evaluate.eval_step(model, variables, random_batch(8, mask=mask))['plain']
+  step = jax.jit(functools.partial(evaluate.eval_step, model))
+  sums = step(variables, random_batch(8, mask=mask))['plain']
   assert float(sums['count']) == 5.0
-  full = evaluate.eval_step(model, variables,
-                            {k: v[:5] for k, v in random_batch(8, mask=mask).items()})['plain']
+  full = step(variables, {k: v[:5] for k, v in random_batch(8, mask=mask).items()})['plain']
   for key in ('correct1', 'correct5', 'loss', 'zero_fraction', 'feature_sum', 'histogram'):
     np.testing.assert_allclose(sums[key], full[key], rtol=1e-5)
 
 
 def test_weight_decay_mask_excludes_patterns():
-  params = tiny_model().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))['params']
+  params = jax.eval_shape(tiny_model().init, jax.random.key(0),
+                          jnp.zeros((1, SIZE, SIZE, 3)))['params']  # the tree, no values
   mask = traverse_util.flatten_dict(
       train.weight_decay_mask(params, (r'bn\d*/', r'downsample_bn/', r'bias$')), sep='/')
   assert mask['conv1/kernel'] and mask['fc/kernel']
