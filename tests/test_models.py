@@ -1,5 +1,7 @@
 """ResNet family: sizes, dtypes, initialisation and BatchNorm modes."""
 
+import functools
+
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -39,8 +41,9 @@ def create_small_model(**kwargs):
 
 @pytest.fixture(scope='module')
 def small_variables():
-  """Variables of create_small_model (the same for every dtype), initialised once."""
-  return create_small_model().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  """Variables of create_small_model (the same for every dtype), initialised once (jitted:
+  eagerly, every operation of the initialisers would be compiled on its own)."""
+  return jax.jit(create_small_model().init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 def test_registry_covers_torchvision_family():
@@ -87,7 +90,7 @@ def test_zero_init_residual_zeroes_the_last_bn_of_each_block(block, last_bn,
                                                              zero_init_residual):
   model = models.create_model('resnet', 10, stage_sizes=(2, 1), block=block, num_filters=8,
                               zero_init_residual=zero_init_residual)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
   scales = {path[:-1]: value for path, value in flax.traverse_util.flatten_dict(params).items()
             if path[-1] == 'scale'}
   for path, scale in scales.items():
@@ -102,8 +105,9 @@ def test_batchnorm_modes_update_the_right_statistics(mode, updated, small_variab
   model = create_small_model()
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   variables = small_variables
-  _, state = model.apply(variables, images, train=mode == 'train',
-                         finetune=mode == 'finetune', mutable=['batch_stats'])
+  _, state = jax.jit(functools.partial(model.apply, train=mode == 'train',
+                                       finetune=mode == 'finetune', mutable=['batch_stats']))(
+                                           variables, images)
   before = flax.traverse_util.flatten_dict(variables['batch_stats'])
   after = flax.traverse_util.flatten_dict(state['batch_stats'])
   changed = {path[:-1] for path in before if not np.array_equal(before[path], after[path])}
@@ -116,9 +120,9 @@ def test_zero_init_head_starts_from_uniform_logits():
   model = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8,
                               zero_init_head=True)
   images = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
-  variables = model.init(jax.random.key(0), images)
+  variables = jax.jit(model.init)(jax.random.key(0), images)
   np.testing.assert_array_equal(variables['params']['fc']['kernel'], 0.0)
-  np.testing.assert_array_equal(model.apply(variables, images), 0.0)
+  np.testing.assert_array_equal(jax.jit(model.apply)(variables, images), 0.0)
   random_head = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8)
-  assert float(jnp.std(random_head.apply(random_head.init(jax.random.key(0), images),
-                                         images))) > 0
+  logits = jax.jit(lambda x: random_head.apply(random_head.init(jax.random.key(0), x), x))(images)
+  assert float(jnp.std(logits)) > 0
