@@ -77,7 +77,7 @@ def test_resnet_groups_equal_on_1_and_8_devices():
   model = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8,
                               bn_group_size=4)
   images = jax.random.normal(jax.random.key(0), (32, 32, 32, 3))
-  variables = model.init(jax.random.key(1), images[:1])
+  variables = jax.jit(model.init)(jax.random.key(1), images[:1])
   outputs = [train_outputs(model, variables, images,
                            jax.make_mesh((n,), ('data',), devices=jax.devices()[:n]))
              for n in (1, 8)]
@@ -93,7 +93,8 @@ def test_resnet_groups_equal_on_1_and_8_devices():
 
 
 def test_variables_are_those_of_flax_batchnorm():
-  shapes = lambda m: jax.tree.map(jnp.shape, m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  shapes = lambda m: jax.tree.map(jnp.shape, jax.eval_shape(m.init, jax.random.key(0),
+                                                             jnp.zeros((1, 32, 32, 3))))
   grouped = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8, bn_group_size=4)
   plain = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8)
   assert flax.traverse_util.flatten_dict(shapes(grouped)) == flax.traverse_util.flatten_dict(
