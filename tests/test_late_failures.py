@@ -48,6 +48,7 @@ def test_analytic_k_test_with_no_readable_image_assumes_the_default_shape(tiny_c
 def test_a_sweep_writes_each_resolution_before_the_next(tmp_path, tiny_config, monkeypatch):
   """The second resolution fails: the first one's records are in sweep.json and sweep.csv."""
   tiny_config.sweep.resolutions, tiny_config.sweep.parametric = (32, 40), False
+  tiny_config.sweep.latency_batch_size = 0  # no timing: the model is a stand-in
   evaluated = []
 
   def fake_evaluate(step_fn, entries, batches, mesh):
@@ -60,11 +61,15 @@ def test_a_sweep_writes_each_resolution_before_the_next(tmp_path, tiny_config, m
   monkeypatch.setattr(evaluate, 'jit_eval_step', lambda model: None)
   monkeypatch.setattr(evaluate, 'evaluate', fake_evaluate)
   monkeypatch.setattr(evaluate, 'summarize', lambda total: (
-      {'top1': 0.5, 'top5': 0.9, 'num_images': 100, 'zero_fraction': 0.1, 'loss': 1.0}, {}))
+      {'top1': 0.5, 'top5': 0.9, 'num_images': 100, 'zero_fraction': 0.1, 'loss': 1.0,
+       'nll': 1.0, 'ece': 0.05}, {}))
   monkeypatch.setattr(pipeline, 'config_eval_batches', lambda *args: None)
+  monkeypatch.setattr(pipeline, 'load_eval_sets', lambda config, dataset: [
+      pipeline.EvalData('validation', None, 'validation', 'single', ())])
+  monkeypatch.setattr(pipeline, 'eval_set_batches', lambda *args: None)
   with pytest.raises(RuntimeError, match='a late failure'):
     analysis.sweep(tiny_config, None, parallel.create_mesh(), {'trained': {}}, None,
                    workdir=tmp_path)
   records = json.loads((tmp_path / 'sweep.json').read_text())
   assert [(r['model'], r['test_res']) for r in records] == [('trained', 32)]
-  assert (tmp_path / 'sweep.csv').read_text().splitlines()[1].startswith('trained,32,0.5')
+  assert (tmp_path / 'sweep.csv').read_text().splitlines()[1].startswith('validation,trained,32,0.5')
