@@ -13,6 +13,7 @@ from studies import common
 from studies import copy_accuracy
 from studies import demo
 from studies import recipe
+from studies import robustness
 from studies import variant_grid
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -34,6 +35,8 @@ BLOCKS = {
                        recipe.readme_block(read_json('recipe.json'))),
     'copy accuracy': lambda: (copy_accuracy.README_MARKERS,
                               copy_accuracy.readme_block(read_json('COPY_ACCURACY.json'))),
+    'robustness': lambda: (robustness.README_MARKERS,
+                           robustness.readme_block_from_json(read_json('robustness.json'))),
 }
 
 
