@@ -139,6 +139,8 @@ BAD_VALUES = [
     ('finetune.bn_group_size', 5, 'must divide the global batch 32'),
     ('sweep.resolutions', (32, 100_000), 'positive integers up to 4096 px'),
     ('sweep.resolutions', (), 'give at least one K_test'),
+    ('sweep.evals', ('validation', 'imagenet_c'), "use names of"),
+    ('sweep.evals', ('validation', 'validation'), 'names a set twice'),
     ('sweep.batch_size', 12, 'is not a positive multiple of the 8 devices'),
     ('sweep.parametric_split', 'validation', 'must be a slice of the training split'),
 ]
