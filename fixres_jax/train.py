@@ -205,8 +205,6 @@ def train_and_evaluate(config, workdir: str, data: stage_lib.StageData, mesh) ->
   total_steps = int(cfg.num_epochs * steps_per_epoch)
   learning_rate = create_schedule_per_256(cfg, steps_per_epoch, cfg.batch_size)
   variables = load_initial_variables(config, model, cfg.image_size)
-  logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
-               total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size, jax.device_count())
   eval_fn = evaluate.jit_eval_step(model)
   stage = stage_lib.Stage(
       'train', stage_lib.create_train_state(
@@ -218,8 +216,14 @@ def train_and_evaluate(config, workdir: str, data: stage_lib.StageData, mesh) ->
       stage_lib.stage_cadence(cfg, config.checkpoint),
       eval_every=int(cfg.eval_every_epochs * steps_per_epoch) if cfg.eval_every_epochs else 0,
       evaluate_fn=lambda state: evaluate_state(state, data.eval_batches(), mesh, eval_fn))
-  state = stage_lib.run_stage(stage, workdir, mesh, stage_lib.host_batches_on(mesh,
-                                                                              data.batches))
+  def prepare(state):  # the line tests and users wait for: restored, about to step
+    state, batches = stage_lib.host_batches_on(mesh, data.batches)(state)
+    logging.info('Training %d steps (%d per epoch) at %d px, global batch %d, on %d devices.',
+                 total_steps, steps_per_epoch, cfg.image_size, cfg.batch_size,
+                 jax.device_count())
+    return state, batches
+
+  state = stage_lib.run_stage(stage, workdir, mesh, prepare)
   return stage_lib.trained_variables(state)
 
 
