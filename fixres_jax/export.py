@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import json
 import os
-import uuid
 from typing import Optional, Sequence
 
 from absl import app
@@ -48,6 +47,7 @@ from fixres_jax import console
 from fixres_jax import errors
 from fixres_jax import train
 from fixres_jax import transform_record
+from fixres_jax import workdir as workdir_lib
 
 CONFIG_NAME = 'config.json'  # what every run writes in its workdir (rerun.py)
 JAX_EXPORT_NAME = 'model.jax_export'
@@ -142,10 +142,7 @@ def check_writable(out) -> epath.Path:
   """Creates --out and writes a probe there, so that a bad path fails before any work."""
   out = epath.Path(out)
   try:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / f'.write_probe_{uuid.uuid4().hex}'
-    probe.write_text('ok')
-    probe.unlink()
+    workdir_lib.probe_writable(out)
   except OSError as e:
     raise OutputError(f'Cannot write to --out={out} ({e}): choose a writable directory.') from e
   return out

@@ -29,6 +29,14 @@ COMPILED_PROGRAM_BYTES = 32 * 2**20
 OUTPUT_BYTES = 16 * 2**20
 
 
+def probe_writable(directory: epath.Path) -> None:
+  """Creates `directory` and writes and removes a probe file there; raises OSError if not."""
+  directory.mkdir(parents=True, exist_ok=True)
+  probe = directory / f'.write_probe_{uuid.uuid4().hex}'
+  probe.write_text('ok')
+  probe.unlink()
+
+
 def check_writable(workdir: epath.Path, needed_bytes: Union[int, Dict[str, int]]) -> None:
   """Fails at start, not after an epoch, when the workdir cannot hold what the run writes.
 
@@ -36,10 +44,7 @@ def check_writable(workdir: epath.Path, needed_bytes: Union[int, Dict[str, int]]
     needed_bytes: estimated space, or {what: space} (estimate_run_bytes).
   """
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f'.write_probe_{uuid.uuid4().hex}'
-    probe.write_text('ok')
-    probe.unlink()
+    probe_writable(workdir)
   except OSError as e:
     raise WorkdirError(f'Cannot write to --workdir={workdir} ({e}): choose a writable '
                        'directory or fix its permissions.') from e
