@@ -85,6 +85,8 @@ def compare(a: list, b: list) -> dict:
 
   The spread is the standard deviation (ddof=1) of the per-seed differences (the seeds pair
   the same trained network); the comparison holds when margin > SIGMAS x spread (and > 0).
+  An effect of either sign is 'resolved' when |margin| > SIGMAS x spread; 'ci95' bounds it
+  either way: the 95 % t-interval of the mean difference (t with n - 1 degrees of freedom).
   """
   pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
   if len(pairs) < 2:  # no spread from one seed
@@ -97,7 +99,16 @@ def compare(a: list, b: list) -> dict:
   # 'holds' starts as 'beyond'; a claim may judge by another rule (see claim_b).
   return {'n': len(diffs), 'margin': margin, 'spread': spread,
           'diffs': diffs.tolist(), 'every_seed': bool((diffs > 0).all()),
-          'beyond': beyond, 'holds': beyond}
+          'beyond': beyond, 'holds': beyond,
+          'resolved': bool(abs(margin) > SIGMAS * spread), 'ci95': interval95(diffs)}
+
+
+def interval95(diffs: np.ndarray) -> list:
+  """The 95 % t-interval of the mean of paired differences, [low, high]."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  half = (scipy_stats.t.ppf(0.975, len(diffs) - 1) * np.std(diffs, ddof=1)
+          / np.sqrt(len(diffs)))
+  return [float(diffs.mean() - half), float(diffs.mean() + half)]
 
 
 def per_seed(runs: list, fn) -> list:
@@ -296,14 +307,20 @@ def evaluate(runs_by_res: Dict[int, list], flops: Dict[int, float]) -> dict:
 
 
 def margin_text(c: dict) -> str:
-  """compare()'s margin in points, with its spread, the verdict and the per-seed values."""
+  """compare()'s margin in points, with its spread, whether it is resolved (beyond SIGMAS std,
+  either sign), the 95 % interval where it is not, and the per-seed values."""
   if not c['n']:
     return 'not run'
   if c['n'] < 2:
     return f"{100 * c['margin']:+.2f} pts (one seed: no spread)"
-  beyond = 'beyond' if c['beyond'] else 'NOT beyond'
+  if abs(c['margin']) > SIGMAS * c['spread']:  # compare()'s 'resolved', for older records too
+    resolution = f'beyond {SIGMAS:g} std'
+  else:  # not resolved: the interval bounds the effect instead
+    low, high = c.get('ci95') or interval95(np.array(c['diffs']))
+    resolution = (f'NOT beyond {SIGMAS:g} std, 95 % interval {100 * low:+.2f} to '
+                  f'{100 * high:+.2f}')
   return (f"{100 * c['margin']:+.2f} pts (per-seed spread {100 * c['spread']:.2f}, "
-          f"{beyond} {SIGMAS:g} std; per seed {', '.join(f'{100 * d:+.1f}' for d in c['diffs'])})")
+          f"{resolution}; per seed {', '.join(f'{100 * d:+.1f}' for d in c['diffs'])})")
 
 
 def verdict(holds: Optional[bool]) -> str:

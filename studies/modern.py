@@ -1,18 +1,20 @@
 """What FixRes fine-tuning adds on top of the modern training recipes, on the embedded
 dataset; writes docs/MODERN.md and docs/modern.json.
 
-  python -m studies.modern --data_dir=/tmp/tfds_repro --results_root=/tmp/fixres_modern \
-      --out=docs [--seeds=0,1,2] [--variants=baseline,mix,a3,progressive] [--epochs=8]
+  python -m studies.modern --data_dir=/tmp/tfds_idle --results_root=/tmp/fixres_modern \
+      --out=docs [--demo_root=/tmp/demo3] [--seeds=0,1,2] \
+      [--variants=baseline,mix,a3,progressive] [--epochs=8]
 
-Each variant is the demo network (configs/demo.py) trained on train[:90%] of
-fixres_synthetic/reproduce with one modern recipe: Mixup 0.1 + CutMix 1.0 (timm's switching),
+Each variant is the demo network (configs/demo.py) trained on train[:90%] of the demo's
+dataset, for the demo's epochs, with one modern recipe: Mixup 0.1 + CutMix 1.0 (timm's switching),
 an A3-like recipe (ResNet strikes back A3's LAMB, binary cross-entropy with target threshold
 0.2, Mixup/CutMix and RandAugment rand-m6-mstd0.5-inc1), or FFCV-style progressive resizing
 ending at a higher K_train for no more training pixels than the baseline's fixed K_train.
 Then, as studies/reproduce.py does (with its functions): K_test chosen as the trained
 network's best on the held-out train[90%:], FixRes fine-tuning there (the demo's settings),
-and the validation split (10,000 images) evaluated at K_train and at the chosen K_test for
-the trained and the fine-tuned network. Every run has its own workdir under --results_root
+and the validation split evaluated at K_train and at the chosen K_test for the trained and
+the fine-tuned network. The baseline trains exactly as README's demo command: with
+--demo_root its training is copied from the finished demo workdirs (reproduce.train_once). Every run has its own workdir under --results_root
 and a re-run skips finished runs; seeds run in the outer loop, so an interrupted measurement
 has whole seeds. --phase=report only rewrites the doc from the finished runs.
 """
@@ -65,7 +67,7 @@ def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) ->
   """Train, choose K_test on the held-out slice, fine-tune there, evaluate on validation."""
   workdir, k_train = root / name / f's{seed}', train_res(name)
   config = apply_variant(reproduce.train_config(plan, k_train, seed), name, plan)
-  reproduce.run_once(config, workdir / 'train')
+  reproduce.train_once(plan, config, workdir / 'train')
   trained = workdir / 'train' / 'checkpoints' / 'train'
   select = apply_variant(reproduce.eval_config(
       plan, k_train, seed, trained, plan.select_resolutions(k_train),
@@ -85,6 +87,7 @@ def collect(root: epath.Path, name: str, seed: int):
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
   records = common.read_json(workdir / 'finetune' / 'sweep.json')
   return {'seed': seed, 'train_res': k_train, 'test_res': chosen,
+          'train_copied_from': reproduce.copied_from(workdir / 'train'),
           'trained_at_train_res': claims.top1_at(records, 'trained', k_train),
           'trained_at_chosen': claims.top1_at(records, 'trained', chosen),
           'finetuned_at_chosen': claims.top1_at(records, 'finetuned', chosen)}
@@ -119,9 +122,11 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
       f'(configs/demo.py) trained for {plan.num_epochs} epochs on train[:90%] of '
       f'{reproduce.DATASET} with each recipe; K_test chosen as the trained network\'s best on '
       'the held-out train[90%:]; FixRes fine-tuning at that K_test with the demo\'s settings '
-      f'(the last BN\'s statistics and the classifier); top-1 on {reproduce.EVAL_SPLIT} '
-      '(10,000 images), mean ± std over seeds. Margins are per seed, "beyond" when the mean '
-      f'exceeds {claims.SIGMAS:g} std of the per-seed differences. Measured on a shared 2-core '
+      f'(the last BN\'s statistics and the classifier); top-1 on {reproduce.EVAL_SPLIT}, '
+      'mean ± std over seeds. Margins are per seed, resolved ("beyond") when the mean '
+      f'exceeds {claims.SIGMAS:g} std of the per-seed differences, else bounded by the 95 % '
+      't-interval of the mean difference (t with n - 1 degrees of freedom). Measured on a '
+      'shared 2-core '
       'CPU machine' + (f' ({seconds / 60:.0f} min of runs this invocation).' if seconds else '.')
       + ' "not run": no finished run of that variant.',
       '',
@@ -137,9 +142,10 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
             'reference' if name == 'baseline' else claims.margin_text(r['finetuned_vs_baseline'])]
            for name, r in results.items()]),
   ]
-  stuck = variant_grid.never_learned(results, LABELS, 'trained_at_train_res')
-  if stuck:
-    lines += ['', stuck]
+  for extra in (variant_grid.reuse_line(results, LABELS),
+                variant_grid.never_learned(results, LABELS, 'trained_at_train_res')):
+    if extra:
+      lines += ['', extra]
   lines += [
       '',
       'Recipes: `train.mixup_alpha=0.1, train.cutmix_alpha=1.0` (timm\'s Mixup with '

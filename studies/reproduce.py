@@ -1,20 +1,22 @@
 """Reproduces the paper's claims on the embedded dataset and generates docs/RESULTS.md.
 
-  python -m studies.reproduce --out=docs --data_dir=/tmp/tfds_repro \
-      --results_root=/tmp/fixres_repro [--seeds=0,1,2] [--train_res=48,64,96] [--quick]
+  python -m studies.reproduce --out=docs --data_dir=/tmp/tfds_idle \
+      --results_root=/tmp/fixres_repro [--demo_root=/tmp/demo3] [--seeds=0,1,2] \
+      [--train_res=48,64,96] [--quick]
 
-First the training epochs are chosen on the held-out train[90%:]: the lowest K_train's first
-seed is trained with each of --epochs and the best held-out top-1 wins. Then for each K_train
-and seed: train (configs/demo.py at K_train, on fixres_synthetic/reproduce: the demo's
-training images and 10,000 validation images) on train[:90%]; pick the best
-K_test on the held-out train[90%:] (never on validation); sweep K_test on the validation split
-(the trained network and the parametric adaptation); FixRes fine-tuning at the analytic K_test*,
-at the selected K_test and, as controls, at K_test = K_train and with the head's learning rate 0
-(last-BN statistics only); 'cached' against 'sgd' fine-tuning at the selected K_test. Every run
-has its own workdir under --results_root, and a re-run skips finished runs, so an interrupted
-reproduction resumes where it stopped. Then it writes OUT/RESULTS.md (every number generated),
-OUT/results.json (the raw numbers) and the figures OUT/accuracy_vs_test_res.png and
-OUT/zero_fraction.png.
+For each K_train and seed: train (configs/demo.py at K_train: the demo's dataset, network and
+epochs) on train[:90%]; pick the best K_test on the held-out train[90%:] (never on
+validation); sweep K_test on the validation split (the trained network and the parametric
+adaptation); FixRes fine-tuning at the analytic K_test*, at the selected K_test and, as
+controls, at K_test = K_train and with the head's learning rate 0 (last-BN statistics only);
+'cached' against 'sgd' fine-tuning at the selected K_test. With several --epochs, the
+training epochs are first chosen on the held-out slice (the lowest K_train's first seed is
+trained with each; the best held-out top-1 wins). With --demo_root (studies.demo's finished
+workdirs ROOT/seed_N), a training run that trains exactly as the demo's seed did (K_train 64)
+is copied from it rather than repeated (train_once). Every run has its own workdir under
+--results_root, and a re-run skips finished runs, so an interrupted reproduction resumes
+where it stopped. Then it writes OUT/RESULTS.md (every number generated), OUT/results.json
+(the raw numbers) and the figures OUT/accuracy_vs_test_res.png and OUT/zero_fraction.png.
 
 This module plans and runs the grid and collects each run's numbers; studies/claims.py
 judges the claims from them and studies/reproduce_report.py writes the files. The recipe,
@@ -52,8 +54,10 @@ def define_flags() -> None:
   flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic ("" = tfds default).')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: each is a full train + fine-tune run.')
   flags.DEFINE_list('train_res', ['48', '64', '96'], 'The K_train grid.')
-  flags.DEFINE_list('epochs', ['8', '16'], 'Training epochs to choose from on the held-out '
-                    'slice (one value: no choice).')
+  flags.DEFINE_list('epochs', ['8'], "Training epochs to choose from on the held-out slice "
+                    "(one value, the default: the demo's, no choice).")
+  flags.DEFINE_string('demo_root', '', "Finished demo workdirs (ROOT/seed_N, studies.demo): a "
+                      "training run that trains exactly as seed N's demo did copies it.")
   flags.DEFINE_list('compare_res', [], 'Higher K_train of the grid made by other invocations: '
                     'the lowest K_train is also fine-tuned at these (claim (c)).')
   flags.DEFINE_integer('long_epochs', 30, "Also time 'sgd' against 'cached' fine-tuning at this "
@@ -80,6 +84,7 @@ class Plan:
   long_epochs: int = 0  # >0: also time 'sgd' and 'cached' at this many epochs (one run)
   epochs_grid: Sequence[int] = ()  # training epochs to choose from; () = the demo's
   num_epochs: int = 0  # the training epochs chosen (select_epochs); 0 = the demo's
+  demo_root: str = ''  # finished demo workdirs whose training runs reuse (train_once)
 
   def sweep_resolutions(self, train_res: int) -> List[int]:
     """Validation sweep: 16 px steps from K_train - 16 to 2 K_train (the figure's x-axis)."""
@@ -93,7 +98,7 @@ class Plan:
 
 
 QUICK_TRAIN_RES, QUICK_SEEDS, QUICK_EPOCHS = (16, 24), (0, 1), (1, 2)
-DATASET = 'fixres_synthetic/reproduce'  # the demo's training images, 10,000 validation images
+DATASET = 'fixres_synthetic/default'  # the demo's dataset: 10,000 train, 2,000 validation images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +187,51 @@ def run_once(config, workdir: epath.Path) -> float:
   return seconds
 
 
+def train_once(plan: Plan, config, workdir: epath.Path) -> None:
+  """run_once for a training run, or a copy of the demo's finished training when the run
+  would train exactly as the demo seed did (plan.demo_root)."""
+  demo = epath.Path(plan.demo_root) / f'seed_{config.seed}' if plan.demo_root else None
+  done = workdir / 'reproduce_train.json'
+  if demo is not None and not done.exists() and trains_as_demo(config, demo):
+    copy_demo_training(demo, workdir)
+    return
+  run_once(config, workdir)
+
+
+def trains_as_demo(config, demo: epath.Path) -> bool:
+  """Whether `config` trains as the demo workdir's run did: no field that the train stage
+  depends on (rerun.field_stage) differs from the demo's config.json, nor the data dir (which
+  rerun allows to move, but a study may point at another copy of the dataset)."""
+  from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
+  saved = common.read_json(demo / rerun.CONFIG_NAME)
+  if saved is None or not (demo / 'checkpoints' / 'train').exists():
+    return False
+  changes = rerun.find_changes(rerun.flatten(saved), rerun.config_values(config))
+  return not [name for name in changes
+              if name == 'data.data_dir' or rerun.field_stage(name) == 'train']
+
+
+def copy_demo_training(demo: epath.Path, workdir: epath.Path) -> None:
+  """The demo's training checkpoint, config and training metrics in workdir, marked as
+  finished with its median step time x steps and where it came from."""
+  logging.info('Reusing the training of %s in %s', demo, workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  shutil.copytree(demo / 'checkpoints' / 'train', workdir / 'checkpoints' / 'train',
+                  dirs_exist_ok=True)
+  shutil.copy(demo / 'config.json', workdir / 'config.json')
+  lines = (demo / 'metrics.jsonl').read_text().splitlines()
+  (workdir / 'metrics.jsonl').write_text(
+      ''.join(f'{line}\n' for line in lines if json.loads(line)['stage'] == 'train'))
+  (workdir / 'reproduce_train.json').write_text(json.dumps({
+      'seconds': train_step_seconds(workdir / 'metrics.jsonl'), 'stages': ['train'],
+      'copied_from': str(demo)}))
+
+
+def copied_from(workdir: epath.Path) -> Optional[str]:
+  """The demo workdir a finished training run was copied from (train_once), or None."""
+  return common.read_json(workdir / 'reproduce_train.json', {}).get('copied_from')
+
+
 def run_finetune(config, workdir: epath.Path) -> None:
   """The finetune stage, timed alone, then the validation sweep of its result."""
   run_once(config, workdir)
@@ -230,7 +280,8 @@ def recorded_epochs(plan: Plan, root: epath.Path) -> Plan:
 def train_all(plan: Plan, root: epath.Path) -> None:
   for train_res in plan.train_res:  # cheapest first: whole K_train rows finish early
     for seed in plan.seeds:
-      run_once(train_config(plan, train_res, seed), run_dir(root, train_res, seed, 'train'))
+      train_once(plan, train_config(plan, train_res, seed),
+                 run_dir(root, train_res, seed, 'train'))
 
 
 def analytic_test_res(plan: Plan, train_res: int, seed: int) -> dict:
@@ -330,6 +381,7 @@ def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Opt
   if timing is None:
     return None
   run = {'train_res': train_res, 'seed': seed, 'train_wall_seconds': timing['seconds'],
+         'train_copied_from': copied_from(workdir('train')),
          'train_seconds': train_step_seconds(workdir('train') / 'metrics.jsonl'),
          'analytic_test_res': k_star}
   select = common.read_json(workdir('select') / 'sweep.json')
@@ -441,7 +493,7 @@ def main(argv):
   plan = Plan(train_res=[int(k) for k in FLAGS.train_res], seeds=[int(s) for s in FLAGS.seeds],
               quick=FLAGS.quick, data_dir=FLAGS.data_dir,
               compare_res=[int(k) for k in FLAGS.compare_res],
-              long_epochs=0 if FLAGS.quick else FLAGS.long_epochs,
+              long_epochs=0 if FLAGS.quick else FLAGS.long_epochs, demo_root=FLAGS.demo_root,
               epochs_grid=QUICK_EPOCHS if FLAGS.quick and not FLAGS['epochs'].present else
               [int(e) for e in FLAGS.epochs])
   if FLAGS.quick:  # the tiny grid, unless given explicitly

@@ -143,7 +143,9 @@ def format_report(config, results: dict, runs_by_res: Dict[int, list]) -> str:
       f"{config.train.num_epochs} epochs at every K_train, batch {config.train.batch_size}, "
       f"{config.train.schedule} schedule, base lr {config.train.base_lr}; "
       f"`{config.data.crop}` RandomResizedCrop.",
-      format_epochs_selection(results['epochs_selection'], results['heldout_split']),
+      format_epochs_selection(results['epochs_selection'], results['heldout_split'],
+                              config.train.num_epochs),
+      *format_reuse(results['runs']),
       f"- FixRes fine-tuning: {config.finetune.num_epochs} epochs, batch "
       f"{config.finetune.batch_size}, base lr {config.finetune.base_lr} (per 512), augment "
       f"`{config.finetune.augment}`; the last BN's running statistics and the classifier.",
@@ -153,7 +155,8 @@ def format_report(config, results: dict, runs_by_res: Dict[int, list]) -> str:
       f"'beyond {claims.SIGMAS:g} std' means: the mean of the per-seed differences A - B "
       '(each seed is one trained network, so the differences are paired) exceeds '
       f'{claims.SIGMAS:g} times their standard deviation. With 3 seeds this is a strict bar '
-      '(std of 3 values is noisy).',
+      '(std of 3 values is noisy); a difference that is not beyond it is bounded by the 95 % '
+      't-interval of the mean difference (t with n - 1 degrees of freedom), shown beside it.',
       '',
       '## Claims',
       '']
@@ -164,9 +167,21 @@ def format_report(config, results: dict, runs_by_res: Dict[int, list]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def format_epochs_selection(record: Optional[dict], heldout_split: str) -> str:
+def format_reuse(runs: List[dict]) -> List[str]:
+  """Which trainings are copies of the demo's (reproduce.train_once), as a Setup line."""
+  copied = [r for r in runs if r.get('train_copied_from')]
+  if not copied:
+    return []
+  return ['- Reused, not retrained: the training of ' + ', '.join(
+      f"K_train {r['train_res']} seed {r['seed']} (`{r['train_copied_from']}`)" for r in copied)
+      + " is the finished run of README's demo command with that seed, copied from its workdir "
+      '(its config trains exactly as this grid\'s run would: no train-stage field differs); '
+      'everything after training is run here.']
+
+
+def format_epochs_selection(record: Optional[dict], heldout_split: str, epochs: int) -> str:
   if not record:
-    return '- Training epochs: fixed (no choice made).'
+    return f'- Training epochs: {epochs}, fixed (no choice made).'
   scores = ', '.join(f'{e} epochs {100 * v:.1f}%' for e, v in record['heldout_top1'].items())
   return (f"- Training epochs chosen on `{heldout_split}`: K_train {record['train_res']}, seed "
           f"{record['seed']}, best held-out top-1 over K_test: {scores}; chosen: "
@@ -250,6 +265,8 @@ def format_cached(claim: dict, epochs) -> List[str]:
                  claims.margin_text(row['compare']), *seconds, speedup])
   lines.append(common.format_table(['K_train', 'sgd top-1', 'cached top-1', 'cached - sgd',
                                     'sgd s', 'cached s', 'speed-up'], rows))
+  if not claim['long']:
+    lines += ['', "'sgd' against 'cached' at many head epochs was not run (--long_epochs=0)."]
   for k, row in sorted(claim['long'].items()):
     lines += ['', f"At {row['epochs']} epochs (K_train {k}, seed {row['seed']}, K_test "
               f"{row['test_res']}, one run each): 'sgd' {100 * row['sgd']:.2f}% in "

@@ -52,9 +52,12 @@ def define_flags(grid: Grid) -> None:
   flags.DEFINE_string('out', 'docs', f'Where {name.upper()}.md and {name}.json go.')
   flags.DEFINE_string('results_root', f'/tmp/fixres_{name}', 'One workdir per run under here.')
   flags.DEFINE_string('data_dir', '', 'tfds data dir for fixres_synthetic.')
+  flags.DEFINE_string('demo_root', '', 'Finished demo workdirs (ROOT/seed_N): a variant that '
+                      'trains exactly as the demo seed did copies its training.')
+  flags.DEFINE_bool('readme', True, "Rewrite README's block of the study (if it has one).")
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds.')
   flags.DEFINE_list('variants', list(grid.variants), 'Variants to run.')
-  flags.DEFINE_integer('epochs', grid.epochs, 'Training epochs of the baseline.')
+  flags.DEFINE_integer('epochs', grid.epochs, "Training epochs of the baseline (the demo's).")
   flags.DEFINE_bool('quick', False, 'fixres_synthetic/tiny and a tiny network (CI).')
   flags.DEFINE_enum('phase', 'all', ['all', 'report'], "'report': only the doc.")
 
@@ -73,7 +76,8 @@ def main(grid: Grid) -> None:
   if unknown:
     raise app.UsageError(f'Unknown variants {sorted(unknown)}: use {sorted(grid.variants)}.')
   plan = reproduce.Plan(train_res=(grid.train_res,), seeds=seeds, quick=FLAGS.quick,
-                        data_dir=FLAGS.data_dir, num_epochs=FLAGS.epochs)
+                        data_dir=FLAGS.data_dir, num_epochs=FLAGS.epochs,
+                        demo_root=FLAGS.demo_root)
   root = epath.Path(FLAGS.results_root)
   start = time.perf_counter()
   if FLAGS.phase == 'all':
@@ -88,7 +92,7 @@ def main(grid: Grid) -> None:
   command = common.format_command(f'studies.{grid.name}')
   (out / f'{grid.name.upper()}.md').write_text(
       grid.format_report(results, plan, seconds, command))
-  if grid.readme_block and not FLAGS.quick:  # --quick's numbers mean nothing
+  if grid.readme_block and FLAGS.readme and not FLAGS.quick:  # --quick's mean nothing
     common.write_readme_block(common.REPO / 'README.md', readme_markers(grid),
                               grid.readme_block(results))
 
@@ -96,6 +100,18 @@ def main(grid: Grid) -> None:
 def readme_markers(grid: Grid):
   """The markers around the study's block in README."""
   return common.readme_markers(grid.name, f'studies.{grid.name}')
+
+
+def reuse_line(results: dict, labels: Dict[str, str]) -> str:
+  """A sentence naming the runs whose training is the demo's own, copied from its finished
+  workdir (reproduce.train_once), or ''."""
+  copied = [f"{labels[name]} seed {run['seed']} (`{run['train_copied_from']}`)"
+            for name, r in results.items() for run in r['runs'] if run.get('train_copied_from')]
+  if not copied:
+    return ''
+  return ("Reused, not retrained: these trainings are README's demo command with the same "
+          'seed, copied from its finished workdir (no train-stage field differs); everything '
+          'after training was run here: ' + '; '.join(copied) + '.')
 
 
 def never_learned(results: dict, labels: Dict[str, str], key: str) -> str:

@@ -77,6 +77,12 @@ def test_compare_pairs_seeds_and_needs_a_margin_beyond_3_std():
   assert noisy['margin'] == pytest.approx(0.4 / 3)
   assert not noisy['every_seed'] and not noisy['beyond'] and noisy['holds'] is False
 
+  # An effect of either sign is resolved beyond 3 std, or bounded by the 95 % t-interval.
+  assert c['resolved'] and claims.compare([0.5, 0.6, 0.5], [0.8, 0.9, 0.7])['resolved']
+  assert not noisy['resolved']
+  half = 4.302653 * noisy['spread'] / 3 ** 0.5  # t(0.975, 2 dof) x standard error
+  assert noisy['ci95'] == pytest.approx([noisy['margin'] - half, noisy['margin'] + half])
+
   # Only seeds with both values pair up: one pair gives a margin but no verdict.
   one = claims.compare([0.8, None, 0.7], [0.5, 0.6, None])
   assert one == {'n': 1, 'holds': None, 'margin': pytest.approx(0.3)}
@@ -224,6 +230,9 @@ def test_text_of_stats_and_comparisons():
   assert common.pct(None) == 'not run'
   assert claims.margin_text(claims.compare([0.8, 0.9, 0.7], [0.5, 0.6, 0.5])) == (
       '+26.67 pts (per-seed spread 5.77, beyond 3 std; per seed +30.0, +30.0, +20.0)')
+  assert claims.margin_text(claims.compare([0.8, 0.5, 0.7], [0.5, 0.6, 0.5])) == (
+      '+13.33 pts (per-seed spread 20.82, NOT beyond 3 std, 95 % interval -38.38 to +65.04; '
+      'per seed +30.0, -10.0, +20.0)')
   assert claims.margin_text(claims.compare([0.8], [0.5])) == (
       '+30.00 pts (one seed: no spread)')
   assert claims.margin_text(claims.compare([None], [0.5])) == 'not run'
