@@ -10,7 +10,8 @@ config.sweep.evals is the headline: the table, the frontier and features.png sho
 
 Models: 'trained', 'finetuned' (when there is one) and 'parametric', the trained network with
 its pooled features mapped by parametric.py's scalar transform, fitted at each K_test on
-config.sweep.parametric_split, a slice of the TRAINING split (never the validation split).
+config.sweep.parametric_split, a slice of the TRAINING split (never the validation split), onto
+the target law config.sweep.parametric_target names.
 
 Outputs (WORKDIR/): sweep.json (records {'eval', 'model', 'test_res', 'top1', 'top5',
 'num_images', 'zero_fraction', 'loss', 'nll', 'ece'}, 'eval' naming the set), sweep.csv,
@@ -94,6 +95,14 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
           step_fn, models['trained'], batches(cfg.parametric_split, test_res), mesh)
     return fits[test_res]
 
+  @functools.cache
+  def fit_target():  # the law the features at every K_test are mapped onto
+    if cfg.parametric_target == parametric.TEST_TRANSFORM:
+      return fit_at(train_res)
+    return evaluate.fit_pooled_features(
+        step_fn, models['trained'],
+        pipeline.train_view_batches(config, dataset, cfg.parametric_split), mesh)
+
   records, stats, seconds, timings = [], [], {}, {}
   start = time.perf_counter()
   for test_res in cfg.resolutions:
@@ -102,7 +111,7 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     entries = {name: (v, parametric.IDENTITY) for name, v in models.items()}
     if cfg.parametric:  # the trained model's pass also yields its adapted version
       entries['trained'] = (models['trained'],
-                            parametric.quantile_map(fit_at(test_res), fit_at(train_res)))
+                            parametric.quantile_map(fit_at(test_res), fit_target()))
     for eval_data in eval_sets:
       totals = evaluate.evaluate(step_for(eval_data), entries,
                                  pipeline.eval_set_batches(config, eval_data, test_res), mesh)
@@ -136,10 +145,12 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     meta['finetune_test_res'] = {'test_res': int(finetune_test_res[0]),
                                  'chosen': finetune_test_res[1]}
   if cfg.parametric:
+    target = fit_target()
     meta['parametric'] = {
         'split': cfg.parametric_split, 'shape': parametric.SHAPE,
+        'target': cfg.parametric_target, 'target_fit': dataclasses.asdict(target),
         'fits': {int(r): dataclasses.asdict(f) for r, f in sorted(fits.items())},
-        'maps': {int(r): [float(v) for v in parametric.quantile_map(fits[r], fits[train_res])]
+        'maps': {int(r): [float(v) for v in parametric.quantile_map(fits[r], target)]
                  for r in sorted(fits)}}
   frontier = None
   if timings:

@@ -204,6 +204,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # K_train and at each K_test on a slice of the TRAINING split (never validation).
   sweep.parametric = True
   sweep.parametric_split = 'train[-10%:]'
+  # The law the K_test features are mapped onto (parametric.py): 'train_transform' (the
+  # paper's: the train transform at K_train, what the classifier was trained on) or
+  # 'test_transform' (the central crop at K_train).
+  sweep.parametric_target = 'train_transform'
   # The network's warm forward pass is timed at each K_test on one device at this batch
   # (frontier.json, frontier.png: accuracy against latency); 0: no timing.
   sweep.latency_batch_size = 32
@@ -373,6 +377,7 @@ def choice_fields() -> dict:
   # module, and only validation needs the model and step code (jax, flax, optax, orbax).
   from fixres_jax import cached_finetune  # pylint: disable=g-import-not-at-top
   from fixres_jax import models  # pylint: disable=g-import-not-at-top
+  from fixres_jax import parametric  # pylint: disable=g-import-not-at-top
   from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
   from fixres_jax import train  # pylint: disable=g-import-not-at-top
   return {'model.name': models.model_names(), 'model.block': tuple(models.BLOCKS),
@@ -386,7 +391,8 @@ def choice_fields() -> dict:
           'train.loss': train.LOSSES, 'finetune.mode': tuple(cached_finetune.FINETUNE_MODES),
           'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
           'finetune.cache_dtype': cached_finetune.CACHE_DTYPES,
-          'finetune.auto_metric': AUTO_METRICS, 'redo': ('',) + rerun.REDO_STAGES}
+          'finetune.auto_metric': AUTO_METRICS, 'sweep.parametric_target': parametric.TARGETS,
+          'redo': ('',) + rerun.REDO_STAGES}
 
 
 def choice_problems(config: ml_collections.ConfigDict) -> list:

@@ -2,9 +2,20 @@
 
 After the final ReLU and global average pooling, the nonzero features of a network are well
 described by a Fréchet law, i.e. a generalised extreme value (GEV) distribution with a positive
-shape xi, fixed at 0.3 as in the paper. Fitting one at K_train and one at K_test (on training
-images through the test transform) and sending test features through
-F_train^{-1}(F_test(f)) makes them look like the features the classifier was trained on.
+shape xi, fixed at 0.3 as in the paper. Fitting one to the features the classifier was trained
+on and one at K_test, and sending test features through F_train^{-1}(F_test(f)), makes them
+look like the former. Both fits use held-out training images (config.sweep.parametric_split).
+
+The target law (config.sweep.parametric_target, TARGETS):
+  'train_transform' (the default): the paper's, whose Fréchet fits compare the pooled
+    features of the network in train mode (the training augmentation: RandomResizedCrop and
+    flip at K_train), the features its classifier was fitted to, with those in test mode at
+    K_test. The images go through config.data's train transform at K_train (each image's crop
+    drawn from config.seed), the network in inference mode (running BatchNorm statistics).
+  'test_transform': the central crop at K_train (the test transform), where the map is the
+    identity at K_train: it aligns K_test with the trained network tested at K_train, not with
+    what the classifier saw in training.
+The source law is always the test transform at K_test, fitted on the same images.
 
 Both laws share the shape, so a GEV is loc + scale * Z with the same Z, and the quantile map is
 affine: f -> a f + b with a = scale_train / scale_test, b = loc_train - a loc_test. That is
@@ -33,6 +44,8 @@ from scipy import stats
 
 SHAPE = 0.3  # xi, the paper's fixed Fréchet shape.
 IDENTITY = (np.float32(1.0), np.float32(0.0))  # (a, b): the features as they are.
+TRAIN_TRANSFORM, TEST_TRANSFORM = 'train_transform', 'test_transform'
+TARGETS = (TRAIN_TRANSFORM, TEST_TRANSFORM)  # config.sweep.parametric_target
 
 
 @dataclasses.dataclass(frozen=True)

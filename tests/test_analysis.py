@@ -1,6 +1,7 @@
 """The sweep stage (records, statistics, figures, one trace per resolution) and K_test='auto'."""
 
 import csv
+import dataclasses
 import json
 import pathlib
 
@@ -43,6 +44,8 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
 
   monkeypatch.setattr(evaluate, 'eval_step', counting_step)
   config = tiny_config
+  # The central crop at K_train as the target: the map at K_train is then the identity.
+  config.sweep.parametric_target = parametric.TEST_TRANSFORM
   model, variables = create_models(config, tiny_dataset)
   mesh = parallel.create_mesh()
   result = analysis.sweep(config, tiny_dataset, mesh, variables, model,
@@ -98,6 +101,27 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
   assert meta['finetune_test_res'] == {'test_res': 40, 'chosen': 'config.finetune.test_res'}
   for name in ('sweep.png', 'features.png'):
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.slow  # a sweep
+def test_the_parametric_target_is_fitted_on_the_train_transform(tiny_config, tiny_dataset):
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.sweep.resolutions, config.sweep.latency_batch_size = (config.train.image_size,), 0
+  assert config.sweep.parametric_target == parametric.TRAIN_TRANSFORM  # the default
+  model, variables = create_models(config, tiny_dataset)
+  mesh = parallel.create_mesh()
+  meta = analysis.sweep(config, tiny_dataset, mesh, {'trained': variables['trained']},
+                        model).meta['parametric']
+  views = pipeline.train_view_batches(config, tiny_dataset, config.sweep.parametric_split)
+  expected = evaluate.fit_pooled_features(evaluate.jit_eval_step(model), parallel.replicate(
+      variables['trained'], mesh), views, mesh)
+  assert meta['target'] == 'train_transform'
+  assert meta['target_fit'] == pytest.approx(dataclasses.asdict(expected))
+  # The random crops zoom in: another law than the central crop's at the same K_train.
+  k_train = config.train.image_size
+  assert meta['target_fit']['scale'] != pytest.approx(meta['fits'][k_train]['scale'], rel=1e-3)
+  assert meta['maps'][k_train] != pytest.approx([1.0, 0.0], abs=1e-3)
 
 
 @pytest.mark.slow  # two sweeps

@@ -161,3 +161,25 @@ def test_progressive_resizing_changes_only_the_size_and_resumes(tiny_config, tin
     resumed = pipeline.stage_batches(tiny_config, tiny_dataset, 'train', start)
     for expected in stream[start:]:
       np.testing.assert_array_equal(next(resumed)['image'], expected['image'])
+
+
+def test_train_view_batches_are_the_train_transform_drawn_from_the_seed(tiny_config,
+                                                                        tiny_dataset):
+  """The parametric adaptation's target images: each image of the slice once, in the order
+  and padding of the test pass, through random crops and flips that the seed fixes."""
+  config, split = tiny_config, 'train[-10%:]'
+  stack = lambda batches: {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  views = stack(list(pipeline.train_view_batches(config, tiny_dataset, split)))
+  again = stack(list(pipeline.train_view_batches(config, tiny_dataset, split)))
+  test = stack(list(pipeline.config_eval_batches(config, tiny_dataset, split,
+                                                 config.train.image_size)))
+  assert views['image'].shape == test['image'].shape  # K_train, padded as the test pass
+  np.testing.assert_array_equal(views['label'], test['label'])
+  np.testing.assert_array_equal(views['mask'], test['mask'])
+  np.testing.assert_array_equal(views['image'], again['image'])
+  real = views['mask'] == 1
+  differs = lambda a, b: np.abs(a - b).reshape(len(a), -1).max(axis=1) > 1e-3
+  assert differs(views['image'][real], test['image'][real]).all()
+  config.seed += 1
+  other = stack(list(pipeline.train_view_batches(config, tiny_dataset, split)))
+  assert differs(views['image'][real], other['image'][real]).all()

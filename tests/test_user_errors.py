@@ -143,6 +143,7 @@ BAD_VALUES = [
     ('sweep.evals', ('validation', 'validation'), 'names a set twice'),
     ('sweep.batch_size', 12, 'is not a positive multiple of the 8 devices'),
     ('sweep.parametric_split', 'validation', 'must be a slice of the training split'),
+    ('sweep.parametric_target', 'train', "use one of ('train_transform', 'test_transform')"),
 ]
 # Where a bad value is refused elsewhere: only the dataset can tell (test_sources.py,
 # test_an_unknown_dataset_name_is_named, the split ranges below), or any value is usable.

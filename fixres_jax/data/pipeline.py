@@ -198,6 +198,15 @@ def config_eval_batches(config, dataset: Dataset, split: str, image_size: int,
                       skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
 
 
+def train_view_batches(config, dataset: Dataset, split: str) -> Iterator[dict]:
+  """Every image of `split` once through the train transform at K_train (random crops and
+  flips drawn from config.seed): what the network's classifier was trained on, for the
+  parametric adaptation's target; padded and masked as config_eval_batches."""
+  return eval_batches(dataset, split, config.sweep.batch_size, train_transform(config),
+                      skip_corrupt=config.data.skip_corrupt, cache=config.data.cache,
+                      seed=config.seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalData:
   """An evaluation set ready to read: its source, split and how its labels score.
@@ -386,7 +395,7 @@ def repeat_examples(ds: tf.data.Dataset, repetitions: int, shard_batch: int, gro
 
 def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Callable,
                  start_batch: int = 0, skip_corrupt: bool = False, cache: bool = False,
-                 rule: str = 'single') -> Iterator[dict]:
+                 rule: str = 'single', seed: Optional[int] = None) -> Iterator[dict]:
   """Every example of `split` exactly once, through `transform`, padded and masked.
 
   Every process yields the same number of batches (no multi-host hang); padding examples
@@ -399,6 +408,8 @@ def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Cal
     skip_corrupt, cache: as ReadOptions.
     rule: evalsets.LABEL_RULES: 'real' reads each example's labels as a multi-hot float32
       [classes] and masks out the images that have none (they are left out of the scores).
+    seed: None, or a random transform's seed: `transform` is then (image bytes, [2] seed)
+      -> image, each example's seed from (seed, this process, its position).
 
   Yields:
     {'image', 'label', 'mask': float32 [local_batch]}.
@@ -411,7 +422,11 @@ def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Cal
     if rule == 'real':
       label = tf.minimum(tf.reduce_sum(tf.one_hot(label, dataset.num_classes), axis=0), 1.0)
       mask = tf.cast(tf.size(ex['label']) > 0, tf.float32)
-    return {'image': transform(ex['image']), 'label': label, 'mask': mask}
+    if seed is None:
+      return {'image': transform(ex['image']), 'label': label, 'mask': mask}
+    example_seed = tf.stack([tf.constant(epoch_shard_seed(seed, 0, jax.process_index()),
+                                         tf.int64), ex['index']])
+    return {'image': transform(ex['image'], example_seed), 'label': label, 'mask': mask}
 
   ds = _read(dataset, split, jax.process_index(), jax.process_count(), False, None, cache)
   # Skip before decoding, unless skipped corrupt images shift the batches: then count
