@@ -247,15 +247,22 @@ def claim_c(runs_by_res: Dict[int, list], flops: Dict[int, float]) -> dict:
   low = min(runs_by_res)
   rows = {}
   for high in (k for k in sorted(runs_by_res) if k > low):
-    tuned = stats(per_seed(runs_by_res[low], lambda r, h=high: finetuned_at(r, h)))
-    native = stats(per_seed(runs_by_res[high], lambda r: trained_at(r, r['train_res'])))
+    tuned_values = per_seed(runs_by_res[low], lambda r, h=high: finetuned_at(r, h))
+    native_values = per_seed(runs_by_res[high], lambda r: trained_at(r, r['train_res']))
+    tuned, native = stats(tuned_values), stats(native_values)
     native_best = stats(per_seed(runs_by_res[high], lambda r: trained_at(
         r, r['selected_test_res'])))
     seconds = {k: stats(per_seed(runs_by_res[k], lambda r: r['train_seconds']))
                for k in (low, high)}
     holds = (None if tuned['mean'] is None or native['mean'] is None else
              bool(tuned['mean'] >= native['mean'] - native['std']))
+    # Paired by seed (the same seed's initialisation and example order at both K_train).
+    by_seed = [{r['seed']: v for r, v in zip(runs_by_res[k], values)}
+               for k, values in ((low, tuned_values), (high, native_values))]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
     rows[high] = {'low': low, 'top1_low_finetuned': tuned, 'top1_high_at_high': native,
+                  'compare': compare([by_seed[0][s] for s in seeds],
+                                     [by_seed[1][s] for s in seeds]),
                   'top1_high_at_selected': native_best, 'train_seconds': seconds,
                   'time_ratio': (seconds[low]['mean'] / seconds[high]['mean']
                                  if seconds[high]['mean'] else None),

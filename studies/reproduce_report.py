@@ -238,13 +238,14 @@ def format_claim_c(claim: dict) -> List[str]:
   for high, row in sorted(claim['rows'].items()):
     ratio = f"{row['time_ratio']:.2f}" if row['time_ratio'] else 'n/a'
     rows.append([row['low'], high, common.pct(row['top1_low_finetuned']),
-                 common.pct(row['top1_high_at_high']), common.pct(row['top1_high_at_selected']),
+                 common.pct(row['top1_high_at_high']), claims.margin_text(row['compare']),
+                 common.pct(row['top1_high_at_selected']),
                  f"{ratio} ({row['train_seconds'][row['low']]['mean']:.0f} s / "
                  f"{row['train_seconds'][high]['mean']:.0f} s)", f"{row['flops_ratio']:.2f}",
                  claims.verdict(row['holds'])])
   return lines + [common.format_table(
       ['trained at', 'fine-tuned at K', 'its top-1', 'trained at K, tested at K',
-       'trained at K, at its selected K_test', 'train time ratio (median step time x steps)',
+       'difference (paired by seed)', 'trained at K, at its selected K_test', 'train time ratio (median step time x steps)',
        'FLOPs ratio', 'verdict'], rows), '']
 
 

@@ -206,6 +206,9 @@ def test_claim_c_compares_the_low_network_fine_tuned_up_with_the_high_one():
   assert row['top1_high_at_high']['mean'] == pytest.approx(0.721)
   assert row['flops_ratio'] == pytest.approx(1 / 2.25)
   assert row['holds'] is False and claim['holds'] is False  # 0.701 < 0.721 - 0.001
+  # Paired by seed, not by position: seed 1's high run missing leaves seeds 0 and 2.
+  paired = claims.claim_c({32: low, 48: [high[2], high[0]]}, flops={32: 1.0, 48: 2.25})
+  assert paired['rows'][48]['compare']['diffs'] == pytest.approx([-0.02, -0.02])
 
   for run in low:
     run['variants']['ft_at_48']['top1'] = 0.7205
