@@ -20,10 +20,10 @@ import numpy as np
 
 from fixres_jax import evalsets
 from fixres_jax import losses
-from fixres_jax import models
 from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import preemption
+from fixres_jax import tta as tta_lib
 
 # Pooled features are >= 0; exact zeros are counted apart. 32 bins per decade over 1e-4..1e3
 # (a 7.5% relative resolution for quantiles), plus a bin below and one above.
@@ -119,38 +119,43 @@ def feature_sums(features: jax.Array, mask: jax.Array) -> dict:
 
 
 def eval_step(model, variables: dict, batch: dict, adaptation=None,
-              scoring: Scoring = SINGLE) -> dict:
+              scoring: Scoring = SINGLE, tta: tta_lib.TestTimeAugment = tta_lib.PLAIN) -> dict:
   """Metric and feature sums over a global batch, in inference mode.
 
   Args:
     model: the flax module (see models/__init__.py for what it provides).
     variables: {'params', 'batch_stats'}.
-    batch: {'image', 'label', 'mask'}.
+    batch: {'image', 'label', 'mask'}; with test-time augmentation, 'image' holds the views
+      its pipeline makes (tta.view_groups).
     adaptation: (a, b) of parametric.adapt_features, or None. One forward pass serves the
       model and its parametric adaptation: the head is applied to the pooled features and
       to their adapted version.
     scoring: how the labels score (Scoring).
+    tta: test-time augmentation (tta.py, resolved by tta.for_model): the logits are the
+      average over its views; the feature sums are those of its first view.
 
   Returns:
     {'plain': sums}, plus {'adapted': sums} with an adaptation.
   """
-  logits, features = model.apply(variables, batch['image'], train=False, return_features=True)
-  result = {'plain': {**metric_sums(logits, batch, scoring),
-                      **feature_sums(features, batch['mask'])}}
+  out = tta_lib.forward(model, variables, batch['image'], tta, adaptation)
+  result = {'plain': {**metric_sums(out['logits'], batch, scoring),
+                      **feature_sums(out['features'], batch['mask'])}}
   if adaptation is not None:
-    adapted = parametric.adapt_features(features, *adaptation)
-    logits = models.apply_head(model, variables['params'][model.HEAD], adapted)
-    result['adapted'] = {**metric_sums(logits, batch, scoring),
-                         **feature_sums(adapted, batch['mask'])}
+    result['adapted'] = {**metric_sums(out['adapted_logits'], batch, scoring),
+                         **feature_sums(out['adapted_features'], batch['mask'])}
   return result
 
 
-def jit_eval_step(model, scoring: Scoring = SINGLE):
-  """eval_step with the model and scoring bound, jitted (traced once per resolution and batch
-  shape)."""
-  if scoring == SINGLE:  # the default's call is eval_step(model, variables, batch, adaptation)
-    return jax.jit(functools.partial(eval_step, model))
-  return jax.jit(functools.partial(eval_step, model, scoring=scoring))
+def jit_eval_step(model, scoring: Scoring = SINGLE,
+                  tta: tta_lib.TestTimeAugment = tta_lib.PLAIN):
+  """eval_step with the model, scoring and test-time augmentation bound, jitted (traced once
+  per resolution and batch shape)."""
+  bound = {}  # the default's call is eval_step(model, variables, batch, adaptation)
+  if scoring != SINGLE:
+    bound['scoring'] = scoring
+  if tta != tta_lib.PLAIN:
+    bound['tta'] = tta
+  return jax.jit(functools.partial(eval_step, model, **bound))
 
 
 def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dict]:

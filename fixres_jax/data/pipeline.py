@@ -24,6 +24,7 @@ from fixres_jax import evalsets
 from fixres_jax.data import preprocess
 from fixres_jax.data import service as service_lib
 from fixres_jax.data import sources
+from fixres_jax.data import views
 
 Dataset = Union[sources.TfdsSource, sources.FolderSource]
 
@@ -143,6 +144,16 @@ def test_transform(config, image_size: int) -> Callable:
                            dtype=tf.dtypes.as_dtype(data.dtype), **test_view(data))
 
 
+def tta_transform(config, image_size: int, spec=None) -> Callable:
+  """image bytes -> the views of test-time augmentation `spec` (tta.TestTimeAugment) at
+  image_size (data/views.py), or the test transform when it needs no more than that view."""
+  if spec is None or not spec.data_views:
+    return test_transform(config, image_size)
+  return functools.partial(views.preprocess_views, sizes=spec.sizes(image_size),
+                           crops=spec.crops, dtype=tf.dtypes.as_dtype(config.data.dtype),
+                           **test_view(config.data))
+
+
 def test_view(data) -> dict:
   """config.data's test-transform arguments, shared by the test and fine-tuning transforms."""
   return dict(crop_pct=data.crop_pct, decode=data.decode, resize=data.test_resize,
@@ -189,12 +200,13 @@ def sized_train_batches(config, dataset: Dataset, start_step: int) -> Iterator[d
 
 
 def config_eval_batches(config, dataset: Dataset, split: str, image_size: int,
-                        global_batch: Optional[int] = None, start_batch: int = 0
-                        ) -> Iterator[dict]:
-  """Every evaluation pass: `split` at the test transform at image_size, with config.data's
-  reading options; global_batch defaults to config.sweep.batch_size."""
+                        global_batch: Optional[int] = None, start_batch: int = 0,
+                        tta=None) -> Iterator[dict]:
+  """Every evaluation pass: `split` at the test transform at image_size (or the views of
+  test-time augmentation `tta`, a tta.TestTimeAugment), with config.data's reading options;
+  global_batch defaults to config.sweep.batch_size."""
   return eval_batches(dataset, split, global_batch or config.sweep.batch_size,
-                      test_transform(config, image_size), start_batch,
+                      tta_transform(config, image_size, tta), start_batch,
                       skip_corrupt=config.data.skip_corrupt, cache=config.data.cache)
 
 
@@ -250,10 +262,12 @@ def load_eval_sets(config, dataset: Dataset) -> list:
   return loaded
 
 
-def eval_set_batches(config, eval_data: EvalData, image_size: int) -> Iterator[dict]:
+def eval_set_batches(config, eval_data: EvalData, image_size: int, tta=None
+                     ) -> Iterator[dict]:
   """config_eval_batches of an evaluation set, its labels as its rule reads them."""
   return eval_batches(eval_data.source, eval_data.split, config.sweep.batch_size,
-                      test_transform(config, image_size), skip_corrupt=config.data.skip_corrupt,
+                      tta_transform(config, image_size, tta),
+                      skip_corrupt=config.data.skip_corrupt,
                       cache=config.data.cache, rule=eval_data.rule)
 
 
@@ -434,10 +448,11 @@ def eval_batches(dataset: Dataset, split: str, global_batch: int, transform: Cal
   raw_skip = 0 if skip_corrupt else start_batch * local_batch
   ds = _decode(ds.skip(raw_skip), dataset, transform_fn, skip_corrupt)
   ds = ds.skip(start_batch * local_batch - raw_skip)
-  image = ds.element_spec['image']
+  zeros = lambda spec: tf.zeros(spec.shape, spec.dtype)
   label = ds.element_spec['label']
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(image.shape, image.dtype),
+      # An image, or test-time augmentation's views (a tuple over scales).
+      'image': tf.nest.map_structure(zeros, ds.element_spec['image']),
       'label': tf.zeros(label.shape, label.dtype), 'mask': tf.constant(0.0, tf.float32)}
       ).repeat()
   ds = ds.concatenate(padding).take((num_batches - start_batch) * local_batch)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Path = Tuple[str, ...]
+FEATURE_MAP = 'feature_map'  # the optional sown final feature map (FixResModel)
 
 
 @runtime_checkable
@@ -29,6 +30,10 @@ class FixResModel(Protocol):
       mode reads its output).
     num_classes: the classifier's size.
     dtype: the computation dtype.
+
+  Optional: a model that sows its final feature map [batch, h, w, F] (what global pooling
+  averages into the features) with self.sow('intermediates', FEATURE_MAP, x) supports timm's
+  test-time pooling (tta.py); check_contract then checks that the map averages to the features.
   """
   HEAD: str
   num_classes: int
@@ -59,6 +64,23 @@ class FixResModel(Protocol):
 
 class ContractError(ValueError):
   """A model that breaks the contract, with every violation found."""
+
+
+def apply_with_feature_map(model: Any, variables: dict, images: jax.Array) -> tuple:
+  """(logits, features, feature map in float32) in inference mode.
+
+  Raises:
+    ContractError: the model does not sow its feature map.
+  """
+  (logits, features), state = model.apply(variables, images, train=False,
+                                           return_features=True, mutable=['intermediates'])
+  sown = state.get('intermediates', {}).get(FEATURE_MAP)
+  if sown is None:
+    raise ContractError(f'{type(model).__name__} does not sow its final feature map as '
+                        f"('intermediates', {FEATURE_MAP!r}), which test-time pooling needs "
+                        '(fixres_jax/models/contract.py): sow it before global pooling, or '
+                        "evaluate without 'test_time_pool'.")
+  return logits, features, sown[-1].astype(jnp.float32)
 
 
 def get_at(tree: dict, path: Sequence[str]) -> Any:
@@ -129,9 +151,13 @@ def layout_problems(model: Any, image_size: int) -> list:
 
 def mode_problems(model: Any, image_size: int) -> list:
   """Outputs, and which BatchNorm statistics each mode updates, on four random images."""
-  variables, logits, features, finetuned, trained = jax.jit(functools.partial(
+  variables, logits, features, finetuned, trained, feature_map = jax.jit(functools.partial(
       run_modes, model))(jax.random.normal(jax.random.key(1), (4, image_size, image_size, 3)))
   problems = []
+  if feature_map is not None and (feature_map.ndim != 4 or not np.allclose(
+      np.mean(feature_map, axis=(1, 2)), features, rtol=1e-4, atol=1e-5)):
+    problems.append(f'the sown {FEATURE_MAP!r} ({list(feature_map.shape)}) does not average '
+                    'over its positions to the pooled features')
   if logits.shape != (4, model.num_classes) or logits.dtype != jnp.float32:
     problems.append(f'logits are {logits.dtype}{list(logits.shape)}, not float32'
                     f'[4, {model.num_classes}]')
@@ -150,14 +176,17 @@ def mode_problems(model: Any, image_size: int) -> list:
 
 
 def run_modes(model: Any, images: jax.Array) -> tuple:
-  """The model initialised on `images`, its (logits, features) in inference, and the
-  statistics after one finetune=True and one train=True call: one compilation."""
+  """The model initialised on `images`, its (logits, features) in inference, the
+  statistics after one finetune=True and one train=True call, and its sown feature map (None
+  when it sows none): one compilation."""
   variables = model.init(jax.random.key(0), images)
-  logits, features = model.apply(variables, images, return_features=True)
+  (logits, features), state = model.apply(variables, images, return_features=True,
+                                          mutable=['intermediates'])
+  feature_map = state.get('intermediates', {}).get(FEATURE_MAP, (None,))[-1]
   rngs = {'dropout': jax.random.key(2)}
   stats = [model.apply(variables, images, mutable=['batch_stats'], rngs=rngs,
                        **{mode: True})[1]['batch_stats'] for mode in ('finetune', 'train')]
-  return (variables, logits, features, *stats)
+  return (variables, logits, features, *stats, feature_map)
 
 
 def changed_paths(before: dict, after: dict) -> set:

@@ -251,6 +251,7 @@ class ResNet(nn.Module):
                            / max(num_blocks_total - 1, 1),
                            dtype=self.dtype, name=name)(x, bn_modes, train)
         in_planes, block_index = out_planes, block_index + 1
+    self.sow('intermediates', 'feature_map', x)  # contract.FEATURE_MAP: test-time pooling
     features = jnp.mean(x, axis=(1, 2))
     logits = create_head(self.num_classes, self.dtype, name=self.HEAD,
                          zero_init=self.zero_init_head)(features)

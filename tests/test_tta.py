@@ -1,0 +1,151 @@
+"""Test-time augmentation against its references on converted weights: torchvision's FiveCrop
+and TenCrop, a flipped input, and multi-scale averaging through torch on the same pixels;
+timm's TestTimePoolHead on a converted timm ResNet."""
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import timm.layers
+import timm.models.resnet
+import torch
+from torchvision import transforms
+
+from fixres_jax import convert
+from fixres_jax import models
+from fixres_jax import tta
+from fixres_jax.data import views
+
+NUM_CLASSES = 10
+K_TEST = 64
+# The resize of the test transform at K_TEST is the identity on this image (its shorter side
+# is floor(64 / 0.875) = 73), so torchvision and the pipeline crop the very same pixels; the
+# horizontal margin 91 - 64 is odd, so TenCrop's mirrored centre is a window of its own.
+IMAGE_SHAPE = (73, 91)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope='module')
+def networks():
+  """A timm ResNet (one basic block per stage) with random BN statistics, and its Flax copy."""
+  torch.manual_seed(0)
+  torch_model = timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [1, 1, 1, 1],
+                                          num_classes=NUM_CLASSES)
+  with torch.no_grad():
+    for module in torch_model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.momentum = 1.0  # running statistics := those of one batch
+    torch_model.train()
+    torch_model(torch.randn(4, 3, K_TEST, K_TEST))
+  torch_model.eval()
+  model = models.create_model('resnet', NUM_CLASSES, stage_sizes=(1, 1, 1, 1), block='basic',
+                              num_filters=64)
+  state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  return torch_model, model, convert.convert_state_dict(state_dict, model)
+
+
+@pytest.fixture(scope='module')
+def png_bytes():
+  """A smooth random RGB image, PNG-encoded (lossless: both sides decode the same pixels)."""
+  rng = np.random.default_rng(0)
+  coarse = rng.uniform(0, 255, (IMAGE_SHAPE[0] // 8 + 1, IMAGE_SHAPE[1] // 8 + 1, 3))
+  image = Image.fromarray(coarse.astype(np.uint8)).resize(IMAGE_SHAPE[::-1], Image.BILINEAR)
+  noisy = np.clip(np.asarray(image, np.float64) + rng.normal(0, 12, image.size[::-1] + (3,)),
+                  0, 255)
+  out = io.BytesIO()
+  Image.fromarray(noisy.astype(np.uint8)).save(out, format='PNG')
+  return out.getvalue()
+
+
+def torch_logits(torch_model, tensors) -> np.ndarray:
+  """The mean of the torch model's logits over a list of [3, H, W] views."""
+  with torch.no_grad():
+    return torch_model(torch.stack(tensors)).mean(0).numpy()
+
+
+def flax_logits(model, variables, images, spec) -> np.ndarray:
+  """tta.forward's averaged logits for one image's views (batch of 1)."""
+  batch = jax.tree.map(lambda x: jnp.asarray(x)[None], images)
+  forward = jax.jit(lambda v, x: tta.forward(model, v, x, spec)['logits'])
+  return np.asarray(forward(variables, batch))[0]
+
+
+def torchvision_views(png: bytes, name: str) -> list:
+  """The references' views: torchvision's Resize + CenterCrop, FiveCrop or TenCrop on PIL."""
+  image = transforms.Resize(int(K_TEST / 0.875))(Image.open(io.BytesIO(png)).convert('RGB'))
+  to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+  if name == 'flip':
+    view = to_tensor(transforms.CenterCrop(K_TEST)(image))
+    return [view, view.flip(-1)]  # the mirror of the input tensor
+  crops = {'five_crop': transforms.FiveCrop, 'ten_crop': transforms.TenCrop}[name](K_TEST)(image)
+  return [to_tensor(crop) for crop in crops]
+
+
+@pytest.mark.parametrize('name', ['flip', 'five_crop', 'ten_crop'])
+def test_views_equal_torchvision_on_the_same_pixels(networks, png_bytes, name):
+  torch_model, model, variables = networks
+  spec = tta.parse(name)
+  images = views.preprocess_views(tf.constant(png_bytes), spec.sizes(K_TEST), spec.crops)
+  expected = torch_logits(torch_model, torchvision_views(png_bytes, name))
+  logits = flax_logits(model, variables, images.numpy(), spec)
+  assert spec.forward_passes == {'flip': 2, 'five_crop': 5, 'ten_crop': 10}[name]
+  assert np.max(np.abs(logits)) > 0.1
+  np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_multiscale_averages_the_logits_of_every_scale(networks, png_bytes):
+  torch_model, model, variables = networks
+  spec = tta.parse('multiscale:0.75,1')
+  images = views.preprocess_views(tf.constant(png_bytes), spec.sizes(K_TEST), spec.crops)
+  assert [v.shape[0] for v in images] == [48, 64]
+  per_scale = [torch_logits(torch_model, [torch.from_numpy(v.numpy().transpose(2, 0, 1))])
+               for v in images]
+  logits = flax_logits(model, variables, tuple(v.numpy() for v in images), spec)
+  np.testing.assert_allclose(logits, np.mean(per_scale, axis=0), atol=1e-4)
+  assert spec.forward_passes == 2
+  assert spec.relative_flops(K_TEST) == pytest.approx(0.75**2 + 1)
+
+
+def test_test_time_pool_equals_timms_head(networks):
+  torch_model, model, variables = networks
+  spec = tta.for_model(tta.parse('test_time_pool'), model, train_res=K_TEST)
+  assert spec.pool_window == (2, 2)  # timm's pool_size: K_train / 32
+  images = torch.randn(2, 3, 2 * K_TEST, 2 * K_TEST, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = timm.layers.TestTimePoolHead(torch_model, original_pool=2)(images).numpy()
+  forward = jax.jit(lambda v, x: tta.forward(model, v, x, spec)['logits'])
+  logits = np.asarray(forward(variables, images.numpy().transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(logits, expected, atol=1e-4)
+  # At K_train the window covers the whole map: the plain network.
+  small = images[:, :, :K_TEST, :K_TEST].numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(np.asarray(forward(variables, small)),
+                             np.asarray(model.apply(variables, small)), atol=1e-5)
+
+
+@pytest.mark.parametrize('name, passes', [
+    ('none', 1), ('flip', 2), ('five_crop', 5), ('ten_crop', 10), ('five_crop+flip', 10),
+    ('multiscale:0.8,1,1.2', 3), ('multiscale:0.8,1.2+flip', 4), ('test_time_pool', 1),
+    ('test_time_pool+ten_crop', 10)])
+def test_forward_passes_are_counted(name, passes):
+  assert tta.parse(name).forward_passes == passes
+
+
+@pytest.mark.parametrize('name, message', [
+    ('tencrop', "'tencrop' is not a test-time augmentation"),
+    ('', "use 'none' or parts of"),
+    ('flip+flip', "names 'flip' twice"),
+    ('ten_crop+flip', 'already holds the mirror images'),
+    ('five_crop+ten_crop', 'name one'),
+    ('multiscale:', 'needs positive factors'),
+    ('multiscale:0,1', 'needs positive factors'),
+    ('multiscale:1,1', 'repeats a factor'),
+])
+def test_a_bad_name_says_what_is_allowed(name, message):
+  with pytest.raises(ValueError, match=message):
+    tta.parse(name)
