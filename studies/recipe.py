@@ -156,37 +156,26 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
   return '\n'.join(lines)
 
 
-def effect_text(result: dict, baseline: dict) -> str:
-  """A variant against the baseline in words, with the points they rest on."""
-  c = result['vs_baseline']
-  if c['n'] < 2:
+def effect_text(result: dict) -> str:
+  """A variant against the baseline: the mean of the per-seed differences, resolved beyond
+  3 std or bounded by its 95 % interval, and the per-seed values."""
+  if result['vs_baseline']['n'] < 2:
     return 'not measured over seeds'
-  diffs = [100 * d for d in c['diffs']]
-  if all(d < 0 for d in diffs):
-    return (f'trailed the baseline on every seed (by {min(-d for d in diffs):.1f}-'
-            f'{max(-d for d in diffs):.1f} points)')
-  if all(d > 0 for d in diffs):
-    return f'led it on every seed (by {min(diffs):.1f}-{max(diffs):.1f} points)'
-  spread = baseline['exact']['std']
-  if abs(c['margin']) < spread:
-    return (f"moved it by less than the seed spread ({100 * c['margin']:+.2f} points, the "
-            f'baseline\'s spread {100 * spread:.2f})')
-  return f"moved it by {100 * c['margin']:+.2f} points (per seed " + ', '.join(
-      f'{d:+.1f}' for d in diffs) + ')'
+  return claims.margin_text(result['vs_baseline'])
 
 
 def readme_block(results: dict) -> str:
   """README's recipe paragraph from recipe.json: each option against the baseline, and exact
   against fast decoding at test time."""
   baseline = results['baseline']
-  effects = [f'{LABELS[name]} {effect_text(r, baseline)}'
+  effects = [f'{LABELS[name]} {effect_text(r)}'
              for name, r in results.items() if name != 'baseline']
   decoding = [abs(100 * d) for r in results.values() for d in r['exact_minus_fast'].get(
       'diffs', [])]
   text = ('The effect of each training option on the embedded dataset is in '
           '[docs/RECIPE.md](docs/RECIPE.md) (`python -m studies.recipe`): over '
           f"{baseline['exact']['n']} seeds of the demo network (K_train {TRAIN_RES}), top-1 at "
-          'the chosen K_test: ' + '; '.join(effects) + '. Exact against fast decoding at test '
+          'the chosen K_test, option minus baseline: ' + '; '.join(effects) + '. Exact against fast decoding at test '
           f'time differed by at most {max(decoding):.2f} points on every variant and seed.')
   stuck = variant_grid.never_learned(results, LABELS, 'exact_at_train_res')
   return text + (f' {stuck}' if stuck else '')
