@@ -13,6 +13,9 @@ its pooled features mapped by parametric.py's scalar transform, fitted at each K
 config.sweep.parametric_split, a slice of the TRAINING split (never the validation split), onto
 the target law config.sweep.parametric_target names.
 
+With an adapter bank (adapters.py), model 'adapter' is each of its adapters, scored at its
+own K_test only.
+
 Outputs (WORKDIR/): sweep.json (records {'eval', 'model', 'test_res', 'top1', 'top5',
 'num_images', 'zero_fraction', 'loss', 'nll', 'ece'}, 'eval' naming the set), sweep.csv,
 sweep.png (top-1 against K_test, one panel per set; K_train, the analytic K_test* of
@@ -60,7 +63,8 @@ class SweepResult:
 
 
 def sweep(config, dataset, mesh, models: Dict[str, dict], model,
-          finetune_test_res: Optional[tuple] = None, workdir=None) -> SweepResult:
+          finetune_test_res: Optional[tuple] = None, workdir=None,
+          adapters: Optional[Dict[int, dict]] = None) -> SweepResult:
   """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions.
 
   Args:
@@ -71,12 +75,15 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     workdir: where sweep.json and sweep.csv are rewritten after each resolution, so that a
       later failure loses none of them (write_sweep writes every output at the end).
 
+    adapters: {K_test: variables} of the adapter bank (adapters.load_bank): each is scored
+      at its own K_test, as model 'adapter'.
   Returns:
     the records, feature statistics and metadata (timing, analytic K_test*, fits).
   """
   from fixres_jax.data import pipeline  # only the loop needs TensorFlow
   cfg, train_res = config.sweep, config.train.image_size
   models = {name: parallel.replicate(v, mesh) for name, v in models.items()}
+  adapters = adapters or {}
   step_fn = evaluate.jit_eval_step(model)
   step_fns = {evaluate.SINGLE: step_fn}  # one jitted step per label rule
   batches = functools.partial(pipeline.config_eval_batches, config, dataset)
@@ -112,6 +119,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     if cfg.parametric:  # the trained model's pass also yields its adapted version
       entries['trained'] = (models['trained'],
                             parametric.quantile_map(fit_at(test_res), fit_target()))
+    if test_res in adapters:  # the bank's adapter made at this K_test, placed when used
+      entries['adapter'] = (parallel.replicate(adapters[test_res], mesh),
+                            parametric.IDENTITY)
     for eval_data in eval_sets:
       totals = evaluate.evaluate(step_for(eval_data), entries,
                                  pipeline.eval_set_batches(config, eval_data, test_res), mesh)
@@ -141,6 +151,8 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
                      'rule': e.rule, 'num_classes_scored': len(e.classes) or None}
                     for e in eval_sets],
           'analytic_test_res': analytic_test_res(config, dataset)}
+  if adapters:
+    meta['adapters'] = sorted(int(k) for k in adapters)
   if 'finetuned' in models and finetune_test_res and finetune_test_res[0] is not None:
     meta['finetune_test_res'] = {'test_res': int(finetune_test_res[0]),
                                  'chosen': finetune_test_res[1]}

@@ -25,6 +25,9 @@ Resuming: pass 1 saves its running moments (WORKDIR/feature_cache/moments_pN.jso
 flushes an on-disk cache with a progress marker every config.checkpoint.every_steps batches
 (an in-memory cache is recomputed). The head phase, seconds long, checkpoints at its end and
 on SIGTERM only.
+
+fit_adapter runs the same passes and head at another K_test without a stage checkpoint: the
+adapter bank (config.finetune.adapter_resolutions, adapters.py) keeps only its result.
 """
 
 import functools
@@ -384,6 +387,41 @@ def finetune_cached(config, workdir: str, data: stage_lib.StageData, mesh, varia
   Returns:
     the fine-tuned variables.
   """
+  stage, prepare, work = create_head_stage(config, workdir, data, mesh, variables, on_batch)
+  state = stage_lib.run_stage(stage, workdir, mesh, prepare)
+  if 'cache' in work:
+    record_cache_work(workdir, work, stage.total_steps, 'finetune_cache')
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def fit_adapter(config, workdir: str, data: stage_lib.StageData, mesh, variables: dict,
+                on_batch: Optional[Callable] = None) -> dict:
+  """What finetune_cached makes at config.finetune.test_res, without its checkpoints.
+
+  The adapter bank's fine-tuning (adapters.py): passes 1 and 2 save and resume as the
+  stage's do; the head, seconds long, is trained whole, from the same state, batches and
+  steps as run_stage would run.
+
+  Returns:
+    the fine-tuned variables.
+  """
+  stage, prepare, work = create_head_stage(config, workdir, data, mesh, variables, on_batch)
+  state, batches = prepare(parallel.replicate(stage.state, mesh))
+  for _ in range(stage.total_steps):
+    state, _ = stage_lib.run_step(stage.step_fn, state, next(batches), stage.global_batch)
+  record_cache_work(workdir, work, stage.total_steps,
+                    f'adapter_{config.finetune.test_res}_cache')
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def create_head_stage(config, workdir: str, data: stage_lib.StageData, mesh, variables: dict,
+                      on_batch: Optional[Callable] = None) -> tuple:
+  """The cached mode's stage: the head trained on features the passes store.
+
+  Returns:
+    (the stage_lib.Stage; run_stage's `prepare`, which runs passes 1 and 2 then returns the
+     head's batches; a dict where `prepare` leaves the cache and the passes' timings).
+  """
   cfg = config.finetune
   if cfg.train_bn_affine:
     raise ValueError("config.finetune.mode='cached' trains the classifier only: set "
@@ -418,18 +456,16 @@ def finetune_cached(config, workdir: str, data: stage_lib.StageData, mesh, varia
       'finetune', finetune.create_finetune_state(model, variables, cfg, learning_rate, names),
       functools.partial(head_step, model=model, names=names), total_steps, cfg.batch_size,
       learning_rate, cadence)
-  state = stage_lib.run_stage(stage, workdir, mesh, run_passes_then_batches)
-  if 'cache' in work:
-    record_cache_work(workdir, work, total_steps)
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  return stage, run_passes_then_batches, work
 
 
-def record_cache_work(workdir: str, work: dict, total_steps: int) -> None:
-  """Logs and records this run's share of the cached mode's work; frees the cache."""
+def record_cache_work(workdir: str, work: dict, total_steps: int, tag: str) -> None:
+  """Logs and records (as metrics tagged `tag`) this run's share of the cached mode's work;
+  frees the cache."""
   timings, cache = work['timings'], work['cache']
   timings['head_s'] = time.perf_counter() - work['start']
   logging.info('Head: %d steps on cached features in %.1f s.', total_steps, timings['head_s'])
-  writer = metrics_lib.MetricWriter(workdir, 'finetune_cache')
+  writer = metrics_lib.MetricWriter(workdir, tag)
   writer.write(total_steps, {**timings, 'cache_bytes': cache.nbytes,
                              'num_examples': cache.num_valid, 'num_views': cache.shape[1]})
   writer.close()

@@ -194,6 +194,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.cache_dtype = 'bfloat16'  # 'cached': stored features, 'bfloat16' or 'float32'
   finetune.cache_in_memory_mb = 4096  # 'cached': per process; larger caches go to cache_dir
   finetune.cache_dir = ''  # 'cached': a local disk; '' = WORKDIR/feature_cache
+  # 'cached': also fine-tune at each of these K_test, from the same trained network with the
+  # same seed, keeping only what fine-tuning changes (the last BN's statistics and the
+  # classifier: an adapter, a few MB for ResNet-50) in one bank beside the stage's checkpoint
+  # (adapters.py): the sweep scores each at its K, export takes --test_res=K. () = no bank.
+  finetune.adapter_resolutions = ()
   finetune.log_every_steps = 100
   finetune.profile_steps = 0  # >0: a jax.profiler trace of that many steps in WORKDIR/profile
 
@@ -324,6 +329,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   sizes.update({f'sweep.resolutions[{i}]': r for i, r in enumerate(config.sweep.resolutions)})
   sizes.update({f'finetune.auto_resolutions[{i}]': r
                 for i, r in enumerate(config.finetune.auto_resolutions)})
+  sizes.update({f'finetune.adapter_resolutions[{i}]': r
+                for i, r in enumerate(config.finetune.adapter_resolutions)})
   problems += [f'config.{k}={v!r}: resolutions must be positive integers up to '
                f'{MAX_RESOLUTION} px.' for k, v in sizes.items()
                if not is_integer(v) or not 0 < v <= MAX_RESOLUTION]
@@ -433,7 +440,8 @@ def test_resolutions(config: ml_collections.ConfigDict) -> tuple:
   """Every K_test a run may evaluate or fine-tune at."""
   cfg = config.finetune
   fixed = () if isinstance(cfg.test_res, str) else (cfg.test_res,)
-  return fixed + tuple(cfg.auto_resolutions) + tuple(config.sweep.resolutions)
+  return (fixed + tuple(cfg.auto_resolutions) + tuple(cfg.adapter_resolutions)
+          + tuple(config.sweep.resolutions))
 
 
 def test_view_problems(config: ml_collections.ConfigDict) -> list:
@@ -463,9 +471,9 @@ def test_view_problems(config: ml_collections.ConfigDict) -> list:
 
 def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
   """What config.finetune.mode cannot do with the rest of config.finetune."""
+  problems = adapter_problems(cfg)
   if cfg.mode != 'cached':
-    return []
-  problems = []
+    return problems
   if cfg.augment in augmentations.FINETUNE_AUGMENTS and not augmentations.FINETUNE_AUGMENTS[
       cfg.augment].cached_views:
     problems.append(f"config.finetune.augment={cfg.augment!r} is random, so mode='cached' "
@@ -479,6 +487,21 @@ def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
                     "takes the last BN's statistics over the whole set; set it to 0 or use "
                     "mode='sgd'.")
   return problems
+
+
+def adapter_problems(cfg: ml_collections.ConfigDict) -> list:
+  """What is wrong with config.finetune.adapter_resolutions beyond its range."""
+  resolutions = tuple(cfg.adapter_resolutions)
+  if not resolutions:
+    return []
+  if cfg.mode != 'cached':
+    return [f'config.finetune.adapter_resolutions={resolutions}: the adapter bank is built '
+            f"by the cached mode: set config.finetune.mode='cached' (mode={cfg.mode!r}), or "
+            'adapter_resolutions=().']
+  if len(set(resolutions)) < len(resolutions):
+    return [f'config.finetune.adapter_resolutions={resolutions} names a K_test twice: list '
+            'each once.']
+  return []
 
 
 def recipe_problems(config: ml_collections.ConfigDict) -> list:

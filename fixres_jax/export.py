@@ -3,7 +3,9 @@ r"""Exports a run's network for serving, with the test transform its numbers wer
   python -m fixres_jax.export --workdir=RUN --out=DIR
 
 reads the run's last finished stage (finetune, else train; --stage picks one): its variables,
-and the test transform it wrote beside them (transform_record.py), then writes
+and the test transform it wrote beside them (transform_record.py); --test_res=K takes the
+adapter at K of the run's adapter bank instead (adapters.py: the fine-tuned network with the
+last BN's statistics, the classifier and the transform of its fine-tuning at K). It writes
 
   DIR/saved_model/          TensorFlow SavedModel: 'serving_default' takes encoded images
                             (tf.string [batch], JPEG or PNG bytes) and returns
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fixres_jax import adapters
 from fixres_jax import checkpoint
 from fixres_jax import config as config_lib
 from fixres_jax import console
@@ -99,12 +102,21 @@ def finished_stage(workdir, stage: Optional[str] = None) -> str:
       'whose stage has finished (`python -m fixres_jax.main ... --workdir=` that directory).')
 
 
-def load_run(workdir, stage: Optional[str] = None) -> Run:
-  """The variables, network and test transform of a run's finished stage."""
+def load_run(workdir, stage: Optional[str] = None, test_res: Optional[int] = None) -> Run:
+  """The variables, network and test transform of a run's finished stage, or of its adapter
+  at test_res (its adapter bank's, unless test_res is the finetune stage's own K_test)."""
   config = read_config(workdir)
-  stage = finished_stage(workdir, stage)
+  stage = finished_stage(workdir, 'finetune' if test_res and not stage else stage)
   record = transform_record.require(workdir, stage)
   variables = checkpoint.load_variables(epath.Path(workdir) / 'checkpoints' / stage)
+  if test_res and test_res != record['image_size']:
+    if stage != 'finetune':
+      raise errors.ConfigError(
+          f'--test_res={test_res} selects an adapter of the finetune stage\'s bank: leave '
+          f'--stage={stage} out, or leave --test_res out to export that stage at its '
+          f'K={record["image_size"]}.')
+    variables = adapters.load_adapter(workdir, test_res, variables)
+    record = adapters.read_record(workdir, test_res)
   head = train.create_model(config, 1).HEAD  # its name, whatever the number of classes
   num_classes = variables['params'][head]['kernel'].shape[-1]
   return Run(config, train.create_model(config, num_classes), variables, record)
@@ -149,10 +161,10 @@ def check_writable(out) -> epath.Path:
 
 
 def export(workdir, out, stage: Optional[str] = None, platforms: Sequence[str] = PLATFORMS,
-           torch: bool = False) -> Run:
+           torch: bool = False, test_res: Optional[int] = None) -> Run:
   """Writes DIR's files (see the module docstring); returns what was exported."""
   out = check_writable(out)
-  run = load_run(workdir, stage)
+  run = load_run(workdir, stage, test_res)
   (out / JAX_EXPORT_NAME).write_bytes(export_pixels(run, platforms).serialize())
   from fixres_jax.data import serving  # pylint: disable=g-import-not-at-top  (TensorFlow)
   serving.write_saved_model(os.fspath(out / SAVED_MODEL_NAME), images_fn(run.model),
@@ -166,10 +178,11 @@ def export(workdir, out, stage: Optional[str] = None, platforms: Sequence[str] =
 
 
 def export_or_exit(workdir, out, stage: Optional[str] = None,
-                   platforms: Sequence[str] = PLATFORMS, torch: bool = False) -> Run:
+                   platforms: Sequence[str] = PLATFORMS, torch: bool = False,
+                   test_res: Optional[int] = None) -> Run:
   """export(), where a user's mistake exits with its message alone and errors.EXIT_CODE."""
   try:
-    return export(workdir, out, stage, platforms, torch)
+    return export(workdir, out, stage, platforms, torch, test_res)
   except errors.UserError as e:  # anything else is a bug: its traceback stays
     errors.exit_with(errors.message(e))
 
@@ -191,6 +204,8 @@ def define_flags() -> None:
                     'else train).')
   flags.DEFINE_list('platforms', list(PLATFORMS), 'Platforms the network is lowered for.')
   flags.DEFINE_bool('torch', False, 'Also write torchvision/timm weights (DIR/torch/).')
+  flags.DEFINE_integer('test_res', None, 'Export the adapter at this K_test of the run\'s '
+                       'adapter bank (config.finetune.adapter_resolutions).', lower_bound=1)
   flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -200,7 +215,7 @@ def main(argv):
   quiet_library_logs()
   values = flags.FLAGS
   run = export_or_exit(values.workdir, values.out, values.stage, values.platforms,
-                       values.torch)
+                       values.torch, values.test_res)
   logging.info('Exported the %s stage of %s at K=%d into %s.', run.record['stage'],
                values.workdir, run.record['image_size'], values.out)
 

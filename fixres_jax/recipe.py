@@ -12,6 +12,7 @@ from absl import logging
 from etils import epath
 import jax
 
+from fixres_jax import adapters
 from fixres_jax import analysis
 from fixres_jax import cached_finetune
 from fixres_jax import checkpoint
@@ -75,12 +76,18 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
                                       models['trained'])
     transform_record.write(workdir, transform_record.describe(
         config, 'finetune', *analysis.finetuned_test_res(config, workdir)))
+    if config.finetune.adapter_resolutions:  # at the stage's own transform (its record)
+      adapters.build(config, workdir, lambda c: finetune_data(c, dataset), mesh,
+                     models['trained'], models['finetuned'])
   elif checkpoint.has_steps(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:
     preemption.check_stop('the sweep')
+    bank = (adapters.load_bank(workdir, models['finetuned'], config.sweep.resolutions)
+            if 'finetuned' in models else {})  # each adapter at its own K_test
     result = analysis.sweep(config, dataset, mesh, models, model,
-                            analysis.finetuned_test_res(config, workdir), workdir)
+                            analysis.finetuned_test_res(config, workdir), workdir,
+                            adapters=bank)
     analysis.write_sweep(workdir, result)
     print(analysis.format_table(result.records), flush=True)
     print(analysis.describe_outputs(config, workdir, result.records), flush=True)

@@ -40,7 +40,7 @@ SWEEP_FILES = ('sweep.json', 'sweep.csv', 'stats.json', 'sweep_meta.json', 'swee
 REDO_STAGES = ('train', 'finetune')
 # What each stage's saved work is, relative to the workdir.
 STAGE_FILES = {'train': ('checkpoints/train',),
-               'finetune': ('checkpoints/finetune', AUTO_RECORD)}
+               'finetune': ('checkpoints/finetune', 'checkpoints/adapters', AUTO_RECORD)}
 # Fields that change nothing a saved stage holds: how it is logged, checkpointed, located or
 # evaluated. The sweep is computed anew by every run that has it, and records its settings.
 HARMLESS_FIELDS = frozenset({
@@ -50,6 +50,7 @@ HARMLESS_FIELDS = frozenset({
     'finetune.cache_dir', 'finetune.cache_in_memory_mb',
     # They choose finetune.test_res='auto', which is compared by the K_test it chose.
     'finetune.auto_split', 'finetune.auto_resolutions', 'finetune.auto_metric'})
+HARMLESS_FIELDS |= {'finetune.adapter_resolutions'}  # the bank adds the adapters it lacks
 HARMLESS_SECTIONS = ('sweep', 'checkpoint')
 # Fields of config.data that only the test transform reads: fine-tuning's, not training's.
 # Any other data, model or train field (or one added later) belongs to the train stage.

@@ -128,6 +128,8 @@ BAD_VALUES = [
     ('finetune.auto_split', 'validation', 'must be a slice of the training split'),
     ('finetune.auto_split', 'train[', "Splits use tfds's grammar"),
     ('finetune.auto_resolutions', (0, 64), 'positive integers up to 4096 px'),
+    ('finetune.adapter_resolutions', (0, 64), 'positive integers up to 4096 px'),
+    ('finetune.adapter_resolutions', (48,), "set config.finetune.mode='cached'"),
     ('finetune.auto_max_ms_per_image', -1.0, 'use a number >= 0'),
     ('finetune.auto_max_ms_per_image', float('nan'), 'use a number >= 0'),
     ('finetune.batch_size', 0, 'is not a positive multiple of the 8 devices'),
