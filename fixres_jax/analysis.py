@@ -17,7 +17,9 @@ With an adapter bank (adapters.py), model 'adapter' is each of its adapters, sco
 own K_test only.
 
 Outputs (WORKDIR/): sweep.json (records {'eval', 'model', 'test_res', 'top1', 'top5',
-'num_images', 'zero_fraction', 'loss', 'nll', 'ece'}, 'eval' naming the set), sweep.csv,
+'num_images', 'zero_fraction', 'loss', 'nll', 'ece', 'tta', 'forward_passes',
+'relative_flops'}, 'eval' naming the set; config.sweep.tta's test-time augmentation (tta.py)
+and its cost per image), sweep.csv,
 sweep.png (top-1 against K_test, one panel per set; K_train, the analytic K_test* of
 resolution.py and the fine-tuned model's K_test marked), stats.json, features.png
 and sweep_meta.json (timing, K_test*, the fine-tuned model's K_test, fits); with
@@ -48,6 +50,7 @@ from fixres_jax import parallel
 from fixres_jax import parametric
 from fixres_jax import resolution
 from fixres_jax import transform_record
+from fixres_jax import tta
 
 AUTO = 'auto'
 SHAPE_IMAGES = 500  # training images whose shapes feed the analytic K_test*
@@ -84,8 +87,10 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
   cfg, train_res = config.sweep, config.train.image_size
   models = {name: parallel.replicate(v, mesh) for name, v in models.items()}
   adapters = adapters or {}
-  step_fn = evaluate.jit_eval_step(model)
-  step_fns = {evaluate.SINGLE: step_fn}  # one jitted step per label rule
+  step_fn = evaluate.jit_eval_step(model)  # the parametric fits': the test view alone
+  augment = tta.for_model(tta.parse(cfg.tta), model, train_res)  # of the scored passes
+  # One jitted step per label rule; without test-time augmentation the fits' step is one.
+  step_fns = {evaluate.SINGLE: step_fn} if augment == tta.PLAIN else {}
   batches = functools.partial(pipeline.config_eval_batches, config, dataset)
   eval_sets = pipeline.load_eval_sets(config, dataset)
   fits = {}
@@ -93,7 +98,7 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
   def step_for(eval_data):
     scoring = evaluate.Scoring(eval_data.rule, tuple(eval_data.classes))
     if scoring not in step_fns:
-      step_fns[scoring] = evaluate.jit_eval_step(model, scoring)
+      step_fns[scoring] = evaluate.jit_eval_step(model, scoring, augment)
     return step_fns[scoring]
 
   def fit_at(test_res):  # the trained model's features on a training slice
@@ -124,22 +129,23 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
                             parametric.IDENTITY)
     for eval_data in eval_sets:
       totals = evaluate.evaluate(step_for(eval_data), entries,
-                                 pipeline.eval_set_batches(config, eval_data, test_res), mesh)
+                                 pipeline.eval_set_batches(config, eval_data, test_res,
+                                                           augment), mesh)
       results = {name: total['plain'] for name, total in totals.items()}
       if cfg.parametric:
         results['parametric'] = totals['trained']['adapted']
       for name, total in results.items():
         metrics, feature_stats = evaluate.summarize(total)
         key = {'eval': eval_data.name, 'model': name, 'test_res': int(test_res)}
-        records.append({**key, **metrics})
+        records.append({**key, **metrics, **tta.describe(augment, test_res)})
         stats.append({**key, **feature_stats})
         logging.info('sweep %s %s @ %d: top1 %.4f, ECE %.4f, zero features %.3f',
                      eval_data.name, name, test_res, metrics['top1'], metrics['ece'],
                      metrics['zero_fraction'])
     seconds[int(test_res)] = time.perf_counter() - res_start
     if cfg.latency_batch_size:  # what serving at this K_test costs, one device, warm
-      timings[int(test_res)] = latency.time_forward(model, models['trained'], test_res,
-                                                    cfg.latency_batch_size, config.data.dtype)
+      timings[int(test_res)] = tta.time_forward(model, models['trained'], augment, test_res,
+                                                cfg.latency_batch_size, config.data.dtype)
     if workdir is not None:
       write_records(workdir, records)
   total_seconds = time.perf_counter() - start
@@ -150,7 +156,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
           'evals': [{'name': e.name, 'dataset': e.source.name, 'split': e.split,
                      'rule': e.rule, 'num_classes_scored': len(e.classes) or None}
                     for e in eval_sets],
-          'analytic_test_res': analytic_test_res(config, dataset)}
+          'analytic_test_res': analytic_test_res(config, dataset),
+          'tta': {'name': augment.name, 'forward_passes': augment.forward_passes,
+                  'pool_window': list(augment.pool_window)}}
   if adapters:
     meta['adapters'] = sorted(int(k) for k in adapters)
   if 'finetuned' in models and finetune_test_res and finetune_test_res[0] is not None:
@@ -372,7 +380,7 @@ def best_sentence(records: list, train_res: int) -> str:
 
 
 CSV_FIELDS = ('eval', 'model', 'test_res', 'top1', 'top5', 'loss', 'zero_fraction',
-              'num_images', 'nll', 'ece')
+              'num_images', 'nll', 'ece', 'tta', 'forward_passes', 'relative_flops')
 
 
 def write_sweep(workdir, result: SweepResult) -> None:

@@ -221,6 +221,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'imagenet_real', 'imagenet_a', 'imagenet_r', 'imagenet_sketch'), the embedded dataset's
   # shifts ('synthetic_noise', 'synthetic_jpeg', 'synthetic_blur', 'synthetic_small').
   sweep.evals = (evalsets.PRIMARY,)
+  # Test-time augmentation of every scored pass (fixres_jax/tta.py; the parametric fits and
+  # the 'auto' choice use the test view alone): 'none', or parts joined by '+' of 'flip',
+  # 'five_crop', 'ten_crop', 'multiscale:F1,F2,...' (factors of K_test) and 'test_time_pool'
+  # (timm's), e.g. 'multiscale:0.8,1,1.2+flip'. Records carry its forward passes per image.
+  sweep.tta = 'none'
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000
@@ -354,6 +359,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
                       f'{device_count} devices: use e.g. {device_count * max(1, value // max(device_count, 1))}.')
   problems += choice_problems(config)
   problems += test_view_problems(config)
+  problems += tta_problems(config)
   problems += integer_problems(config)
   problems += finetune_mode_problems(config.finetune)
   problems += recipe_problems(config)
@@ -467,6 +473,13 @@ def test_view_problems(config: ml_collections.ConfigDict) -> list:
                       f'sweep.resolutions): the crop would not fit; use a resize size >= '
                       f'{max(sizes)}, or 0 for K_test / crop_pct.')
   return problems
+
+
+def tta_problems(config: ml_collections.ConfigDict) -> list:
+  """What is wrong with config.sweep.tta (tta.problems)."""
+  from fixres_jax import tta  # pylint: disable=g-import-not-at-top  (jax, as choice_fields)
+  resolutions = [k for k in config.sweep.resolutions if is_integer(k)]
+  return tta.problems(config.sweep.tta, MAX_RESOLUTION, resolutions)
 
 
 def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:

@@ -149,3 +149,37 @@ def test_forward_passes_are_counted(name, passes):
 def test_a_bad_name_says_what_is_allowed(name, message):
   with pytest.raises(ValueError, match=message):
     tta.parse(name)
+
+
+@pytest.mark.slow  # a sweep: the analytic K_test*, the pipeline at two scales
+def test_the_sweep_scores_the_average_of_its_views(tiny_config, tiny_dataset):
+  """Two scales and their mirrors through the sweep (views, padding, masks, the jitted step)
+  score the NLL of the average of the four views' logits, the network applied to each."""
+  from fixres_jax import analysis  # pylint: disable=g-import-not-at-top
+  from fixres_jax import losses  # pylint: disable=g-import-not-at-top
+  from fixres_jax import parallel  # pylint: disable=g-import-not-at-top
+  from fixres_jax import train  # pylint: disable=g-import-not-at-top
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.sweep.resolutions = (32,)
+  config.sweep.parametric = False
+  config.sweep.latency_batch_size = 0
+  config.sweep.tta = 'multiscale:1,1.25+flip'
+  model = train.create_model(config, tiny_dataset.num_classes)
+  variables = train.init_variables(model, config.train.image_size, seed=0)
+  mesh = parallel.create_mesh()
+  (record,) = analysis.sweep(config, tiny_dataset, mesh, {'trained': variables}, model).records
+  assert (record['tta'], record['forward_passes']) == ('multiscale:1,1.25+flip', 4)
+  assert record['relative_flops'] == pytest.approx(2 * (1 + 1.25**2))
+
+  apply = jax.jit(lambda x: model.apply(variables, x))
+  total, count = 0.0, 0.0
+  scales = [pipeline.config_eval_batches(config, tiny_dataset, config.data.eval_split, k)
+            for k in (32, 40)]
+  for small, large in zip(*scales):
+    logits = np.mean([apply(x) for b in (small, large) for x in (b['image'],
+                                                                 b['image'][:, :, ::-1])], 0)
+    total += float(np.sum(losses.cross_entropy(logits, small['label']) * small['mask']))
+    count += float(np.sum(small['mask']))
+  assert record['num_images'] == count
+  assert record['loss'] == pytest.approx(total / count, rel=1e-5)

@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).parent.parent
 FREE_TEXT_FIELDS = {'init_from', 'data.name', 'data.data_dir', 'data.folder',
                     'data.train_split', 'data.eval_split', 'data.image_key', 'data.label_key',
                     'data.service', 'data.randaugment', 'finetune.auto_split',
-                    'finetune.cache_dir', 'sweep.parametric_split'}
+                    'finetune.cache_dir', 'sweep.parametric_split', 'sweep.tta'}
 
 
 def set_field(config, name: str, value) -> None:
@@ -145,6 +145,10 @@ BAD_VALUES = [
     ('sweep.evals', ('validation', 'validation'), 'names a set twice'),
     ('sweep.batch_size', 12, 'is not a positive multiple of the 8 devices'),
     ('sweep.parametric_split', 'validation', 'must be a slice of the training split'),
+    ('sweep.tta', 'tencrop', "'tencrop' is not a test-time augmentation; use 'none' or"),
+    ('sweep.tta', 'ten_crop+flip', 'ten_crop already holds the mirror images'),
+    ('sweep.tta', 'multiscale:0,1', 'needs positive factors of K_test'),
+    ('sweep.tta', 'multiscale:1,200', 'above 4096 px'),
     ('sweep.parametric_target', 'train', "use one of ('train_transform', 'test_transform')"),
 ]
 # Where a bad value is refused elsewhere: only the dataset can tell (test_sources.py,
