@@ -20,9 +20,9 @@ Expect (top-1 on ImageNet validation): 78.1 at 224 after training (the paper's A
 released weights); the FixRes step on top has no published figure, which is what the sweep
 answers (sweep.png: trained against fine-tuned at each K_test). Not reproduced with this code.
 Departures, each visible in the config: the warm-up starts at lr 0 (timm: 1e-4) and the
-cosine decays per step to 0 (timm: per epoch, to 1e-6); the train transform's resize and
-RandAugment's rotations and shears are bilinear (timm's train interpolation is random
-bilinear/bicubic); BatchNorm statistics over the whole global batch (timm: per GPU). Fine-tuning is FixRes v2 (flip, shifted centre
+cosine decays per step to 0 (timm: per epoch, to 1e-6); the train transform's resize is
+bilinear (timm's train interpolation is random bilinear/bicubic; RandAugment's rotations,
+shears and translations do draw theirs as timm does); BatchNorm statistics over the whole global batch (timm: per GPU). Fine-tuning is FixRes v2 (flip, shifted centre
 crop, colour jitter 0.05) on the last BN statistics and the classifier.
 Needs imagenet2012 prepared in TFDS_DATA_DIR (the error message says how).
 """
@@ -48,6 +48,7 @@ def get_config():
   config.train.mix_prob = 1.0
   config.train.mix_switch_prob = 0.5
   config.data.randaugment = 'rand-m6-mstd0.5-inc1'
+  config.data.randaugment_interpolation = 'random'  # timm's train.py default
   # timm's test transform for resnet50.a3_in1k: Resize(floor(224 / 0.95)), CenterCrop(224).
   config.data.crop_pct = 0.95
   config.data.test_interpolation = 'bicubic'

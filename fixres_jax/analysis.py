@@ -7,6 +7,10 @@ through every model) with evaluate.py's step, compiled once per resolution and l
 top-1/top-5, calibration (ECE, NLL) and statistics of the pooled features, from which come
 quantiles, the figure features.png and the parametric adaptation's fits. The first set of
 config.sweep.evals is the headline: the table, the frontier and features.png show it.
+Each K_test is evaluated at each crop fraction of sweep_crop_pcts (records' 'crop_pct'):
+config.data.crop_pct, and the fine-tuned model's when 'auto' chose another
+(finetune.auto_crop_pcts), or config.sweep.crop_pcts; with several, the table, sweep.png and
+frontier.json have a column or curve per model and crop, features.png shows the first.
 
 Models: 'trained', 'finetuned' (when there is one) and 'parametric', the trained network with
 its pooled features mapped by parametric.py's scalar transform, fitted at each K_test on
@@ -32,6 +36,7 @@ import copy
 import csv
 import dataclasses
 import functools
+import itertools
 import json
 import time
 from typing import Dict, Optional
@@ -67,8 +72,10 @@ class SweepResult:
 
 def sweep(config, dataset, mesh, models: Dict[str, dict], model,
           finetune_test_res: Optional[tuple] = None, workdir=None,
+          finetune_crop_pct: Optional[float] = None,
           adapters: Optional[Dict[int, dict]] = None) -> SweepResult:
-  """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions.
+  """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions
+  and crop fraction (sweep_crop_pcts).
 
   Args:
     models: {'trained': variables, 'finetuned': variables, ...}.
@@ -77,6 +84,8 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
       finetuned_test_res gives them; recorded in the metadata, marked in sweep.png.
     workdir: where sweep.json and sweep.csv are rewritten after each resolution, so that a
       later failure loses none of them (write_sweep writes every output at the end).
+    finetune_crop_pct: the crop fraction models['finetuned'] was made at
+      (finetuned_crop_pct); swept beside config.data.crop_pct when sweep.crop_pcts is ().
 
     adapters: {K_test: variables} of the adapter bank (adapters.load_bank): each is scored
       at its own K_test, as model 'adapter'.
@@ -91,9 +100,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
   augment = tta.for_model(tta.parse(cfg.tta), model, train_res)  # of the scored passes
   # One jitted step per label rule; without test-time augmentation the fits' step is one.
   step_fns = {evaluate.SINGLE: step_fn} if augment == tta.PLAIN else {}
-  batches = functools.partial(pipeline.config_eval_batches, config, dataset)
   eval_sets = pipeline.load_eval_sets(config, dataset)
   fits = {}
+  crops = sweep_crop_pcts(config, finetune_crop_pct if 'finetuned' in models else None)
 
   def step_for(eval_data):
     scoring = evaluate.Scoring(eval_data.rule, tuple(eval_data.classes))
@@ -101,49 +110,57 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
       step_fns[scoring] = evaluate.jit_eval_step(model, scoring, augment)
     return step_fns[scoring]
 
-  def fit_at(test_res):  # the trained model's features on a training slice
-    if test_res not in fits:
-      fits[test_res] = evaluate.fit_pooled_features(
-          step_fn, models['trained'], batches(cfg.parametric_split, test_res), mesh)
-    return fits[test_res]
+  def fit_at(test_res, crop_pct):  # the trained model's features on a training slice
+    if (test_res, crop_pct) not in fits:
+      fits[test_res, crop_pct] = evaluate.fit_pooled_features(
+          step_fn, models['trained'], pipeline.config_eval_batches(
+              with_crop_pct(config, crop_pct), dataset, cfg.parametric_split, test_res), mesh)
+    return fits[test_res, crop_pct]
+
+  def fit_target(crop_pct):  # the law the features at every K_test are mapped onto
+    if cfg.parametric_target == parametric.TEST_TRANSFORM:
+      return fit_at(train_res, crop_pct)
+    return fit_train_view()
 
   @functools.cache
-  def fit_target():  # the law the features at every K_test are mapped onto
-    if cfg.parametric_target == parametric.TEST_TRANSFORM:
-      return fit_at(train_res)
+  def fit_train_view():  # the train transform does not crop by crop_pct
     return evaluate.fit_pooled_features(
         step_fn, models['trained'],
         pipeline.train_view_batches(config, dataset, cfg.parametric_split), mesh)
 
   records, stats, seconds, timings = [], [], {}, {}
   start = time.perf_counter()
-  for test_res in cfg.resolutions:
+  for test_res, crop_pct in itertools.product(cfg.resolutions, crops):
     res_start = time.perf_counter()
+    crop_config = with_crop_pct(config, crop_pct)
     # Every model with an adaptation (the identity for most): one trace per resolution.
     entries = {name: (v, parametric.IDENTITY) for name, v in models.items()}
     if cfg.parametric:  # the trained model's pass also yields its adapted version
       entries['trained'] = (models['trained'],
-                            parametric.quantile_map(fit_at(test_res), fit_target()))
+                            parametric.quantile_map(fit_at(test_res, crop_pct),
+                                                    fit_target(crop_pct)))
     if test_res in adapters:  # the bank's adapter made at this K_test, placed when used
       entries['adapter'] = (parallel.replicate(adapters[test_res], mesh),
                             parametric.IDENTITY)
     for eval_data in eval_sets:
       totals = evaluate.evaluate(step_for(eval_data), entries,
-                                 pipeline.eval_set_batches(config, eval_data, test_res,
+                                 pipeline.eval_set_batches(crop_config, eval_data, test_res,
                                                            augment), mesh)
       results = {name: total['plain'] for name, total in totals.items()}
       if cfg.parametric:
         results['parametric'] = totals['trained']['adapted']
       for name, total in results.items():
         metrics, feature_stats = evaluate.summarize(total)
-        key = {'eval': eval_data.name, 'model': name, 'test_res': int(test_res)}
+        key = {'eval': eval_data.name, 'model': name, 'test_res': int(test_res),
+               'crop_pct': crop_pct}
         records.append({**key, **metrics, **tta.describe(augment, test_res)})
         stats.append({**key, **feature_stats})
-        logging.info('sweep %s %s @ %d: top1 %.4f, ECE %.4f, zero features %.3f',
-                     eval_data.name, name, test_res, metrics['top1'], metrics['ece'],
+        logging.info('sweep %s %s @ %d, crop %g: top1 %.4f, ECE %.4f, zero features %.3f',
+                     eval_data.name, name, test_res, crop_pct, metrics['top1'], metrics['ece'],
                      metrics['zero_fraction'])
-    seconds[int(test_res)] = time.perf_counter() - res_start
-    if cfg.latency_batch_size:  # what serving at this K_test costs, one device, warm
+    seconds[int(test_res)] = seconds.get(int(test_res), 0.0) + time.perf_counter() - res_start
+    # What serving at this K_test costs (any crop), one device, warm.
+    if cfg.latency_batch_size and int(test_res) not in timings:
       timings[int(test_res)] = tta.time_forward(model, models['trained'], augment, test_res,
                                                 cfg.latency_batch_size, config.data.dtype)
     if workdir is not None:
@@ -152,7 +169,7 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
   logging.info('Sweep: %d evaluations at %d resolutions took %.1f s.', len(records),
                len(cfg.resolutions), total_seconds)
   meta = {'seconds': total_seconds, 'seconds_per_resolution': seconds, 'train_res': train_res,
-          'eval_split': config.data.eval_split,
+          'eval_split': config.data.eval_split, 'crop_pcts': list(crops),
           'evals': [{'name': e.name, 'dataset': e.source.name, 'split': e.split,
                      'rule': e.rule, 'num_classes_scored': len(e.classes) or None}
                     for e in eval_sets],
@@ -163,21 +180,41 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     meta['adapters'] = sorted(int(k) for k in adapters)
   if 'finetuned' in models and finetune_test_res and finetune_test_res[0] is not None:
     meta['finetune_test_res'] = {'test_res': int(finetune_test_res[0]),
-                                 'chosen': finetune_test_res[1]}
+                                 'chosen': finetune_test_res[1],
+                                 'crop_pct': finetune_crop_pct or config.data.crop_pct}
   if cfg.parametric:
-    target = fit_target()
+    # Keyed by K_test, and by 'K_test crop c' when several crop fractions were swept.
+    fit_name = lambda r, c: int(r) if len(crops) == 1 else f'{r} crop {c:g}'
     meta['parametric'] = {
         'split': cfg.parametric_split, 'shape': parametric.SHAPE,
-        'target': cfg.parametric_target, 'target_fit': dataclasses.asdict(target),
-        'fits': {int(r): dataclasses.asdict(f) for r, f in sorted(fits.items())},
-        'maps': {int(r): [float(v) for v in parametric.quantile_map(fits[r], target)]
-                 for r in sorted(fits)}}
+        'target': cfg.parametric_target,
+        'target_fit': dataclasses.asdict(fit_target(crops[0])),
+        'fits': {fit_name(*k): dataclasses.asdict(f) for k, f in sorted(fits.items())},
+        'maps': {fit_name(*k): [float(v) for v in parametric.quantile_map(
+            fits[k], fit_target(k[1]))] for k in sorted(fits)}}
   frontier = None
   if timings:
     frontier = {**latency.describe_stack(), 'batch_size': cfg.latency_batch_size,
-                'points': latency.frontier(headline(records), timings)}
+                'points': latency.frontier(crop_curves(headline(records)), timings)}
   return SweepResult(records, {'edges': evaluate.HISTOGRAM_EDGES.tolist(), 'records': stats},
                      meta, frontier)
+
+
+def sweep_crop_pcts(config, finetune_crop_pct: Optional[float] = None) -> tuple:
+  """The crop fractions the sweep evaluates: config.sweep.crop_pcts, or config.data.crop_pct
+  and, when it differs, the one the fine-tuned model was made at."""
+  if config.sweep.crop_pcts:
+    return tuple(float(c) for c in config.sweep.crop_pcts)
+  return tuple(dict.fromkeys(float(c) for c in (config.data.crop_pct, finetune_crop_pct)
+                             if c is not None))
+
+
+def crop_curves(records: list) -> list:
+  """`records`, each model named with its crop fraction ('trained crop 0.95') when they
+  hold several: one curve (table column, frontier line) per model and crop."""
+  if len({r.get('crop_pct') for r in records}) < 2:
+    return records
+  return [{**r, 'model': f"{r['model']} crop {r['crop_pct']:g}"} for r in records]
 
 
 def analytic_test_res(config, dataset=None) -> dict:
@@ -213,63 +250,91 @@ def analytic_test_res(config, dataset=None) -> dict:
 
 
 def resolve_test_res(config, workdir, dataset, mesh, variables: dict, model):
-  """`config`, or a copy with finetune.test_res chosen by select_test_res when it is 'auto'."""
+  """`config`, or a copy with finetune.test_res and data.crop_pct chosen by select_test_res
+  when finetune.test_res is 'auto'."""
   if config.finetune.test_res != AUTO:
     return config
   resolved = copy.deepcopy(config)
-  resolved.finetune.test_res = select_test_res(config, workdir, dataset, mesh, variables,
-                                               model)
+  resolved.finetune.test_res, resolved.data.crop_pct = select_test_res(
+      config, workdir, dataset, mesh, variables, model)
   return resolved
 
 
-def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> int:
-  """The trained model's best K_test on config.finetune.auto_split, a TRAINING-split slice.
+def with_crop_pct(config, crop_pct: float):
+  """`config`, or a copy whose test transform crops `crop_pct` (config.data.crop_pct)."""
+  if crop_pct == config.data.crop_pct:
+    return config
+  copied = copy.deepcopy(config)
+  copied.data.crop_pct = crop_pct
+  return copied
 
-  Evaluates at config.finetune.auto_resolutions (default: config.sweep.resolutions) and keeps
-  the best by config.finetune.auto_metric (best_test_res). The choice and every accuracy go to
-  WORKDIR/auto_test_res.json, which a re-run of the same configuration reuses, and every
-  re-run once fine-tuning has saved work (that work was made at the K_test chosen then;
-  config.redo='finetune' chooses again).
+
+def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> tuple:
+  """The trained model's best (K_test, crop fraction) on config.finetune.auto_split, a
+  TRAINING-split slice.
+
+  Evaluates every pair of config.finetune.auto_resolutions (default: config.sweep.resolutions)
+  and config.finetune.auto_crop_pcts (default: config.data.crop_pct alone), one pass over the
+  slice each, and keeps the best by config.finetune.auto_metric (best_record). The choice and
+  every score go to WORKDIR/auto_test_res.json, which a re-run of the same configuration
+  reuses, and every re-run once fine-tuning has saved work (that work was made at the pair
+  chosen then; config.redo='finetune' chooses again).
+
+  Returns:
+    (K_test, crop_pct).
   """
   from fixres_jax.data import pipeline  # only the loop needs TensorFlow
   cfg = config.finetune
   resolutions = [int(r) for r in (cfg.auto_resolutions or config.sweep.resolutions)]
+  crops = [float(c) for c in (cfg.auto_crop_pcts or (config.data.crop_pct,))]
   path = epath.Path(workdir) / 'auto_test_res.json'
   if path.exists():
     choice = json.loads(path.read_text())
+    chosen = choice['test_res'], choice.get('crop_pct', config.data.crop_pct)
+    # A record from before the crop fraction was chosen: chosen at data.crop_pct alone.
     if (choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions
+        and choice.get('crop_pcts', crops) == crops
         and choice.get('metric', 'top1') == cfg.auto_metric
         and choice.get('max_ms_per_image', 0.0) == cfg.auto_max_ms_per_image):
-      logging.info('K_test = %d, chosen before (%s).', choice['test_res'], path)
-      return choice['test_res']
+      logging.info('K_test = %d, crop %g, chosen before (%s).', *chosen, path)
+      return chosen
     if checkpoint.has_steps(epath.Path(workdir) / 'checkpoints' / 'finetune'):
-      logging.info('K_test = %d, chosen before (%s) with other settings: the saved '
-                   'fine-tuning was made there.', choice['test_res'], path)
-      return choice['test_res']
+      logging.info('K_test = %d, crop %g, chosen before (%s) with other settings: the saved '
+                   'fine-tuning was made there.', *chosen, path)
+      return chosen
   step_fn = evaluate.jit_eval_step(model)
   variables = parallel.replicate(variables, mesh)
   records = []
   for test_res in resolutions:
-    batches = pipeline.config_eval_batches(config, dataset, cfg.auto_split, test_res)
-    metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh)
-    if cfg.auto_max_ms_per_image:
-      metrics['ms_per_image'] = latency.time_forward(
-          model, variables, test_res, config.sweep.latency_batch_size,
-          config.data.dtype)['ms_per_image']
-    records.append({'test_res': test_res, **metrics})
-    logging.info('auto K_test: top1 %.4f at %d on %s', metrics['top1'], test_res,
-                 cfg.auto_split)
-  best = best_test_res(within_budget(records, cfg.auto_max_ms_per_image), cfg.auto_metric)
+    ms_per_image = None
+    if cfg.auto_max_ms_per_image:  # the crop fraction does not change the forward pass
+      ms_per_image = latency.time_forward(model, variables, test_res,
+                                          config.sweep.latency_batch_size,
+                                          config.data.dtype)['ms_per_image']
+    for crop_pct in crops:
+      batches = pipeline.config_eval_batches(with_crop_pct(config, crop_pct), dataset,
+                                             cfg.auto_split, test_res)
+      metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh)
+      if ms_per_image is not None:
+        metrics['ms_per_image'] = ms_per_image
+      records.append({'test_res': test_res, 'crop_pct': crop_pct, **metrics})
+      logging.info('auto K_test: top1 %.4f at %d, crop %g, on %s', metrics['top1'], test_res,
+                   crop_pct, cfg.auto_split)
+  best = best_record(within_budget(records, cfg.auto_max_ms_per_image), cfg.auto_metric)
+  index = records.index(best)
   if jax.process_count() > 1:  # timings differ between hosts: process 0's choice holds
-    best = int(multihost_utils.broadcast_one_to_all(np.int32(best)))
+    index = int(multihost_utils.broadcast_one_to_all(np.int32(index)))
+  test_res, crop_pct = records[index]['test_res'], records[index]['crop_pct']
   if jax.process_index() == 0:
-    path.write_text(json.dumps({'test_res': best, 'split': cfg.auto_split,
-                                'metric': cfg.auto_metric, 'resolutions': resolutions,
+    path.write_text(json.dumps({'test_res': test_res, 'crop_pct': crop_pct,
+                                'split': cfg.auto_split, 'metric': cfg.auto_metric,
+                                'resolutions': resolutions, 'crop_pcts': crops,
                                 'max_ms_per_image': cfg.auto_max_ms_per_image,
                                 'records': records}, indent=2))
-  logging.info('K_test = %d chosen on %s (best %s of %s); recorded in %s.', best,
-               cfg.auto_split, cfg.auto_metric, resolutions, path)
-  return best
+  logging.info('K_test = %d, crop %g, chosen on %s (best %s of %s x crops %s); recorded in '
+               '%s.', test_res, crop_pct, cfg.auto_split, cfg.auto_metric, resolutions, crops,
+               path)
+  return test_res, crop_pct
 
 
 def within_budget(records: list, max_ms_per_image: float) -> list:
@@ -287,19 +352,30 @@ def within_budget(records: list, max_ms_per_image: float) -> list:
 
 
 def best_test_res(records: list, metric: str) -> int:
-  """The record's test_res with the highest top-1 (ties: the lower loss) or the lowest loss
-  (ties: the higher top-1)."""
+  """best_record's test_res."""
+  return best_record(records, metric)['test_res']
+
+
+def best_record(records: list, metric: str) -> dict:
+  """The record with the highest top-1 (ties: the lower loss) or the lowest loss (ties: the
+  higher top-1); the first of those still tied."""
   if metric == 'top1':
     key = lambda r: (r['top1'], -r['loss'])
   else:
     key = lambda r: (-r['loss'], r['top1'])
-  return max(records, key=key)['test_res']
+  return max(records, key=key)
 
 
 def headline(records: list) -> list:
   """The records of the sweep's first set (config.sweep.evals[0]), its headline."""
   first = records[0].get('eval') if records else None
   return [r for r in records if r.get('eval') == first]
+
+
+def first_crop(records: list) -> list:
+  """The records at the first crop fraction they hold (all of them when they hold none)."""
+  crop = records[0].get('crop_pct') if records else None
+  return [r for r in records if r.get('crop_pct') == crop]
 
 
 def format_table(records: list) -> str:
@@ -313,14 +389,17 @@ def format_table(records: list) -> str:
 
 
 def format_set_table(records: list) -> str:
-  """format_table for the records of one set."""
+  """format_table for the records of one set; a column per model and crop fraction when they
+  hold several."""
+  records = crop_curves(records)
   names = list(dict.fromkeys(r['model'] for r in records))
+  width = max([12] + [len(n) + 2 for n in names])
   resolutions = sorted({r['test_res'] for r in records})
   top1 = {(r['model'], r['test_res']): r['top1'] for r in records}
-  lines = ['K_test  ' + ''.join(f'{n:>12}' for n in names)]
+  lines = ['K_test  ' + ''.join(f'{n:>{width}}' for n in names)]
   for res in resolutions:
-    cells = ''.join(f'{100 * top1[(n, res)]:>11.2f}%' if (n, res) in top1 else f'{"-":>12}'
-                    for n in names)
+    cells = ''.join(f'{100 * top1[(n, res)]:>{width - 1}.2f}%' if (n, res) in top1
+                    else f'{"-":>{width}}' for n in names)
     lines.append(f'{res:>6}  {cells}')
   return '\n'.join(lines)
 
@@ -338,6 +417,19 @@ def finetuned_test_res(config, workdir) -> tuple:
   if config.finetune.test_res == AUTO:
     return None, 'not chosen yet'
   return int(config.finetune.test_res), 'config.finetune.test_res'
+
+
+def finetuned_crop_pct(config, workdir) -> float:
+  """The crop fraction the fine-tuned model was made at: its stage's test transform, else the
+  'auto' choice, else config.data.crop_pct."""
+  record = transform_record.read(workdir, 'finetune')
+  if record is not None:
+    return record['crop_pct']
+  path = epath.Path(workdir) / 'auto_test_res.json'
+  choice = json.loads(path.read_text()) if path.exists() else None
+  if choice and config.finetune.test_res == AUTO:
+    return choice.get('crop_pct', config.data.crop_pct)
+  return config.data.crop_pct
 
 
 def describe_outputs(config, workdir, records: list) -> str:
@@ -370,6 +462,8 @@ def best_sentence(records: list, train_res: int) -> str:
   best = max(trained, key=lambda r: r['top1'])
   at_train = next((r for r in trained if r['test_res'] == train_res), None)
   text = f"The trained network tests best at K_test={best['test_res']} ({100 * best['top1']:.2f}%"
+  if len({r.get('crop_pct') for r in records}) > 1:
+    text += f", crop {best['crop_pct']:g}"
   text += f", {100 * at_train['top1']:.2f}% at K_train)." if at_train else ').'
   finetuned = [r for r in records if r['model'] == 'finetuned']
   if finetuned:
@@ -379,7 +473,7 @@ def best_sentence(records: list, train_res: int) -> str:
   return text
 
 
-CSV_FIELDS = ('eval', 'model', 'test_res', 'top1', 'top5', 'loss', 'zero_fraction',
+CSV_FIELDS = ('eval', 'model', 'test_res', 'crop_pct', 'top1', 'top5', 'loss', 'zero_fraction',
               'num_images', 'nll', 'ece', 'tta', 'forward_passes', 'relative_flops')
 
 
@@ -392,7 +486,7 @@ def write_sweep(workdir, result: SweepResult) -> None:
   (workdir / 'stats.json').write_text(json.dumps(result.stats))
   (workdir / 'sweep_meta.json').write_text(json.dumps(result.meta, indent=2))
   save_figure(plot_sweep(result.records, result.meta), workdir / 'sweep.png')
-  features = {**result.stats, 'records': headline(result.stats['records'])}
+  features = {**result.stats, 'records': first_crop(headline(result.stats['records']))}
   save_figure(plot_features(features, result.meta['train_res']), workdir / 'features.png')
   if result.frontier:
     (workdir / 'frontier.json').write_text(json.dumps(result.frontier, indent=2))
@@ -432,7 +526,8 @@ MARK_STYLE = dict(linewidth=1.2, zorder=1)  # the vertical K_test marks, under t
 
 
 def plot_sweep(records: list, meta: dict):
-  """Top-1 against K_test, one panel per evaluation set and one curve per model; K_train, the
+  """Top-1 against K_test, one panel per evaluation set and one curve per model (and crop
+  fraction, when the records hold several: crop_curves); K_train, the
   analytic K_test* and the K_test the fine-tuned model was made at (meta['finetune_test_res'],
   when there is one) marked."""
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
@@ -443,11 +538,12 @@ def plot_sweep(records: list, meta: dict):
   axes = fig.subplots(rows, columns, squeeze=False).ravel()
   for ax, eval_name in zip(axes, sets):
     colors = {}
-    mine = [r for r in records if r.get('eval') == eval_name]
+    mine = crop_curves([r for r in records if r.get('eval') == eval_name])
     for name in dict.fromkeys(r['model'] for r in mine):
       points = sorted((r['test_res'], 100 * r['top1']) for r in mine if r['model'] == name)
-      (line,) = ax.plot(*zip(*points), label=name, **CURVE_STYLES.get(name, OTHER_CURVE_STYLE))
-      colors[name] = line.get_color()
+      base = name.split(' crop ')[0]  # the model, whose style every crop's curve keeps
+      (line,) = ax.plot(*zip(*points), label=name, **CURVE_STYLES.get(base, OTHER_CURVE_STYLE))
+      colors.setdefault(base, line.get_color())
     mark_test_resolutions(ax, meta, colors.get('finetuned', 'C1'))
     ax.set_xlabel('test resolution K_test (px)')
     on = meta['eval_split'] if len(sets) == 1 else eval_name
@@ -472,8 +568,10 @@ def mark_test_resolutions(ax, meta: dict, finetuned_color: str) -> None:
              **MARK_STYLE)
   finetuned_at = meta.get('finetune_test_res')
   if finetuned_at:
+    crop = (f", crop {finetuned_at['crop_pct']:g}" if len(meta.get('crop_pcts', ())) > 1
+            else '')
     ax.axvline(finetuned_at['test_res'], color=finetuned_color, linestyle='-.',
-               label=f"fine-tuned at K_test = {finetuned_at['test_res']}\n"
+               label=f"fine-tuned at K_test = {finetuned_at['test_res']}{crop}\n"
                      f"({finetuned_at['chosen']})", **MARK_STYLE)
 
 

@@ -17,6 +17,9 @@ TEST_RESIZES = ('shorter', 'official')  # the paper's Resize(S), or the official
 # Resampling filters of the test and fine-tuning transforms, PIL's (antialiased) by their
 # torchvision/timm names: bilinear (torchvision's weights, FixRes), bicubic (most timm weights).
 INTERPOLATIONS = ('bilinear', 'bicubic', 'lanczos')
+# RandAugment's affine ops (data/randaugment.py): PIL's bilinear or bicubic, or timm's train
+# default 'random' (either, drawn per op).
+RANDAUGMENT_INTERPOLATIONS = ('bilinear', 'bicubic', 'random')
 # Where the test transform's K x K window lies (preprocess.test_frame): torchvision's
 # Resize + CenterCrop, timm's 'squash' and 'border', and flax's fixed margin.
 TEST_CROP_MODES = ('center', 'squash', 'border', 'margin')

@@ -90,6 +90,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # timm's RandAugment after the crop and flip, e.g. 'rand-m6-mstd0.5-inc1' (ResNet strikes
   # back A3; data/randaugment.py); '' = off. Replaces the colour jitter, as in timm.
   data.randaugment = ''
+  # Its affine ops' filter: 'bilinear' (the default, as before this option), 'bicubic', or
+  # 'random' (timm's train default, which its recipes ran with: either, drawn per op).
+  data.randaugment_interpolation = 'bilinear'
   data.ra_repetitions = 1
   data.ra_len_factor = 1.0
   # 'exact': full decode, then the antialiased resize (PIL's pixels); 'fast': decode only the
@@ -170,6 +173,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.test_res = config_dict.FieldReference(288, field_type=object)
   finetune.auto_split = 'train[-10%:]'  # a slice of the TRAINING split, never validation
   finetune.auto_resolutions = ()  # K_test candidates for 'auto'; () = sweep.resolutions
+  # Crop fractions 'auto' chooses jointly with K_test (every pair of the grid evaluated on
+  # auto_split; fine-tuning then uses the chosen data.crop_pct); () = data.crop_pct alone.
+  finetune.auto_crop_pcts = ()
   # What 'auto' maximises on auto_split: 'top1' (the paper's choice, on a validation set), or
   # 'loss' (the lowest cross-entropy: on a small slice, top-1's sampling error can exceed the
   # differences between neighbouring K_test, while the loss uses every probability).
@@ -204,6 +210,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.sweep = sweep = ml_collections.ConfigDict()
   sweep.resolutions = (128, 160, 224, 288, 320, 384, 448)
+  # Crop fractions swept at every K_test (records' 'crop_pct'); () = data.crop_pct, and the
+  # fine-tuned model's crop fraction when 'auto' chose another (finetune.auto_crop_pcts).
+  sweep.crop_pcts = ()
   sweep.batch_size = 512
   # Parametric adaptation (model 'parametric'): Fréchet fits of the pooled features at
   # K_train and at each K_test on a slice of the TRAINING split (never validation).
@@ -360,6 +369,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
   problems += choice_problems(config)
   problems += test_view_problems(config)
   problems += tta_problems(config)
+  problems += crop_list_problems(config)
   problems += integer_problems(config)
   problems += finetune_mode_problems(config.finetune)
   problems += recipe_problems(config)
@@ -400,6 +410,7 @@ def choice_fields() -> dict:
           'data.test_resize': augmentations.TEST_RESIZES,
           'data.test_interpolation': augmentations.INTERPOLATIONS,
           'data.test_crop_mode': augmentations.TEST_CROP_MODES,
+          'data.randaugment_interpolation': augmentations.RANDAUGMENT_INTERPOLATIONS,
           'train.schedule': train.SCHEDULES, 'train.optimizer': train.OPTIMIZERS,
           'train.loss': train.LOSSES, 'finetune.mode': tuple(cached_finetune.FINETUNE_MODES),
           'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
@@ -472,6 +483,33 @@ def test_view_problems(config: ml_collections.ConfigDict) -> list:
                       f'{max(sizes)} (finetune.test_res, auto_resolutions or '
                       f'sweep.resolutions): the crop would not fit; use a resize size >= '
                       f'{max(sizes)}, or 0 for K_test / crop_pct.')
+  return problems
+
+
+def crop_list_problems(config: ml_collections.ConfigDict) -> list:
+  """finetune.auto_crop_pcts and sweep.crop_pcts: fractions in (0, 1], each once, where the
+  test transform reads crop_pct; auto_crop_pcts with finetune.test_res='auto' only."""
+  data, problems = config.data, []
+  for name in ('finetune.auto_crop_pcts', 'sweep.crop_pcts'):
+    crops = tuple(field_value(config, name))
+    if not crops:
+      continue
+    where = f'config.{name}={crops}'
+    if not all(is_real(c) and 0 < c <= 1 for c in crops):
+      problems.append(f'{where}: crop fractions must be numbers in (0, 1], e.g. '
+                      '(0.875, 0.95, 1.0).')
+    elif len(set(crops)) < len(crops):
+      problems.append(f'{where} names a crop fraction twice: give each once.')
+    if data.test_crop_mode == 'margin' or data.test_resize_size:
+      problems.append(f'{where}: the test transform ignores crop_pct with test_crop_mode='
+                      f'{data.test_crop_mode!r} and test_resize_size={data.test_resize_size};'
+                      " set it to () or use test_crop_mode='center' with test_resize_size=0.")
+  if config.finetune.auto_crop_pcts and config.finetune.test_res != 'auto':
+    problems.append(f'config.finetune.auto_crop_pcts={tuple(config.finetune.auto_crop_pcts)} '
+                    "is chosen with finetune.test_res='auto', not a fixed "
+                    f'{config.finetune.test_res!r}: set test_res=\'auto\' (with '
+                    'auto_resolutions=(K,) to choose the crop alone), or set '
+                    'data.crop_pct and auto_crop_pcts=().')
   return problems
 
 

@@ -68,14 +68,15 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     models['trained'] = load_trained(config, workdir, model)
   if 'finetune' in config.stages:
     preemption.check_stop('the finetune stage')
-    # finetune.test_res='auto': chosen on a training-split slice, recorded in the workdir.
-    config = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
-                                       model)
-    finetune_fn = cached_finetune.FINETUNE_MODES[config.finetune.mode]
-    models['finetuned'] = finetune_fn(config, workdir, finetune_data(config, dataset), mesh,
+    # finetune.test_res='auto': K_test (and, with finetune.auto_crop_pcts, data.crop_pct)
+    # chosen on a training-split slice, recorded in the workdir; the sweep keeps `config`.
+    resolved = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
+                                         model)
+    finetune_fn = cached_finetune.FINETUNE_MODES[resolved.finetune.mode]
+    models['finetuned'] = finetune_fn(resolved, workdir, finetune_data(resolved, dataset), mesh,
                                       models['trained'])
     transform_record.write(workdir, transform_record.describe(
-        config, 'finetune', *analysis.finetuned_test_res(config, workdir)))
+        resolved, 'finetune', *analysis.finetuned_test_res(resolved, workdir)))
     if config.finetune.adapter_resolutions:  # at the stage's own transform (its record)
       adapters.build(config, workdir, lambda c: finetune_data(c, dataset), mesh,
                      models['trained'], models['finetuned'])
@@ -87,6 +88,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
             if 'finetuned' in models else {})  # each adapter at its own K_test
     result = analysis.sweep(config, dataset, mesh, models, model,
                             analysis.finetuned_test_res(config, workdir), workdir,
+                            analysis.finetuned_crop_pct(config, workdir),
                             adapters=bank)
     analysis.write_sweep(workdir, result)
     print(analysis.format_table(result.records), flush=True)

@@ -49,7 +49,8 @@ HARMLESS_FIELDS = frozenset({
     'train.eval_every_epochs', 'finetune.log_every_steps', 'finetune.profile_steps',
     'finetune.cache_dir', 'finetune.cache_in_memory_mb',
     # They choose finetune.test_res='auto', which is compared by the K_test it chose.
-    'finetune.auto_split', 'finetune.auto_resolutions', 'finetune.auto_metric'})
+    'finetune.auto_split', 'finetune.auto_resolutions', 'finetune.auto_metric',
+    'finetune.auto_crop_pcts'})
 HARMLESS_FIELDS |= {'finetune.adapter_resolutions'}  # the bank adds the adapters it lacks
 HARMLESS_SECTIONS = ('sweep', 'checkpoint')
 # Fields of config.data that only the test transform reads: fine-tuning's, not training's.

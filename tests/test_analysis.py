@@ -239,7 +239,7 @@ def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, ti
   # A re-run finds the recorded choice and evaluates nothing.
   evaluated.clear()
   assert analysis.select_test_res(config, workdir, tiny_dataset, None, None, model) == (
-      choice['test_res'])
+      choice['test_res'], config.data.crop_pct)
   assert not evaluated
 
 
@@ -267,7 +267,8 @@ def test_a_recorded_choice_is_not_reused_for_another_metric(tmp_path, tiny_confi
   monkeypatch.setattr(parallel, 'replicate', lambda variables, mesh: variables)
   config.finetune.auto_metric = 'loss'
   model, _ = create_models(config, tiny_dataset)
-  assert analysis.select_test_res(config, tmp_path, tiny_dataset, None, {}, model) == 40
+  assert analysis.select_test_res(config, tmp_path, tiny_dataset, None, {}, model) == (
+      40, config.data.crop_pct)
   assert len(evaluated) == 2
   assert json.loads((tmp_path / 'auto_test_res.json').read_text())['metric'] == 'loss'
 

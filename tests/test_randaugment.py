@@ -110,6 +110,58 @@ def test_affine_ops_match_timms_bilinear(photo, name, arg):
   assert (actual == randaugment.FILL).all(-1).any() or arg == 180.0  # The fill shows.
 
 
+@pytest.mark.parametrize('name,arg', AFFINE_CASES)
+def test_affine_ops_match_timms_bicubic(photo, name, arg):
+  """PIL's BICUBIC transform (cubic convolution, a = -1)."""
+  op = getattr(randaugment, name)
+  actual = ours(op, photo, arg, randaugment.FILL, True)
+  assert_close_to_pil(actual, theirs(getattr(timm_aa, name), photo, arg,
+                                     resample=Image.BICUBIC, fillcolor=randaugment.FILL))
+  # The filters differ wherever a source point falls between pixels.
+  side = photo.shape[1] if name == 'translate_x_rel' else photo.shape[0]
+  whole_pixels = name.startswith('translate') and float(arg * side).is_integer()
+  bilinear = ours(op, photo, arg)
+  assert np.array_equal(actual, bilinear) == (whole_pixels or arg in (90.0, 180.0))
+
+
+def test_random_interpolation_draws_either_filter_per_op(photo):
+  """timm's 'random': each op picks BILINEAR or BICUBIC with probability 1/2 (random.choice
+  of _RANDOM_INTERPOLATION); the other draws are those of the fixed filters."""
+  spec = augmentations.parse_randaugment('rand-m9-n2-mstd0')
+  ds = tf.data.Dataset.range(2000).map(lambda i: tf.stack([i, tf.constant(11, tf.int64)]))
+  draws = next(iter(ds.map(lambda s: randaugment.sample_bicubic(s, 2, 'random')).batch(2000)))
+  draws = draws.numpy()
+  assert stats.binomtest(draws.sum(), draws.size, 0.5).pvalue > 1e-3
+  assert (draws[:, 0] == draws[:, 1]).mean() == pytest.approx(0.5, abs=0.05)
+  assert randaugment.sample_bicubic(tf.constant([0, 11]), 2, 'bicubic') is True
+  # Images whose one applied layer is an affine op, bilinear in some, bicubic in others:
+  # each is that op with the drawn filter.
+  names = randaugment.op_names(spec)
+  index, applied, _, _ = sample_many(spec, 200)
+  draws = draws[:200]
+  affine = np.isin(np.array(names)[index], AFFINE_NAMES) & applied
+  single = affine.sum(1) == 1
+  picks = [np.flatnonzero(single & ((draws & affine).any(1) == bicubic))[:3]
+           for bicubic in (False, True)]
+  seeds = tf.constant([[i, 11] for i in np.concatenate(picks)], tf.int64)
+  image = tf.constant(photo[:40, :40], tf.float32)
+  for seed in seeds:
+    actual = randaugment.rand_augment(image, seed, spec, interpolation='random')
+    layers = randaugment.sample_layers(seed, spec)
+    bicubic = randaugment.sample_bicubic(seed, 2, 'random').numpy()
+    expected = image
+    for i, (op, on, magnitude, negate) in enumerate(zip(*layers)):
+      if on:
+        expected = randaugment.apply_op(expected, names[op], magnitude, negate,
+                                        bicubic=bool(bicubic[i]))
+    np.testing.assert_array_equal(actual, expected)
+  with pytest.raises(ValueError, match='randaugment_interpolation'):
+    randaugment.rand_augment(image, seeds[0], spec, interpolation='nearest')
+
+
+AFFINE_NAMES = ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+
+
 @pytest.mark.parametrize('name,arg', [('rotate', 45.0), ('translate_x_rel', -0.123),
                                       ('sharpness', 1.9), ('auto_contrast', None)])
 def test_ops_in_tf_function_graphs_equal_eager(photo, name, arg):
@@ -121,6 +173,10 @@ def test_ops_in_tf_function_graphs_equal_eager(photo, name, arg):
   signature = [tf.TensorSpec(photo.shape, tf.float32)] + [tf.TensorSpec([], tf.float64)] * len(args)
   in_graph = tf.function(op, input_signature=signature)(image, *args)
   np.testing.assert_array_equal(in_graph, op(image, *args))
+  if name in ('rotate', 'translate_x_rel'):  # and the bicubic filter's float64 sums
+    bicubic = lambda image, a: op(image, a, bicubic=True)
+    in_graph = tf.function(bicubic, input_signature=signature)(image, *args)
+    np.testing.assert_array_equal(in_graph, bicubic(image, *args))
 
 
 def test_fill_is_timms_imagenet_mean():
@@ -231,6 +287,17 @@ def test_rand_augment_in_tf_data_equals_eager(photo):
                                 augment_eagerly(photo, seeds, spec))
 
 
+@pytest.mark.slow  # a graph of every op with both filters: seconds to build
+def test_random_interpolation_in_tf_data_equals_eager(photo):
+  spec = augmentations.parse_randaugment('rand-m9-n2-mstd0.5')
+  seeds = np.array([[i, 5] for i in range(6)], np.int64)
+  image = tf.constant(photo[:40, :40], tf.float32)
+  augment = lambda seed: randaugment.rand_augment(image, seed, spec, interpolation='random')
+  in_graph = tf.data.Dataset.from_tensor_slices(seeds).map(augment)
+  np.testing.assert_array_equal(np.stack(list(in_graph.as_numpy_iterator())),
+                                np.stack([augment(seed) for seed in seeds]))
+
+
 def test_level_functions_in_graph_mode_equal_eager():
   names = sorted(randaugment.LEVELS)
   magnitudes = np.array([0.0, 3.3, 7.5, 10.0, 15.0])
@@ -315,6 +382,19 @@ def test_preprocess_train_applies_rand_augment_after_the_same_crop_and_flip(monk
     np.testing.assert_array_equal(augmented, expected)
     augmented_any |= not np.array_equal(augmented, never)
   assert augmented_any
+
+
+def test_preprocess_train_passes_the_randaugment_interpolation(monkeypatch):
+  monkeypatch.setattr(preprocess, 'normalize_image', lambda image, dtype: image)  # [0, 255]
+  spec_string = 'rand-m9-n3-mstd0.5'
+  seed = tf.constant([2, 9], tf.int64)
+  never = preprocess.preprocess_train(photo_bytes(), seed, 48, randaugment='rand-m9-p0')
+  augmented = preprocess.preprocess_train(photo_bytes(), seed, 48, randaugment=spec_string,
+                                          randaugment_interpolation='bicubic')
+  expected = randaugment.rand_augment(
+      never, tf.random.experimental.stateless_fold_in(seed, 3),
+      augmentations.parse_randaugment(spec_string), interpolation='bicubic')
+  np.testing.assert_array_equal(augmented, expected)
 
 
 def test_preprocess_train_refuses_color_jitter_with_randaugment():

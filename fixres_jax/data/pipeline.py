@@ -125,7 +125,8 @@ def train_transform(config, image_size: Optional[int] = None) -> Callable:
       preprocess.preprocess_train, size=image_size or config.train.image_size,
       crop=config.data.crop,
       dtype=tf.dtypes.as_dtype(config.data.dtype), color_jitter=config.data.color_jitter,
-      decode=config.data.train_decode, randaugment=config.data.randaugment)
+      decode=config.data.train_decode, randaugment=config.data.randaugment,
+      randaugment_interpolation=config.data.randaugment_interpolation)
 
 
 def finetune_transform(config) -> Callable:

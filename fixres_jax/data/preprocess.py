@@ -525,7 +525,7 @@ def jitter_color(image, seed, strength: float = 0.05):
 
 def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', flip: bool = True,
                      dtype=tf.float32, color_jitter: float = 0.0, decode: str = 'fast',
-                     randaugment: str = ''):
+                     randaugment: str = '', randaugment_interpolation: str = 'bilinear'):
   """RandomResizedCrop at K_train (crop 'torchvision' or 'inception') + horizontal flip, then
   either ColorJitter(color_jitter, color_jitter, color_jitter) when color_jitter > 0 or
   timm's RandAugment when `randaugment` is set (timm turns the jitter off under it).
@@ -539,6 +539,8 @@ def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', fl
     randaugment: a timm RandAugment string such as 'rand-m6-mstd0.5-inc1' (see
       augmentations.parse_randaugment), '' for none. The crop is rounded to integers in
       [0, 255] first, as timm's uint8 PIL crop, and augmented by data/randaugment.py.
+    randaugment_interpolation: its affine ops' filter, 'bilinear', 'bicubic' or 'random'
+      (timm's train default: either, per op); see data/randaugment.py.
 
   Returns:
     `dtype` [size, size, 3], ImageNet-normalised.
@@ -561,7 +563,8 @@ def preprocess_train(image_bytes, seed, size: int, crop: str = 'torchvision', fl
   if spec is not None:
     image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
     image = randaugment_lib.rand_augment(
-        image, tf.random.experimental.stateless_fold_in(seed, 3), spec)
+        image, tf.random.experimental.stateless_fold_in(seed, 3), spec,
+        interpolation=randaugment_interpolation)
   else:
     image = jitter_color(image, tf.random.experimental.stateless_fold_in(seed, 2),
                          color_jitter)

@@ -15,17 +15,23 @@ solarize, solarize_add) by construction; the ImageEnhance blends (color, contras
 brightness, sharpness) with PIL's float32 alpha, truncation and clipping, its 8-bit
 greyscale (L = (19595 R + 38470 G + 7471 B + 2^15) >> 16) and its SMOOTH filter, which
 leaves the border pixels as they are; the affine ops (rotate, shear_x/y,
-translate_x/y_rel) as PIL's BILINEAR transform: the source point of each output pixel
-centre in float64, neighbours clamped at the edges, truncation, and the fill colour where
-the source point falls outside the image. The float arithmetic is written so that
+translate_x/y_rel) as PIL's BILINEAR or BICUBIC transform (Geometry.c: cubic convolution
+with a = -1 over 4 x 4 neighbours, clamped to [0, 255]): the source point of each output
+pixel centre in float64, neighbours clamped at the edges, truncation, and the fill colour
+where the source point falls outside the image. The float arithmetic is written so that
 Grappler's rewrites of tf.function graphs keep that rounding (see _scaled and _affine).
+
+Interpolation of the affine ops (config.data.randaugment_interpolation, INTERPOLATIONS):
+'bilinear', 'bicubic', or 'random', timm's train default (create_transform's
+interpolation='random', train.py's --train-interpolation): each op draws bilinear or bicubic
+with probability 1/2, as timm's AugmentOp draws from _RANDOM_INTERPOLATION.
 
 Departures from timm:
 - Randomness: timm draws from Python's `random` and numpy's global generator; here every
   draw comes from the `seed` tensor (tf.random.stateless_*), so the distribution is the
   same and the draws are not.
-- Interpolation: always bilinear. timm's train.py defaults to --train-interpolation
-  'random', which draws bilinear or bicubic for each op; bicubic is not implemented.
+- Interpolation: the default is 'bilinear', not timm's 'random': the runs made before the
+  choice existed keep their pixels; configs that follow a timm recipe set 'random'.
 - Posterize to 0 bits (plain Posterize below magnitude 2.5, PosterizeIncreasing at
   magnitude 10): Pillow 13 rejects bits < 1, so timm raises there; here every channel
   becomes 0, what Pillow returned before it added that check.
@@ -47,6 +53,8 @@ from fixres_jax import augmentations
 
 # timm's img_mean for the ImageNet mean: tuple(min(255, round(255 * x)) for x in mean).
 FILL = tuple(min(255, round(255 * x)) for x in (0.485, 0.456, 0.406))
+# The affine ops' filters (config.data.randaugment_interpolation); 'random': either, per op.
+INTERPOLATIONS = augmentations.RANDAUGMENT_INTERPOLATIONS
 LEVEL_DENOM = 10.0  # timm's _LEVEL_DENOM: magnitude 10 is an op's full strength.
 TRANSLATE_PCT = 0.45  # timm's default translate_pct (of the image side) at magnitude 10.
 OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd',
@@ -186,16 +194,17 @@ def sharpness(image, factor):
   return _blend(_smooth(image), image, factor)
 
 
-# Affine ops: PIL's Image.transform(AFFINE, BILINEAR) with a fill colour.
+# Affine ops: PIL's Image.transform(AFFINE, BILINEAR or BICUBIC) with a fill colour.
 
-def _affine(image, matrix: Sequence, fill):
-  """PIL's bilinear affine transform: output pixel (x, y) samples the input at
-  (a x' + b y' + c, d x' + e y' + f), x' = x + 0.5, y' = y + 0.5 (pixel centres).
+def _affine(image, matrix: Sequence, fill, bicubic=False):
+  """PIL's affine transform: output pixel (x, y) samples the input at (a x' + b y' + c,
+  d x' + e y' + f), x' = x + 0.5, y' = y + 0.5 (pixel centres), bilinearly or bicubically.
 
   Args:
     image: float32 [H, W, 3], integers in [0, 255].
     matrix: (a, b, c, d, e, f), float64 scalars, PIL's `data`: output -> input.
     fill: RGB of the pixels whose source lies outside the image.
+    bicubic: False (BILINEAR), True (BICUBIC), or a bool tensor choosing in the graph.
   """
   a, b, c, d, e, f = (_float64(v) for v in matrix)
   height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -211,19 +220,39 @@ def _affine(image, matrix: Sequence, fill):
   x0, y0 = tf.floor(x_in), tf.floor(y_in)
   dx, dy = (x_in - x0)[..., None], (y_in - y0)[..., None]
   # Clamped neighbours; only points inside the image are kept, so the clamps only matter
-  # within half a pixel of an edge, where PIL clamps too.
+  # near an edge, where PIL clamps too (its rows past the edge repeat the last one read,
+  # which is the clamped row).
   x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-  column = lambda x: tf.clip_by_value(x, 0, width - 1)
-  line = lambda y: tf.clip_by_value(y, 0, height - 1)
   pixels = tf.cast(image, tf.float64)
 
-  def at(y, x):
-    return tf.gather_nd(pixels, tf.stack([line(y), column(x)], axis=-1))
+  def at(dy_index, dx_index):
+    rows = tf.clip_by_value(y0 + dy_index, 0, height - 1)
+    columns = tf.clip_by_value(x0 + dx_index, 0, width - 1)
+    return tf.gather_nd(pixels, tf.stack([rows, columns], axis=-1))
 
-  top = at(y0, x0) + (at(y0, x0 + 1) - at(y0, x0)) * dx
-  bottom = at(y0 + 1, x0) + (at(y0 + 1, x0 + 1) - at(y0 + 1, x0)) * dx
-  value = tf.cast(tf.floor(top + (bottom - top) * dy), tf.float32)
-  return tf.where(inside[..., None], value, tf.constant(fill, tf.float32))
+  def bilinear():
+    top = at(0, 0) + (at(0, 1) - at(0, 0)) * dx
+    bottom = at(1, 0) + (at(1, 1) - at(1, 0)) * dx
+    return tf.floor(top + (bottom - top) * dy)
+
+  def cubic():
+    rows = [_cubic(*(at(i, j) for j in (-1, 0, 1, 2)), dx) for i in (-1, 0, 1, 2)]
+    # PIL's C cast truncates what its clamp to [0, 255] leaves.
+    return tf.floor(tf.clip_by_value(_cubic(*rows, dy), 0.0, 255.0))
+
+  if isinstance(bicubic, bool):
+    value = cubic() if bicubic else bilinear()
+  else:
+    value = tf.cond(bicubic, cubic, bilinear)
+  return tf.where(inside[..., None], tf.cast(value, tf.float32), tf.constant(fill, tf.float32))
+
+
+def _cubic(v1, v2, v3, v4, d):
+  """PIL's BICUBIC macro (cubic convolution with a = -1) between v2 and v3, `d` past v2."""
+  p2 = -v1 + v3
+  p3 = 2.0 * (v1 - v2) + v3 - v4
+  p4 = -v1 + v2 - v3 + v4
+  return v2 + d * (p2 + d * (p3 + d * p4))
 
 
 def _round_15(x):
@@ -242,8 +271,9 @@ def _round_15(x):
   return tf.math.divide_no_nan(whole + tf.floor(fraction + 0.5), 1e15)
 
 
-def rotate(image, degrees, fill=FILL):
-  """Image.rotate(degrees, BILINEAR, fillcolor=fill): counter-clockwise about the centre."""
+def rotate(image, degrees, fill=FILL, bicubic=False):
+  """Image.rotate(degrees, BILINEAR or BICUBIC, fillcolor=fill): counter-clockwise about the
+  centre."""
   angle = -tf.math.floormod(_float64(degrees), 360.0) * (math.pi / 180)
   cos, sin = _round_15(tf.cos(angle)), _round_15(tf.sin(angle))  # PIL's: cos(90) is 0.
   height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -251,29 +281,29 @@ def rotate(image, degrees, fill=FILL):
   # PIL's matrix: rotation about the centre, output -> input.
   c = cos * -cx + sin * -cy + 0.0 + cx
   f = -sin * -cx + cos * -cy + 0.0 + cy
-  return _affine(image, (cos, sin, c, -sin, cos, f), fill)
+  return _affine(image, (cos, sin, c, -sin, cos, f), fill, bicubic)
 
 
-def shear_x(image, factor, fill=FILL):
+def shear_x(image, factor, fill=FILL, bicubic=False):
   """timm's shear_x: input x = x + factor * y."""
-  return _affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), fill)
+  return _affine(image, (1.0, factor, 0.0, 0.0, 1.0, 0.0), fill, bicubic)
 
 
-def shear_y(image, factor, fill=FILL):
+def shear_y(image, factor, fill=FILL, bicubic=False):
   """timm's shear_y: input y = y + factor * x."""
-  return _affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), fill)
+  return _affine(image, (1.0, 0.0, 0.0, factor, 1.0, 0.0), fill, bicubic)
 
 
-def translate_x_rel(image, pct, fill=FILL):
+def translate_x_rel(image, pct, fill=FILL, bicubic=False):
   """timm's translate_x_rel: input x = x + pct * width (the image moves left for pct > 0)."""
   pixels = _float64(pct) * tf.cast(tf.shape(image)[1], tf.float64)
-  return _affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill)
+  return _affine(image, (1.0, 0.0, pixels, 0.0, 1.0, 0.0), fill, bicubic)
 
 
-def translate_y_rel(image, pct, fill=FILL):
+def translate_y_rel(image, pct, fill=FILL, bicubic=False):
   """timm's translate_y_rel: input y = y + pct * height."""
   pixels = _float64(pct) * tf.cast(tf.shape(image)[0], tf.float64)
-  return _affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill)
+  return _affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, pixels), fill, bicubic)
 
 
 # Level functions: magnitude (float64 scalar, 0-10 scale) and `negate` (bool, timm's
@@ -404,29 +434,51 @@ def sample_layers(seed, spec: augmentations.RandAugmentSpec):
   return index, applied, magnitude, negate
 
 
-def apply_op(image, name: str, magnitude, negate, fill=FILL):
-  """timm's AugmentOp `name` at `magnitude` (already noisy and clipped), always applied."""
+def apply_op(image, name: str, magnitude, negate, fill=FILL, bicubic=False):
+  """timm's AugmentOp `name` at `magnitude` (already noisy and clipped), always applied;
+  `bicubic` (a bool or a bool tensor) is the affine ops' filter, bilinear when False."""
   op, level = OP_TABLE[name]
-  kwargs = {'fill': fill} if op in _TAKE_FILL else {}
+  kwargs = {'fill': fill, 'bicubic': bicubic} if op in _TAKE_FILL else {}
   return op(image, *level(_float64(magnitude), negate), **kwargs)
 
 
-def rand_augment(image, seed, spec: augmentations.RandAugmentSpec, fill=FILL):
+def sample_bicubic(seed, num_layers: int, interpolation: str):
+  """Whether each layer's affine op filters bicubically: a Python bool for 'bilinear' and
+  'bicubic'; for 'random', bool [num_layers], each True with probability 1/2, drawn from its
+  own stream of `seed` (the other draws stay those of sample_layers)."""
+  if interpolation not in INTERPOLATIONS:
+    raise ValueError(f'config.data.randaugment_interpolation={interpolation!r}: use one of '
+                     f'{INTERPOLATIONS}.')
+  if interpolation != 'random':
+    return interpolation == 'bicubic'
+  draw_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+  return tf.random.stateless_uniform([num_layers], draw_seed, dtype=tf.float64) < 0.5
+
+
+def rand_augment(image, seed, spec: augmentations.RandAugmentSpec, fill=FILL,
+                 interpolation: str = 'bilinear'):
   """timm's RandAugment(spec) on a float32 [H, W, 3] image of integers in [0, 255].
 
-  Stateless: the int [2] `seed` decides every choice (sample_layers). Works eagerly and in
-  graphs (tf.data .map); only the drawn op of each layer runs (tf.switch_case).
+  Stateless: the int [2] `seed` decides every choice (sample_layers, sample_bicubic). Works
+  eagerly and in graphs (tf.data .map); only the drawn op of each layer runs
+  (tf.switch_case).
+
+  Args:
+    interpolation: the affine ops' filter, one of INTERPOLATIONS.
 
   Returns:
     float32 [H, W, 3], integers in [0, 255].
   """
   names = op_names(spec)
   indices, applied, magnitudes, negates = sample_layers(seed, spec)
+  bicubic = sample_bicubic(seed, spec.num_layers, interpolation)
   # An op that is not applied becomes the extra last branch, the identity.
   indices = tf.where(applied, indices, len(names))
 
   def layer(i, image):
-    branches = [lambda name=name: apply_op(image, name, magnitudes[i], negates[i], fill)
+    layer_bicubic = bicubic if isinstance(bicubic, bool) else bicubic[i]
+    branches = [lambda name=name: apply_op(image, name, magnitudes[i], negates[i], fill,
+                                           layer_bicubic)
                 for name in names]
     return i + 1, tf.switch_case(indices[i], branches + [lambda: image])
 
