@@ -63,6 +63,7 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
       (m, r) for m in names for r in config.sweep.resolutions}
   for r in records:
     assert 0 <= r['top1'] <= r['top5'] <= 1 and 0 <= r['zero_fraction'] <= 1
+    assert r['crop_pct'] == config.data.crop_pct  # one crop fraction by default
     assert r['num_images'] == tiny_dataset.num_examples(config.data.eval_split)
   by_key = {(r['model'], r['test_res']): r for r in records}
   with (tmp_path / 'sweep.csv').open() as f:
@@ -98,7 +99,9 @@ def test_sweep_writes_records_statistics_and_figures(tmp_path, tiny_config, tiny
   assert meta['seconds'] > 0 and set(meta['seconds_per_resolution']) == {
       str(r) for r in config.sweep.resolutions}
   assert meta['analytic_test_res']['test_res_exact'] > k_train  # train crops zoom in
-  assert meta['finetune_test_res'] == {'test_res': 40, 'chosen': 'config.finetune.test_res'}
+  assert meta['finetune_test_res'] == {'test_res': 40, 'chosen': 'config.finetune.test_res',
+                                       'crop_pct': config.data.crop_pct}
+  assert meta['crop_pcts'] == [config.data.crop_pct]
   for name in ('sweep.png', 'features.png'):
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
