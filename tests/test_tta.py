@@ -13,6 +13,7 @@ import tensorflow as tf
 import timm.layers
 import timm.models.resnet
 import torch
+import torchvision
 from torchvision import transforms
 
 from fixres_jax import convert
@@ -50,17 +51,21 @@ def networks():
   return torch_model, model, convert.convert_state_dict(state_dict, model)
 
 
-@pytest.fixture(scope='module')
-def png_bytes():
+def make_png(shape) -> bytes:
   """A smooth random RGB image, PNG-encoded (lossless: both sides decode the same pixels)."""
   rng = np.random.default_rng(0)
-  coarse = rng.uniform(0, 255, (IMAGE_SHAPE[0] // 8 + 1, IMAGE_SHAPE[1] // 8 + 1, 3))
-  image = Image.fromarray(coarse.astype(np.uint8)).resize(IMAGE_SHAPE[::-1], Image.BILINEAR)
+  coarse = rng.uniform(0, 255, (shape[0] // 8 + 1, shape[1] // 8 + 1, 3))
+  image = Image.fromarray(coarse.astype(np.uint8)).resize(shape[::-1], Image.BILINEAR)
   noisy = np.clip(np.asarray(image, np.float64) + rng.normal(0, 12, image.size[::-1] + (3,)),
                   0, 255)
   out = io.BytesIO()
   Image.fromarray(noisy.astype(np.uint8)).save(out, format='PNG')
   return out.getvalue()
+
+
+@pytest.fixture(scope='module')
+def png_bytes():
+  return make_png(IMAGE_SHAPE)
 
 
 def torch_logits(torch_model, tensors) -> np.ndarray:
@@ -76,14 +81,14 @@ def flax_logits(model, variables, images, spec) -> np.ndarray:
   return np.asarray(forward(variables, batch))[0]
 
 
-def torchvision_views(png: bytes, name: str) -> list:
+def torchvision_views(png: bytes, name: str, size: int = K_TEST) -> list:
   """The references' views: torchvision's Resize + CenterCrop, FiveCrop or TenCrop on PIL."""
-  image = transforms.Resize(int(K_TEST / 0.875))(Image.open(io.BytesIO(png)).convert('RGB'))
+  image = transforms.Resize(int(size / 0.875))(Image.open(io.BytesIO(png)).convert('RGB'))
   to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
   if name == 'flip':
-    view = to_tensor(transforms.CenterCrop(K_TEST)(image))
+    view = to_tensor(transforms.CenterCrop(size)(image))
     return [view, view.flip(-1)]  # the mirror of the input tensor
-  crops = {'five_crop': transforms.FiveCrop, 'ten_crop': transforms.TenCrop}[name](K_TEST)(image)
+  crops = {'five_crop': transforms.FiveCrop, 'ten_crop': transforms.TenCrop}[name](size)(image)
   return [to_tensor(crop) for crop in crops]
 
 
@@ -97,6 +102,30 @@ def test_views_equal_torchvision_on_the_same_pixels(networks, png_bytes, name):
   assert spec.forward_passes == {'flip': 2, 'five_crop': 5, 'ten_crop': 10}[name]
   assert np.max(np.abs(logits)) > 0.1
   np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+@pytest.mark.slow  # ResNet-50 at 224 px, ten times
+def test_ten_crop_of_a_converted_resnet50_equals_torchvision():
+  torch.manual_seed(0)
+  torch_model = torchvision.models.resnet50(num_classes=NUM_CLASSES)
+  with torch.no_grad():
+    for module in torch_model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
+        module.momentum = 1.0
+    torch_model.train()
+    torch_model(torch.randn(4, 3, 224, 224))
+  torch_model.eval()
+  model = models.create_model('resnet50', NUM_CLASSES)
+  variables = convert.convert_state_dict(
+      {k: v.numpy() for k, v in torch_model.state_dict().items()}, model)
+  png = make_png((256, 291))  # the resize to 256 is the identity; the margin 67 is odd
+  spec = tta.parse('ten_crop')
+  images = views.preprocess_views(tf.constant(png), spec.sizes(224), spec.crops)
+  expected = torch_logits(torch_model, torchvision_views(png, 'ten_crop', 224))
+  np.testing.assert_allclose(flax_logits(model, variables, images.numpy(), spec), expected,
+                             atol=1e-4)
 
 
 def test_multiscale_averages_the_logits_of_every_scale(networks, png_bytes):
@@ -183,3 +212,9 @@ def test_the_sweep_scores_the_average_of_its_views(tiny_config, tiny_dataset):
     count += float(np.sum(small['mask']))
   assert record['num_images'] == count
   assert record['loss'] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_test_time_pool_asks_for_the_feature_map_of_a_network_without_one():
+  from test_model_contract import ToyConvNet  # pylint: disable=g-import-not-at-top
+  with pytest.raises(models.ContractError, match="does not sow its final feature map"):
+    tta.for_model(tta.parse('test_time_pool'), ToyConvNet(), train_res=32)
