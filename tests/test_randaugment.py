@@ -110,7 +110,13 @@ def test_affine_ops_match_timms_bilinear(photo, name, arg):
   assert (actual == randaugment.FILL).all(-1).any() or arg == 180.0  # The fill shows.
 
 
-@pytest.mark.parametrize('name,arg', AFFINE_CASES)
+# Each op, a rotation PIL makes exactly (90), and shifts by whole pixels (-0.45 of 80) and not.
+BICUBIC_CASES = [('rotate', -13.5), ('rotate', 45.0), ('rotate', 90.0), ('shear_x', -0.117),
+                 ('shear_y', 0.27), ('translate_x_rel', -0.45), ('translate_x_rel', -0.123),
+                 ('translate_y_rel', -0.45)]
+
+
+@pytest.mark.parametrize('name,arg', BICUBIC_CASES)
 def test_affine_ops_match_timms_bicubic(photo, name, arg):
   """PIL's BICUBIC transform (cubic convolution, a = -1)."""
   op = getattr(randaugment, name)
