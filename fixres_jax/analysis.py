@@ -446,12 +446,22 @@ def describe_outputs(config, workdir, records: list) -> str:
   shown = '; '.join(f"'{n}' is {columns.get(n, n)}" for n in names)
   lines = [
       f'The table: top-1 on {config.data.eval_split} at each test resolution K_test; {shown}.',
+      tta_sentence(records),
       best_sentence(records, config.train.image_size),
       f'Other sets, in sweep.json and sweep.png: {", ".join(sets[1:])}.' if len(sets) > 1
       else '',
       f'Table: {workdir / "sweep.csv"} (and sweep.json). Plot: {workdir / "sweep.png"} (and '
       f'features.png). Checkpoints: {workdir / "checkpoints"} (train, finetune).']
   return '\n'.join(line for line in lines if line)
+
+
+def tta_sentence(records: list) -> str:
+  """The test-time augmentation the scores average over and its cost ('' for none)."""
+  if not records or records[0].get('tta', tta.NONE) == tta.NONE:
+    return ''
+  return (f"Each score averages the logits of test-time augmentation {records[0]['tta']!r}: "
+          f"{records[0]['forward_passes']} forward passes per image (sweep.json's "
+          "'relative_flops': the compute against one pass at K_test).")
 
 
 def best_sentence(records: list, train_res: int) -> str:

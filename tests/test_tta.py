@@ -218,3 +218,11 @@ def test_test_time_pool_asks_for_the_feature_map_of_a_network_without_one():
   from test_model_contract import ToyConvNet  # pylint: disable=g-import-not-at-top
   with pytest.raises(models.ContractError, match="does not sow its final feature map"):
     tta.for_model(tta.parse('test_time_pool'), ToyConvNet(), train_res=32)
+
+
+def test_the_run_output_says_which_augmentation_its_scores_average():
+  from fixres_jax import analysis  # pylint: disable=g-import-not-at-top
+  spec = tta.parse('ten_crop')
+  records = [{'model': 'trained', 'test_res': 64, **tta.describe(spec, 64)}]
+  assert "'ten_crop': 10 forward passes per image" in analysis.tta_sentence(records)
+  assert analysis.tta_sentence([{**records[0], **tta.describe(tta.PLAIN, 64)}]) == ''
