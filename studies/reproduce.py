@@ -200,15 +200,31 @@ def train_once(plan: Plan, config, workdir: epath.Path) -> None:
 
 def trains_as_demo(config, demo: epath.Path) -> bool:
   """Whether `config` trains as the demo workdir's run did: no field that the train stage
-  depends on (rerun.field_stage) differs from the demo's config.json, nor the data dir (which
-  rerun allows to move, but a study may point at another copy of the dataset)."""
+  depends on (rerun.field_stage) differs from the demo's config.json, and another data dir
+  holds the same dataset (rerun lets the data move; a study may point at an altered copy of
+  it under the same name, as studies.copy_accuracy does)."""
   from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
   saved = common.read_json(demo / rerun.CONFIG_NAME)
   if saved is None or not (demo / 'checkpoints' / 'train').exists():
     return False
   changes = rerun.find_changes(rerun.flatten(saved), rerun.config_values(config))
-  return not [name for name in changes
-              if name == 'data.data_dir' or rerun.field_stage(name) == 'train']
+  if 'data.data_dir' in changes:
+    old, new = (describe_dataset(d, config.data.name) for d in changes['data.data_dir'])
+    if not old or old != new:
+      return False
+  return not [name for name in changes if rerun.field_stage(name) == 'train']
+
+
+def describe_dataset(data_dir: str, name: str) -> dict:
+  """What tells a tfds dataset's copies apart: per version, each split's examples per shard
+  and bytes (its dataset_info.json); {} when data_dir does not hold it."""
+  root = epath.Path(data_dir or os.path.expanduser('~/tensorflow_datasets')) / name
+  described = {}
+  for info in sorted(root.glob('*/dataset_info.json')):
+    splits = json.loads(info.read_text())['splits']
+    described[info.parent.name] = sorted(
+        (s['name'], s.get('shardLengths'), s.get('numBytes')) for s in splits)
+  return described
 
 
 def copy_demo_training(demo: epath.Path, workdir: epath.Path) -> None:
@@ -216,8 +232,8 @@ def copy_demo_training(demo: epath.Path, workdir: epath.Path) -> None:
   finished with its median step time x steps and where it came from."""
   logging.info('Reusing the training of %s in %s', demo, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  shutil.copytree(demo / 'checkpoints' / 'train', workdir / 'checkpoints' / 'train',
-                  dirs_exist_ok=True)
+  shutil.rmtree(workdir / 'checkpoints' / 'train', ignore_errors=True)  # an unfinished start
+  shutil.copytree(demo / 'checkpoints' / 'train', workdir / 'checkpoints' / 'train')
   shutil.copy(demo / 'config.json', workdir / 'config.json')
   lines = (demo / 'metrics.jsonl').read_text().splitlines()
   (workdir / 'metrics.jsonl').write_text(

@@ -7,6 +7,15 @@ from etils import epath
 from studies import reproduce
 
 
+def write_dataset(data_dir, train_bytes):
+  """A stand-in tfds dataset: its dataset_info.json alone (what tells copies apart)."""
+  version = data_dir / 'fixres_synthetic' / 'default' / '3.0.0'
+  version.mkdir(parents=True)
+  (version / 'dataset_info.json').write_text(json.dumps({'splits': [
+      {'name': 'train', 'shardLengths': ['100'], 'numBytes': str(train_bytes)}]}))
+  return str(data_dir)
+
+
 def make_demo(root, plan, seed):
   """A stand-in demo workdir: the demo's config for `seed`, a checkpoint dir, metrics."""
   workdir = root / f'seed_{seed}'
@@ -25,7 +34,8 @@ def make_demo(root, plan, seed):
 def test_train_once_copies_the_demo_training_only_when_it_trains_the_same(tmp_path,
                                                                          monkeypatch):
   root = epath.Path(tmp_path)
-  plan = reproduce.Plan(train_res=(48, 64), seeds=(0,), data_dir='/data', num_epochs=8,
+  plan = reproduce.Plan(train_res=(48, 64), seeds=(0,), num_epochs=8,
+                        data_dir=write_dataset(root / 'data', 1000),
                         demo_root=str(root / 'demo'))
   demo = make_demo(root / 'demo', plan, seed=0)
   trained = []
@@ -46,7 +56,13 @@ def test_train_once_copies_the_demo_training_only_when_it_trains_the_same(tmp_pa
   other.data.color_jitter = 0.3  # one training option
   reproduce.train_once(plan, other, root / 'runs' / 'jitter')
   copy = reproduce.train_config(plan, 64, 0)
-  copy.data.data_dir = '/a_downscaled_copy'  # the same dataset's name, other images
+  copy.data.data_dir = write_dataset(root / 'copy', 600)  # the same name, smaller images
   reproduce.train_once(plan, copy, root / 'runs' / 'copy')
   assert [w.parent.name for w in trained[:2]] + [w.name for w in trained[2:]] == [
       'k48_s0', 'k64_s1', 'jitter', 'copy']
+
+  # The same dataset generated into another data dir is the same training.
+  moved = reproduce.train_config(plan, 64, 0)
+  moved.data.data_dir = write_dataset(root / 'elsewhere', 1000)
+  reproduce.train_once(plan, moved, root / 'runs' / 'moved')
+  assert len(trained) == 4 and (root / 'runs' / 'moved' / 'reproduce_train.json').exists()
