@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import decode
 from benchmarks import report
+from studies import adapter_bank
 from studies import common
 from studies import copy_accuracy
 from studies import demo
@@ -26,6 +27,10 @@ def read_json(name: str):
 
 # (markers, README's block rendered from the committed JSON), one per owner of numbers.
 BLOCKS = {
+    'adapter bank': lambda: (adapter_bank.BANK_MARKERS,
+                             adapter_bank.bank_block(read_json('adapter_bank.json'))),
+    'frontier': lambda: (adapter_bank.FRONTIER_MARKERS,
+                         adapter_bank.frontier_block(read_json('adapter_bank.json'))),
     'demo': lambda: (demo.README_MARKERS, demo.readme_block_from_json(read_json('demo.json'))),
     'performance': lambda: (report.README_MARKERS, report.readme_block(
         report.load_results([str(DOCS / 'benchmarks' / '*.json')]))),
