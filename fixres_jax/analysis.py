@@ -459,9 +459,10 @@ def tta_sentence(records: list) -> str:
   """The test-time augmentation the scores average over and its cost ('' for none)."""
   if not records or records[0].get('tta', tta.NONE) == tta.NONE:
     return ''
-  return (f"Each score averages the logits of test-time augmentation {records[0]['tta']!r}: "
-          f"{records[0]['forward_passes']} forward passes per image (sweep.json's "
-          "'relative_flops': the compute against one pass at K_test).")
+  passes = records[0]['forward_passes']
+  return (f"Every score is of test-time augmentation {records[0]['tta']!r} ({passes} forward "
+          f"pass{'es' if passes != 1 else ''} per image; sweep.json's 'relative_flops': the "
+          "compute against one pass at K_test).")
 
 
 def best_sentence(records: list, train_res: int) -> str:

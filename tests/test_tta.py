@@ -224,5 +224,5 @@ def test_the_run_output_says_which_augmentation_its_scores_average():
   from fixres_jax import analysis  # pylint: disable=g-import-not-at-top
   spec = tta.parse('ten_crop')
   records = [{'model': 'trained', 'test_res': 64, **tta.describe(spec, 64)}]
-  assert "'ten_crop': 10 forward passes per image" in analysis.tta_sentence(records)
+  assert "'ten_crop' (10 forward passes per image" in analysis.tta_sentence(records)
   assert analysis.tta_sentence([{**records[0], **tta.describe(tta.PLAIN, 64)}]) == ''
