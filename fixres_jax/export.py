@@ -105,16 +105,15 @@ def finished_stage(workdir, stage: Optional[str] = None) -> str:
 def load_run(workdir, stage: Optional[str] = None, test_res: Optional[int] = None) -> Run:
   """The variables, network and test transform of a run's finished stage, or of its adapter
   at test_res (its adapter bank's, unless test_res is the finetune stage's own K_test)."""
+  if test_res and stage not in (None, 'finetune'):
+    raise errors.ConfigError(
+        f'--test_res={test_res} selects an adapter of the finetune stage\'s bank: leave '
+        f'--stage={stage} out, or leave --test_res out to export the {stage} stage at its K.')
   config = read_config(workdir)
-  stage = finished_stage(workdir, 'finetune' if test_res and not stage else stage)
+  stage = finished_stage(workdir, 'finetune' if test_res else stage)
   record = transform_record.require(workdir, stage)
   variables = checkpoint.load_variables(epath.Path(workdir) / 'checkpoints' / stage)
   if test_res and test_res != record['image_size']:
-    if stage != 'finetune':
-      raise errors.ConfigError(
-          f'--test_res={test_res} selects an adapter of the finetune stage\'s bank: leave '
-          f'--stage={stage} out, or leave --test_res out to export that stage at its '
-          f'K={record["image_size"]}.')
     variables = adapters.load_adapter(workdir, test_res, variables)
     record = adapters.read_record(workdir, test_res)
   head = train.create_model(config, 1).HEAD  # its name, whatever the number of classes

@@ -163,6 +163,12 @@ def test_an_adapter_of_another_network_is_refused(tiny_config):
     adapters.attach(trained, wide)
 
 
+def test_export_refuses_an_adapter_of_the_train_stage(tmp_path):
+  with pytest.raises(errors.ConfigError, match='--test_res=112 selects an adapter of the '
+                     "finetune stage's bank: leave --stage=train out"):
+    export.load_run(tmp_path, stage='train', test_res=112)
+
+
 def test_resnet50_adapter_size_and_the_readme_line():
   model = models.create_model('resnet50', 1000)
   # The last BN's mean and variance over 2,048 channels, a 2,048 x 1,000 classifier and bias.
