@@ -314,18 +314,34 @@ def best_heldout(workdir: epath.Path) -> dict:
   return max(trained, key=lambda r: (r['top1'], -r['loss']))
 
 
-def analyse_one(plan: Plan, root: epath.Path, train_res: int, seed: int, k_star: int) -> None:
-  """Everything after training, for one K_train and seed."""
+# The speed comparison of 'cached' against 'sgd' fine-tuning judges no claim of the paper: its
+# runs come after every claim's runs, over all networks, so a stopped grid has whole claims.
+LATE_VARIANTS = ('cached', 'sgd_long', 'cached_long')
+
+
+def select_and_sweep(plan: Plan, root: epath.Path, train_res: int, seed: int,
+                     k_star: int) -> None:
+  """K_test selected on the held-out slice, and the validation sweep (claim (a))."""
   trained = run_dir(root, train_res, seed, 'train') / 'checkpoints' / 'train'
   select_dir = run_dir(root, train_res, seed, 'select')
   run_once(eval_config(plan, train_res, seed, trained, plan.select_resolutions(train_res),
                        split=HELDOUT_SPLIT), select_dir)
   best = best_heldout(select_dir)['test_res']
-  grid = plan.sweep_resolutions(train_res)
-  sweep_config = eval_config(plan, train_res, seed, trained, grid + [train_res, k_star, best],
+  sweep_config = eval_config(plan, train_res, seed, trained,
+                             plan.sweep_resolutions(train_res) + [train_res, k_star, best],
                              parametric=True)
   run_once(sweep_config, run_dir(root, train_res, seed, 'sweep'))
-  # Cheapest-to-lose last; runs that would repeat another (same K_test) are not made twice.
+
+
+def finetune_variants(plan: Plan, root: epath.Path, train_res: int, seed: int,
+                      k_star: int) -> dict:
+  """{name: config} of the fine-tuning runs of one (K_train, seed), after select_and_sweep.
+
+  Runs that would repeat another (the same K_test) are not made twice.
+  """
+  trained = run_dir(root, train_res, seed, 'train') / 'checkpoints' / 'train'
+  best = best_heldout(run_dir(root, train_res, seed, 'select'))['test_res']
+  grid = plan.sweep_resolutions(train_res)
   variants = {
       'ft_selected': finetune_config(plan, train_res, seed, trained, best, grid),
       'ft_train_res': finetune_config(plan, train_res, seed, trained, train_res, []),
@@ -342,17 +358,23 @@ def analyse_one(plan: Plan, root: epath.Path, train_res: int, seed: int, k_star:
     for name, mode in (('sgd_long', 'sgd'), ('cached_long', 'cached')):
       variants[name] = finetune_config(plan, train_res, seed, trained, best, [], mode=mode,
                                        num_epochs=plan.long_epochs)
-  for name, config in variants.items():
-    run_finetune(config, run_dir(root, train_res, seed, name))
+  return variants
 
 
 def analyse_all(plan: Plan, root: epath.Path) -> None:
-  """analyse_one for every (K_train, seed) whose training has finished."""
-  for train_res in plan.train_res:
-    for seed in plan.seeds:
-      if (run_dir(root, train_res, seed, 'train') / 'reproduce_train.json').exists():
-        analyse_one(plan, root, train_res, seed,
-                    analytic_test_res(plan, train_res, seed)['test_res'])
+  """Everything after training, for every (K_train, seed) whose training has finished, in
+  passes over them all: selection and sweep (claim (a)), then the claims' fine-tuning runs,
+  then LATE_VARIANTS."""
+  done = [(k, s) for k in plan.train_res for s in plan.seeds
+          if (run_dir(root, k, s, 'train') / 'reproduce_train.json').exists()]
+  k_star = {(k, s): analytic_test_res(plan, k, s)['test_res'] for k, s in done}
+  for k, s in done:
+    select_and_sweep(plan, root, k, s, k_star[k, s])
+  for late in (False, True):
+    for k, s in done:
+      for name, config in finetune_variants(plan, root, k, s, k_star[k, s]).items():
+        if (name in LATE_VARIANTS) == late:
+          run_finetune(config, run_dir(root, k, s, name))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ def test_the_study_and_the_run_sweep_give_the_same_analytic_k_test(synthetic_dat
                                                                    tmp_path):
   plan = reproduce.Plan(train_res=(16,), seeds=(0, 1), quick=True, data_dir=synthetic_data_dir)
   for seed in plan.seeds:
-    # The config of the sweep run whose sweep_meta.json records K_test* (analyse_one's).
+    # The config of the sweep run whose sweep_meta.json records K_test* (select_and_sweep's).
     sweep = reproduce.eval_config(plan, 16, seed, tmp_path / 'trained', [16, 24],
                                   parametric=True)
     in_run = analysis.analytic_test_res(sweep, pipeline.load_dataset(sweep))
