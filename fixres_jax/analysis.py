@@ -471,16 +471,16 @@ def best_sentence(records: list, train_res: int) -> str:
   if not trained:
     return ''
   best = max(trained, key=lambda r: r['top1'])
-  at_train = next((r for r in trained if r['test_res'] == train_res), None)
-  text = f"The trained network tests best at K_test={best['test_res']} ({100 * best['top1']:.2f}%"
-  if len({r.get('crop_pct') for r in records}) > 1:
-    text += f", crop {best['crop_pct']:g}"
+  at_train = next((r for r in trained if r['test_res'] == train_res
+                   and r.get('crop_pct') == best.get('crop_pct')), None)
+  several = len({r.get('crop_pct') for r in records}) > 1  # then each place names its crop
+  where = lambda r: f"K_test={r['test_res']}" + (f", crop {r['crop_pct']:g}" if several else '')
+  text = f"The trained network tests best at {where(best)} ({100 * best['top1']:.2f}%"
   text += f", {100 * at_train['top1']:.2f}% at K_train)." if at_train else ').'
   finetuned = [r for r in records if r['model'] == 'finetuned']
   if finetuned:
     top = max(finetuned, key=lambda r: r['top1'])
-    text += (f" The fine-tuned network's best is {100 * top['top1']:.2f}% at "
-             f"K_test={top['test_res']}.")
+    text += f" The fine-tuned network's best is {100 * top['top1']:.2f}% at {where(top)}."
   return text
 
 
@@ -554,8 +554,11 @@ def plot_sweep(records: list, meta: dict):
       points = sorted((r['test_res'], 100 * r['top1']) for r in mine if r['model'] == name)
       base = name.split(' crop ')[0]  # the model, whose style every crop's curve keeps
       (line,) = ax.plot(*zip(*points), label=name, **CURVE_STYLES.get(base, OTHER_CURVE_STYLE))
+      colors[name] = line.get_color()
       colors.setdefault(base, line.get_color())
-    mark_test_resolutions(ax, meta, colors.get('finetuned', 'C1'))
+    crop = (meta.get('finetune_test_res') or {}).get('crop_pct')  # its own curve's colour
+    mark_test_resolutions(ax, meta, colors.get(f'finetuned crop {crop:g}' if crop else '',
+                                               colors.get('finetuned', 'C1')))
     ax.set_xlabel('test resolution K_test (px)')
     on = meta['eval_split'] if len(sets) == 1 else eval_name
     ax.set_ylabel(f'top-1 on {on} (%)')

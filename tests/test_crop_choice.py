@@ -117,6 +117,10 @@ def test_the_table_and_plot_show_each_crop_fraction():
   figure = analysis.plot_sweep(records, meta)
   labels = [line.get_label() for line in figure.axes[0].get_lines()]
   assert sum(label.endswith(('crop 0.875', 'crop 1')) for label in labels) == 4, labels
+  sentence = analysis.best_sentence(records, 32)
+  assert sentence.startswith('The trained network tests best at K_test=40, crop 1 (75.00%, '
+                             '74.00% at K_train).'), sentence
+  assert sentence.endswith('85.00% at K_test=40, crop 1.')
   # One crop fraction: the table as before it had crops.
   one = [r for r in records if r['crop_pct'] == 0.875]
   assert analysis.format_table(one).splitlines()[0].split() == ['K_test', 'trained',
