@@ -87,9 +87,8 @@ def collect(root: epath.Path, seeds) -> dict:
     runs = []
     for seed in seeds:
       select = reproduce.run_dir(root / source, k, seed, 'select')
-      sweep = common.read_json(reproduce.run_dir(root / source, k, seed, 'sweep') /
-                               'sweep.json')
-      if sweep is None or not (select / 'sweep.json').exists():
+      sweep = reproduce.finished_sweep(reproduce.run_dir(root / source, k, seed, 'sweep'))
+      if sweep is None or reproduce.finished_sweep(select) is None:
         continue
       best = reproduce.best_heldout(select)['test_res']
       runs.append({'seed': seed, 'selected_test_res': best,

@@ -82,7 +82,7 @@ def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) ->
 def collect(root: epath.Path, name: str, seed: int):
   """A finished run's numbers, or None."""
   workdir, k_train = root / name / f's{seed}', train_res(name)
-  if not (workdir / 'finetune' / 'sweep.json').exists():
+  if reproduce.finished_sweep(workdir / 'finetune') is None:
     return None
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
   records = common.read_json(workdir / 'finetune' / 'sweep.json')

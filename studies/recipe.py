@@ -81,7 +81,7 @@ def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) ->
 def collect(root: epath.Path, name: str, seed: int):
   """A finished run's numbers, or None."""
   workdir = root / name / f's{seed}'
-  if not (workdir / 'val_fast' / 'sweep.json').exists():
+  if reproduce.finished_sweep(workdir / 'val_fast') is None:
     return None
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
   run = {'seed': seed, 'test_res': chosen,

@@ -412,6 +412,14 @@ def train_step_seconds(path: epath.Path) -> float:
   return float(np.median([r['step_time_s'] for r in steps]) * max(r['step'] for r in steps))
 
 
+def finished_sweep(workdir: epath.Path) -> Optional[list]:
+  """The sweep.json records of a run whose sweep has finished (run_once's record), or None:
+  a sweep writes its file as it goes."""
+  if not (workdir / 'reproduce_sweep.json').exists():
+    return None
+  return common.read_json(workdir / 'sweep.json')
+
+
 def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Optional[dict]:
   """The numbers of one (K_train, seed): None until its training has finished."""
   workdir = functools.partial(run_dir, root, train_res, seed)
@@ -422,18 +430,18 @@ def collect_run(root: epath.Path, train_res: int, seed: int, k_star: int) -> Opt
          'train_copied_from': copied_from(workdir('train')),
          'train_seconds': train_step_seconds(workdir('train') / 'metrics.jsonl'),
          'analytic_test_res': k_star}
-  select = common.read_json(workdir('select') / 'sweep.json')
+  select = finished_sweep(workdir('select'))
   if select:
     run['heldout'] = [{k: r[k] for k in ('test_res', 'top1', 'loss')}
                       for r in select if r['model'] == 'trained']
     run['selected_test_res'] = best_heldout(workdir('select'))['test_res']
-  sweep = common.read_json(workdir('sweep') / 'sweep.json')
+  sweep = finished_sweep(workdir('sweep'))
   if sweep:
     run['sweep'] = [{k: r[k] for k in ('model', 'test_res', 'top1', 'zero_fraction')}
                     for r in sweep]
   run['variants'] = {}
   for name in claims.VARIANTS + tuple(f'ft_at_{k}' for k in range(8, 1025, 8)):
-    records = common.read_json(workdir(name) / 'sweep.json')
+    records = finished_sweep(workdir(name))
     if not records:
       continue
     config = common.read_json(workdir(name) / 'config.json')
