@@ -154,7 +154,7 @@ def test_test_time_pool_equals_timms_head(networks):
   # At K_train the window covers the whole map: the plain network.
   small = images[:, :, :K_TEST, :K_TEST].numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(np.asarray(forward(variables, small)),
-                             np.asarray(model.apply(variables, small)), atol=1e-5)
+                             np.asarray(jax.jit(model.apply)(variables, small)), atol=1e-5)
 
 
 @pytest.mark.parametrize('name, passes', [
