@@ -51,6 +51,7 @@ from fixres_jax import losses
 from fixres_jax import metrics as metrics_lib
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import preemption
 from fixres_jax import stage as stage_lib
 from fixres_jax import train
 
@@ -213,14 +214,35 @@ def population_moments(config, workdir, data, mesh, model, variables: dict,
   moments_fn = functools.partial(batch_moments, model, parallel.replicate(variables, mesh),
                                  num_views=augmentations.cached_views(config.finetune.augment))
   save_every = config.checkpoint.every_steps
+  def save(batches_done):
+    _write_json(path, {'key': key, 'batches_done': batches_done,
+                       'count': float(moments['count']),
+                       'mean': moments['mean'].tolist(), 'm2': moments['m2'].tolist()})
+
   for i, batch in enumerate(batches_fn(start), start=start + 1):
     moments = combine_moments(moments, jax.device_get(moments_fn(batch)))
     if i % save_every == 0 or i == num_batches:
-      _write_json(path, {'key': key, 'batches_done': i, 'count': float(moments['count']),
-                         'mean': moments['mean'].tolist(), 'm2': moments['m2'].tolist()})
+      save(i)
     if on_batch:
       on_batch('statistics', i)
+    stop_if_requested('pass 1 (statistics)', i, num_batches, save)
   return moments
+
+
+def stop_if_requested(name: str, batches_done: int, num_batches: int,
+                      save: Callable[[int], None]) -> None:
+  """After a pass's batch: on SIGTERM/SIGINT, saves the pass's progress and raises Stopped.
+
+  A pass over a large fine-tuning set runs for many minutes, longer than a scheduler's grace
+  period: it stops at the next batch, not at its end. Call it on every process after every
+  batch (with several processes it is a preemption sync point).
+  """
+  if batches_done < num_batches and preemption.stop_requested():
+    save(batches_done)
+    raise preemption.Stopped(
+        f'Stopped by signal {preemption.STOP.signum} in the cached fine-tuning\'s {name} '
+        f'after batch {batches_done} of {num_batches}; its progress is saved. Re-run the same '
+        'command to resume.')
 
 
 class FeatureCache:
@@ -317,6 +339,7 @@ def cache_features(config, workdir, data, mesh, model, variables: dict,
       cache.save_progress(i + 1)
     if on_batch:
       on_batch('features', i + 1)
+    stop_if_requested('pass 2 (features)', i + 1, num_batches, cache.save_progress)
   return cache
 
 

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import signal
 import types
 
 from flax import traverse_util
@@ -17,6 +18,7 @@ from fixres_jax.data import pipeline
 from fixres_jax import finetune
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import preemption
 from fixres_jax import recipe
 from fixres_jax import train
 import tiny_config
@@ -185,6 +187,38 @@ def test_interrupted_passes_resume_to_the_same_result(tmp_path, finished):
   assert calls[0] == ('features', 5)  # pass 1 was finished; pass 2 resumed after batch 4
   assert calls[-1] == ('features', 11)
 
+  for key, value in flatten(finished.result).items():
+    np.testing.assert_array_equal(flatten(resumed)[key], value, err_msg=key)
+
+
+def test_a_signal_stops_a_pass_at_the_next_batch_and_it_resumes(tmp_path, finished):
+  """SIGTERM in the middle of either pass: it saves that pass's progress and stops at once
+  (a pass can outlast a scheduler's grace period); the re-run resumes after that batch."""
+  calls = []
+
+  def signal_at(stop):
+    def hook(name, batches_done):
+      calls.append((name, batches_done))
+      if (name, batches_done) == stop:
+        preemption.STOP.record(signal.SIGTERM)  # what the handler does on SIGTERM
+    return hook
+
+  def run(stop):
+    calls.clear()
+    try:
+      return run_cached(finished.config, tmp_path, finished.dataset, finished.variables,
+                        signal_at(stop))
+    finally:
+      preemption.STOP.clear()
+
+  with pytest.raises(preemption.Stopped, match='pass 1 .* after batch 3 of 11'):
+    run(('statistics', 3))
+  assert calls[-1] == ('statistics', 3)  # stopped before the next batch
+  with pytest.raises(preemption.Stopped, match='pass 2 .* after batch 6 of 11'):
+    run(('features', 6))
+  assert calls[0] == ('statistics', 4) and calls[-1] == ('features', 6)
+  resumed = run(None)
+  assert calls[0] == ('features', 7) and calls[-1] == ('features', 11)
   for key, value in flatten(finished.result).items():
     np.testing.assert_array_equal(flatten(resumed)[key], value, err_msg=key)
 
