@@ -23,7 +23,8 @@ the statistics it is tested with, rather than with each batch's.
 
 Resuming: pass 1 saves its running moments (WORKDIR/feature_cache/moments_pN.json) and pass 2
 flushes an on-disk cache with a progress marker every config.checkpoint.every_steps batches
-(an in-memory cache is recomputed). The head phase, seconds long, checkpoints at its end and
+(an in-memory cache is recomputed); a SIGTERM or SIGINT stops either pass at the next batch
+with its progress saved. The head phase, seconds long, checkpoints at its end and
 on SIGTERM only.
 
 fit_adapter runs the same passes and head at another K_test without a stage checkpoint: the
