@@ -167,24 +167,25 @@ def run_seed(source: epath.Path, root: epath.Path, seed: int, data_dir: str,
 def collect_seed(root: epath.Path, seed: int, variants) -> dict:
   """A seed's finished variants: {'top1' and 'nll': {(variant, model, K_test): value},
   'passes': {variant: forward passes per image}, 'maps': {variant: {K_test: (a, b)}} of the
-  parametric adaptation, 'finetune_test_res'}."""
-  top1, nll, passes, maps, finetune_test_res, num_images = {}, {}, {}, {}, None, None
+  parametric adaptation, 'finetune_test_res', 'train_res', 'num_images'}."""
+  run = {'top1': {}, 'nll': {}, 'passes': {}, 'maps': {}, 'finetune_test_res': None,
+         'train_res': None, 'num_images': None}
   for variant in variants:
     found = common.read_json(record_path(root, seed, variant.name))
     if found is None:
       continue
     for r in found['records']:
-      top1[(variant.name, r['model'], r['test_res'])] = r['top1']
-      nll[(variant.name, r['model'], r['test_res'])] = r.get('nll')
-      num_images = r.get('num_images', num_images)
-      if 'forward_passes' in r:
-        passes[variant.name] = r['forward_passes']
-    if 'parametric' in found['meta']:
-      maps[variant.name] = {int(k): v for k, v in found['meta']['parametric']['maps'].items()}
-    finetune_test_res = found['meta'].get('finetune_test_res', {}).get('test_res',
-                                                                       finetune_test_res)
-  return {'top1': top1, 'nll': nll, 'passes': passes, 'maps': maps,
-          'finetune_test_res': finetune_test_res, 'num_images': num_images}
+      key = (variant.name, r['model'], r['test_res'])
+      run['top1'][key], run['nll'][key] = r['top1'], r.get('nll')
+      run['num_images'] = r.get('num_images', run['num_images'])
+      run['passes'][variant.name] = r.get('forward_passes', 1)
+    meta = found['meta']
+    if 'parametric' in meta:
+      run['maps'][variant.name] = {int(k): v for k, v in meta['parametric']['maps'].items()}
+    run['train_res'] = meta.get('train_res', run['train_res'])
+    run['finetune_test_res'] = meta.get('finetune_test_res', {}).get(
+        'test_res', run['finetune_test_res'])
+  return run
 
 
 def summarize(runs: Dict[int, dict], variants) -> dict:
@@ -238,6 +239,7 @@ def summarize(runs: Dict[int, dict], variants) -> dict:
           'best_differences': best_differences, 'parametric': parametric,
           'parametric_nll': parametric_nll, 'parametric_maps': maps,
           'forward_passes': passes, 'num_images': runs[seeds[0]]['num_images'],
+          'train_res': runs[seeds[0]]['train_res'],
           'finetune_test_res': {s: runs[s]['finetune_test_res'] for s in seeds}}
 
 
@@ -352,6 +354,12 @@ def finding_lines(summary: dict, variants) -> List[str]:
                    f"{signed(summary['parametric'][target][RESOLUTIONS[0]])} at K_test "
                    f'{RESOLUTIONS[0]} to {signed(summary["parametric"][target][RESOLUTIONS[-1]])}'
                    f' at {RESOLUTIONS[-1]}; largest {signed(at)} at {k}.')
+  k_train, maps = summary['train_res'], summary['parametric_maps'].get('train_transform', {})
+  if k_train in maps:
+    a, b = maps[k_train]
+    lines.append(f"At K_train={k_train} the paper's target is the central crop's law mapped by "
+                 f'a={a:.3f}, b={b:+.4f} (mean over seeds): the two targets differ by about that '
+                 'factor, and maps with b near 0 scale the logits more than they reorder them.')
   return lines
 
 
@@ -389,21 +397,41 @@ def plot(summary: dict, variants):
     draw(ax, summary['parametric'][target], f'target: {target}', 0.8 * i)
   ax.axhline(0, color='black', linewidth=0.8)
   ax.set_title('Parametric minus trained', fontsize='medium')
-  ax.set_ylabel('Δ top-1 (points)')
+  ax.set_xlabel('K_test (px)')
+  ax.xaxis.set_tick_params(labelbottom=True)  # the panel below it is hidden
   ax.grid(alpha=0.3)
   ax.legend(fontsize='small')
   axes[1][-1].set_visible(False)
   return fig
 
 
+def margin(c: dict) -> str:
+  """A paired difference's mean in points, '*' where resolved."""
+  if c.get('spread') is None:
+    return 'n/a'
+  return f"{100 * c['margin']:+.2f}{'*' if abs(c['margin']) > claims.SIGMAS * c['spread'] else ''}"
+
+
 def readme_block(summary: dict, variants) -> str:
-  """README's lines."""
-  return '\n'.join(finding_lines(summary, variants)) + (
-      f" Seeds {', '.join(map(str, summary['seeds']))}; tables and paired spreads: "
-      '[docs/TRANSFORMS.md](docs/TRANSFORMS.md).')
+  """README's two lines: each variant's best top-1 against the default transform's, and the
+  parametric adaptation's two targets against the trained network."""
+  seeds = ', '.join(map(str, summary['seeds']))
+  cells = '; '.join(f"{name} {margin(c['trained'])} / {margin(c['finetuned'])}"
+                    for name, c in summary['best_differences'].items())
+  ks = '/'.join(map(str, RESOLUTIONS))
+  targets = {'train_transform': "the paper's target (the train transform at K_train)",
+             'test_transform': 'the central crop at K_train'}
+  parametric = '; '.join(
+      f"{words} {'/'.join(margin(summary['parametric'][t][k]) for k in RESOLUTIONS)}"
+      for t, words in targets.items() if t in summary['parametric'])
+  return (f'Best top-1 over K_test under each test transform minus under the default one, '
+          f'trained / fine-tuned network (points, paired over seeds {seeds}; * beyond '
+          f'{claims.SIGMAS:g} std of the differences): {cells}.\n'
+          f'Parametric adaptation minus the trained network at K_test {ks}: {parametric}. '
+          'Tables and spreads: [docs/TRANSFORMS.md](docs/TRANSFORMS.md).')
 
 
-def render(summary: dict, variants, command: str, machine: str, tta_note: str) -> str:
+def render(summary: dict, variants, command: str, machine: str) -> str:
   """docs/TRANSFORMS.md."""
   words = variant_words(variants)
   k_tests = ', '.join(f'{k} (seed {s})' for s, k in summary['finetune_test_res'].items())
@@ -415,15 +443,17 @@ def render(summary: dict, variants, command: str, machine: str, tta_note: str) -
       'workdir (configs/demo.py, K_train=64, fine-tuned at its own K_test: '
       f"{k_tests}) on the {summary['num_images']:,} validation images at K_test "
       f"{', '.join(map(str, RESOLUTIONS))}, once per variant of the test transform; nothing "
-      f'was trained. Machine: {machine}.', '',
+      'was trained. The sweeps are those of `--phase=run` with the same --root (the demo '
+      f'workdirs of --source, the dataset of --data_dir). Machine: {machine}.', '',
       *[f'- `{n}`: {words[n].words}' for n in summary['variants']], '',
-      tta_note, '',
+      scope_note(summary, variants), '',
       f"A ± is the standard deviation over the {len(summary['seeds'])} seeds; a Δ is paired "
       '(the same network of the same seed under the variant and under the default transform), '
       'its ± the standard deviation of the per-seed differences, and * marks a Δ beyond '
       f'{claims.SIGMAS:g} of them. The fine-tuned network was fine-tuned under the default '
       'transform: another transform at test time is also a transform it was not fine-tuned '
-      'for.', '',
+      'for. A network\'s best over K_test is picked on the validation images themselves: an '
+      'optimistic number, used here only to compare transforms.', '',
       '## What was found', '', *[f'- {line}' for line in finding_lines(summary, variants)], '',
       '## Best top-1 over K_test (each seed\'s own best), against the default transform', '',
       best_table(summary, variants), '',
@@ -453,12 +483,18 @@ def render(summary: dict, variants, command: str, machine: str, tta_note: str) -
   return '\n'.join(lines)
 
 
-def tta_sentence(with_tta: bool) -> str:
-  if with_tta:
-    return ('Test-time augmentation (`config.sweep.tta`, fixres_jax/tta.py) averages the '
-            'logits of its views; its cost is the forward passes per image in the first table.')
-  return ('Test-time augmentation is not measured here: this checkout has no '
-          '`config.sweep.tta`.')
+def scope_note(summary: dict, variants) -> str:
+  """What the test-time augmentation rows are, and which variants were left out."""
+  reported = set(summary['variants'])
+  note = ('Test-time augmentation (`config.sweep.tta`, fixres_jax/tta.py) averages the logits '
+          'of its views; its cost is the forward passes per image in the first table.'
+          if any(v.group == 'tta' and v.name in reported for v in variants) else
+          'No test-time augmentation was run for every seed.')
+  missing = [v.name for v in variants if v.name not in reported]
+  if missing:
+    note += (f" Not run for every seed, so not reported: {', '.join(missing)} (the variants "
+             'the run phase had not reached).')
+  return note
 
 
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str, readme=None) -> dict:
@@ -470,14 +506,12 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str, readme=
   if len(runs) < 2:
     raise ValueError(f'{len(runs)} swept seeds under {root}: run --phase=run first.')
   summary = summarize(runs, variants)
-  with_tta = any(variant_words(variants)[n].group == 'tta' for n in summary['variants'])
   machine = common.describe_machine(len(os.sched_getaffinity(0)))
   out.mkdir(parents=True, exist_ok=True)
   (out / 'transforms.json').write_text(json.dumps(
       {'summary': summary, 'command': command, 'machine': machine}, indent=1))
   common.save_figure(plot(summary, variants), out / 'transforms.png')
-  (out / 'TRANSFORMS.md').write_text(render(summary, variants, command, machine,
-                                            tta_sentence(with_tta)))
+  (out / 'TRANSFORMS.md').write_text(render(summary, variants, command, machine))
   if readme:
     common.write_readme_block(readme, README_MARKERS, readme_block(summary, variants))
   return summary

@@ -15,6 +15,7 @@ from studies import copy_accuracy
 from studies import demo
 from studies import recipe
 from studies import robustness
+from studies import transforms
 from studies import variant_grid
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -42,6 +43,8 @@ BLOCKS = {
                               copy_accuracy.readme_block(read_json('COPY_ACCURACY.json'))),
     'robustness': lambda: (robustness.README_MARKERS,
                            robustness.readme_block_from_json(read_json('robustness.json'))),
+    'transforms': lambda: (transforms.README_MARKERS,
+                           transforms.readme_block_from_json(read_json('transforms.json'))),
 }
 
 

@@ -27,7 +27,7 @@ def write_seed(root, seed: int, shift: dict) -> None:
         offset = 0.01 if variant.name == transforms.DEFAULT else -0.01
         records.append({'model': 'parametric', 'test_res': k, 'top1': base + offset,
                         'nll': 1 - base - offset})
-    meta = {'finetune_test_res': {'test_res': 96}}
+    meta = {'finetune_test_res': {'test_res': 96}, 'train_res': 64}
     if variant.parametric:
       meta['parametric'] = {'maps': {str(k): [1.0 + seed, 0.0] for k in transforms.RESOLUTIONS}}
     path = transforms.record_path(root, seed, variant.name)
@@ -57,8 +57,8 @@ def test_the_report_pairs_each_variant_with_the_default_transform(tmp_path):
   assert parametric['train_minus_test'][80]['margin'] > 0.015
   assert summary['parametric_nll']['test_transform'][80]['margin'] > 0.005
   assert summary['parametric_maps']['train_transform'][64] == [2.0, 0.0]  # mean over seeds
-  text = transforms.render(summary, VARIANTS, 'python -m studies.transforms', 'a machine',
-                           transforms.tta_sentence(True))
+  assert 'At K_train=64' in transforms.finding_lines(summary, VARIANTS)[-1]
+  text = transforms.render(summary, VARIANTS, 'python -m studies.transforms', 'a machine')
   assert 'python -m studies.transforms' in text and '## What was found' in text
   assert '`tta_flip`' in text  # the TTA variants' records are there, so they are reported
   assert re.search(r'bicubic trained \+[12]\.\d\d ± 0\.\d\d\*',  # resolved, so starred
