@@ -1,6 +1,7 @@
 """What fails late must not lose what came before: data.skip_corrupt reaches the image-shape
 reader of the analytic K_test*, and a sweep's records are on disk as each resolution ends."""
 
+import csv
 import json
 
 import pytest
@@ -72,4 +73,7 @@ def test_a_sweep_writes_each_resolution_before_the_next(tmp_path, tiny_config, m
                    workdir=tmp_path)
   records = json.loads((tmp_path / 'sweep.json').read_text())
   assert [(r['model'], r['test_res']) for r in records] == [('trained', 32)]
-  assert (tmp_path / 'sweep.csv').read_text().splitlines()[1].startswith('validation,trained,32,0.5')
+  with open(tmp_path / 'sweep.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['eval'], r['model'], r['test_res'], r['top1']) for r in rows] == [
+      ('validation', 'trained', '32', '0.5')]
