@@ -24,7 +24,7 @@ def test_main_writes_sweep_and_resumes(tmp_path, tiny_config):
   assert json.loads((workdir / 'config.json').read_text())['train']['image_size'] == 32
   # sweep.png marks the K_test the fine-tuned model was made at.
   assert json.loads((workdir / 'sweep_meta.json').read_text())['finetune_test_res'] == {
-      'test_res': 40, 'chosen': 'config.finetune.test_res'}
+      'test_res': 40, 'chosen': 'config.finetune.test_res', 'crop_pct': 0.875}
   assert (workdir / 'checkpoints' / 'train').exists()
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert {m['stage'] for m in metrics} >= {'train', 'finetune'}
