@@ -351,11 +351,6 @@ def within_budget(records: list, max_ms_per_image: float) -> list:
   return fast_enough
 
 
-def best_test_res(records: list, metric: str) -> int:
-  """best_record's test_res."""
-  return best_record(records, metric)['test_res']
-
-
 def best_record(records: list, metric: str) -> dict:
   """The record with the highest top-1 (ties: the lower loss) or the lowest loss (ties: the
   higher top-1); the first of those still tied."""

@@ -252,7 +252,7 @@ def test_best_test_res_follows_the_chosen_metric(metric, expected):
              {'test_res': 96, 'top1': 0.86, 'loss': 0.46},
              {'test_res': 112, 'top1': 0.88, 'loss': 0.59},
              {'test_res': 128, 'top1': 0.88, 'loss': 0.60}]  # top-1 tie: the lower loss
-  assert analysis.best_test_res(records, metric) == expected
+  assert analysis.best_record(records, metric)['test_res'] == expected
 
 
 def test_a_recorded_choice_is_not_reused_for_another_metric(tmp_path, tiny_config,

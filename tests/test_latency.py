@@ -45,8 +45,8 @@ def test_the_frontier_keeps_the_k_test_nothing_beats_on_both_counts():
 def test_auto_picks_the_best_k_test_within_the_budget():
   records = [{'test_res': k, 'top1': t, 'loss': 1.0, 'ms_per_image': ms}
              for k, t, ms in [(64, 0.80, 1.0), (96, 0.85, 2.0), (128, 0.90, 4.0)]]
-  assert analysis.best_test_res(analysis.within_budget(records, 0.0), 'top1') == 128
-  assert analysis.best_test_res(analysis.within_budget(records, 2.5), 'top1') == 96
+  assert analysis.best_record(analysis.within_budget(records, 0.0), 'top1')['test_res'] == 128
+  assert analysis.best_record(analysis.within_budget(records, 2.5), 'top1')['test_res'] == 96
   with pytest.raises(errors.ConfigError, match=r'the fastest, 64, takes 1 ms per image'):
     analysis.within_budget(records, 0.5)
 
