@@ -167,7 +167,7 @@ def load_bank(workdir, backbone: dict, wanted: Iterable[int]) -> Dict[int, dict]
 
 
 def build(config, workdir, data_for: Callable, mesh, trained: dict, finetuned: dict,
-          on_batch: Optional[Callable] = None) -> List[int]:
+          stage_record: dict, on_batch: Optional[Callable] = None) -> List[int]:
   """Adds to the bank the adapters of config.finetune.adapter_resolutions it lacks.
 
   Args:
@@ -176,12 +176,13 @@ def build(config, workdir, data_for: Callable, mesh, trained: dict, finetuned: d
     data_for: config -> the finetune stage's StageData (recipe.finetune_data).
     trained: the trained network's variables, which every adapter starts from.
     finetuned: the finetune stage's result, whose adapter is the one at its own K_test.
+    stage_record: the finetune stage's transform record (transform_record.describe), passed
+      in memory: process 0 writes its file, which the other processes may not see yet.
     on_batch: cached_finetune's pass hook (tests interrupt with it).
 
   Returns:
     the K_test made by this call.
   """
-  stage_record = transform_record.require(workdir, 'finetune')
   k_test = int(stage_record['image_size'])
   model = train.create_model(config, 1)  # for its paths alone
   made = []

@@ -75,11 +75,12 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     finetune_fn = cached_finetune.FINETUNE_MODES[resolved.finetune.mode]
     models['finetuned'] = finetune_fn(resolved, workdir, finetune_data(resolved, dataset), mesh,
                                       models['trained'])
-    transform_record.write(workdir, transform_record.describe(
-        resolved, 'finetune', *analysis.finetuned_test_res(resolved, workdir)))
+    record = transform_record.describe(resolved, 'finetune',
+                                       *analysis.finetuned_test_res(resolved, workdir))
+    transform_record.write(workdir, record)
     if config.finetune.adapter_resolutions:  # at the stage's own transform (its record)
       adapters.build(config, workdir, lambda c: finetune_data(c, dataset), mesh,
-                     models['trained'], models['finetuned'])
+                     models['trained'], models['finetuned'], record)
   elif checkpoint.has_steps(workdir / 'checkpoints' / 'finetune'):
     models['finetuned'] = checkpoint.load_variables(workdir / 'checkpoints' / 'finetune')
   if 'sweep' in config.stages:

@@ -64,7 +64,8 @@ def bank(synthetic_data_dir, tmp_path_factory):
   (workdir / 'config.json').write_text(config.to_json_best_effort())  # what export reads
   finetuned = finetune_stage(config, workdir, dataset, trained)
   made = adapters.build(config, workdir, lambda c: recipe.finetune_data(c, dataset),
-                        parallel.create_mesh(), trained, finetuned)
+                        parallel.create_mesh(), trained, finetuned,
+                        transform_record.read(workdir, 'finetune'))
   separate = {}
   for k in BANK:
     config_k = cached_config(synthetic_data_dir, test_res=k)
@@ -118,7 +119,7 @@ def test_a_killed_bank_keeps_its_finished_adapters(tmp_path, tiny_config, monkey
   trained = train.init_variables(model, 32, 0)
   tiny_config.finetune.mode = 'cached'
   tiny_config.finetune.adapter_resolutions = (32, 48, 56)
-  transform_record.write(tmp_path, transform_record.describe(tiny_config, 'finetune', 40, 'x'))
+  record = transform_record.describe(tiny_config, 'finetune', 40, 'x')
   calls, kill_at = [], [48]
 
   def fake_fit(config, workdir, data, mesh, variables, on_batch=None):
@@ -135,7 +136,7 @@ def test_a_killed_bank_keeps_its_finished_adapters(tmp_path, tiny_config, monkey
   monkeypatch.setattr(cached_finetune, 'fit_adapter', fake_fit)
 
   def build():
-    return adapters.build(tiny_config, tmp_path, lambda c: None, None, trained, trained)
+    return adapters.build(tiny_config, tmp_path, lambda c: None, None, trained, trained, record)
 
   with pytest.raises(Interrupted):
     build()

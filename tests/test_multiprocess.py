@@ -2,13 +2,14 @@
 
 Two processes equal one; processes found from SLURM's environment alone; SIGTERM to every
 process or to one of them stops all at one step, with a checkpoint and exit 143, and the
-re-runs resume to the uninterrupted result.
+re-runs resume to the uninterrupted result; two processes build the adapter bank one does.
 """
 
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,9 @@ import jax
 import numpy as np
 import pytest
 
+from flax import traverse_util
+
+from fixres_jax import adapters
 from fixres_jax import checkpoint
 import fast_compile
 
@@ -202,3 +206,40 @@ def test_sigterm_stops_every_process_at_one_step_and_resumes(
   exact = num_processes == 2  # same processes, same reductions
   assert_same_variables(reference, workdir, rtol=1e-6 if exact else 1e-3,
                         atol=1e-7 if exact else 1e-5)
+
+
+def test_two_processes_build_the_adapter_bank_one_does(tmp_path, synthetic_data_dir, slurm_run):
+  """Two processes build the bank, each saving every adapter, and it is one process's bank:
+  the same K_test and transform records, the last BN's statistics (global moments) to float
+  precision, the frozen backbone bit for bit. The head sees each process's cached features in
+  that process's own order, so on 128 images and 8 steps it follows another path: its move
+  from the trained head points the same way (cosine 0.83 here), not to the same point."""
+  trained, _ = slurm_run
+  bank_args = ("--config.stages=('finetune',)", '--config.finetune.mode=cached',
+               '--config.finetune.adapter_resolutions=(32,)')
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  for workdir in (one, two):
+    shutil.copytree(trained, workdir)
+  subprocess.run(main_command(one, synthetic_data_dir, *bank_args), cwd=REPO,
+                 env=environment(2), check=True, timeout=600, capture_output=True)
+  (tmp_path / 'logs').mkdir()
+  run = Processes(two, synthetic_data_dir, 2, tmp_path / 'logs', *bank_args)
+  assert run.wait() == [0, 0], run.output(0)[-3000:]
+  assert adapters.resolutions(two) == adapters.resolutions(one) == [32, 40]
+  start = flat(checkpoint.load_variables(trained / 'checkpoints' / 'train'))
+  head = [key for key in start if key.startswith('params/fc/')]
+  for k in (32, 40):
+    a, b = (flat(adapters.load_adapter(w, k)) for w in (one, two))
+    assert a.keys() == b.keys() and adapters.read_record(two, k) == adapters.read_record(one, k)
+    for key in a:
+      if key.startswith('batch_stats/'):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=f'{k} {key}')
+      elif key not in head:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=f'{k} {key}')
+    moves = [np.concatenate([(x[key] - start[key]).ravel() for key in head]) for x in (a, b)]
+    cosine = moves[0] @ moves[1] / (np.linalg.norm(moves[0]) * np.linalg.norm(moves[1]))
+    assert cosine > 0.5, (k, cosine)
+
+
+def flat(variables) -> dict:
+  return traverse_util.flatten_dict(checkpoint.to_host(variables), sep='/')
