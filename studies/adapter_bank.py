@@ -3,13 +3,18 @@
   python -m studies.adapter_bank --source=/tmp/demo3/seed_0 --data_dir=/tmp/tfds_idle \
       --work=/tmp/adapter_bank_study [--resolutions=80,96,112,128]
 
-copies a finished demo workdir (--source) twice under --work and runs `python -m
-fixres_jax.main --config=configs/demo.py` there with finetune.mode='cached' (config.redo=
-finetune; K_test fixed at the one the demo chose):
+copies a finished demo workdir (--source) under --work, once per step below, without its
+fine-tuning, and runs `python -m fixres_jax.main --config=configs/demo.py` there (K_test fixed
+at the one the demo chose):
 
-  single  the finetune stage at K_test alone;
-  bank    the same stage with finetune.adapter_resolutions=--resolutions;
-  sweep   the sweep of the bank's workdir: every adapter at its own K_test, and frontier.json.
+  single      the finetune stage at K_test alone, finetune.mode='cached';
+  bank        the same stage with finetune.adapter_resolutions=--resolutions;
+  sweep       the sweep of the bank's workdir: every adapter at its own K_test, and
+              frontier.json;
+  sgd         what a user without the bank runs per K: the finetune stage at K_test in mode
+              'sgd' (a forward pass of the backbone per step) for the demo's num_epochs;
+  sgd_recipe  the same for the base config's num_epochs (ResNet-50's recipe), the cost of one
+              K_test at the paper's fine-tuning length.
 
 Each command is timed (wall and CPU seconds, the load average before and after: the machine
 may be shared), and each K's passes are read from the run's metrics.jsonl. A step recorded in
@@ -28,6 +33,7 @@ from absl import app
 from absl import flags
 from etils import epath
 
+from fixres_jax import config as config_lib
 from studies import common
 
 FLAGS = flags.FLAGS
@@ -71,15 +77,20 @@ def pass_timings(workdir: epath.Path) -> dict:
 
 
 def run_steps(source: epath.Path, work: epath.Path, data_dir: str, resolutions: list) -> dict:
-  """The three steps (single, bank, sweep), each run unless --work/steps.json has it."""
+  """The steps (single, bank, sweep, sgd, sgd_recipe), each run unless --work/steps.json has it."""
   k_test = json.loads((source / 'auto_test_res.json').read_text())['test_res']
   common_args = ['--config=configs/demo.py', f'--config.data.data_dir={data_dir}',
-                 '--config.finetune.mode=cached', '--config.redo=finetune',
+                 '--config.redo=finetune',
                  f'--config.finetune.test_res={k_test}']
-  bank_args = [f'--config.finetune.adapter_resolutions=({",".join(map(str, resolutions))},)']
-  plan = {'single': ('single', ['--config.stages=finetune']),
+  bank_args = ['--config.finetune.mode=cached',
+               f'--config.finetune.adapter_resolutions=({",".join(map(str, resolutions))},)']
+  recipe_epochs = config_lib.get_base_config().finetune.num_epochs
+  plan = {'single': ('single', ['--config.stages=finetune', '--config.finetune.mode=cached']),
           'bank': ('bank', ['--config.stages=finetune', *bank_args]),
-          'sweep': ('bank', ['--config.stages=sweep', *bank_args])}
+          'sweep': ('bank', ['--config.stages=sweep', *bank_args]),
+          'sgd': ('sgd', ['--config.stages=finetune', '--config.finetune.mode=sgd']),
+          'sgd_recipe': ('sgd_recipe', ['--config.stages=finetune', '--config.finetune.mode=sgd',
+                                        f'--config.finetune.num_epochs={recipe_epochs}'])}
   path = work / 'steps.json'
   steps = json.loads(path.read_text()) if path.exists() else {}
   for name, (copy, args) in plan.items():
@@ -89,9 +100,12 @@ def run_steps(source: epath.Path, work: epath.Path, data_dir: str, resolutions: 
     if name != 'sweep':  # a fresh copy: an interrupted step starts again
       shutil.rmtree(workdir, ignore_errors=True)
       shutil.copytree(source, workdir)
+      # The source's own fine-tuning goes: every step fine-tunes (config.redo keeps work whose
+      # values did not change, which the 'sgd' step's are).
+      shutil.rmtree(workdir / 'checkpoints' / 'finetune')
     steps[name] = run_timed([*common_args, f'--workdir={workdir}', *args])
     path.write_text(json.dumps(steps, indent=1))
-  return {'k_test': k_test, 'steps': steps}
+  return {'k_test': k_test, 'steps': steps, 'recipe_epochs': recipe_epochs}
 
 
 def collect(source: epath.Path, work: epath.Path, data_dir: str, resolutions: list) -> dict:
@@ -131,12 +145,29 @@ def bank_block(result: dict) -> str:
       f'whole command); with the bank at {", ".join(map(str, sorted(adapter)))}: '
       f"{steps['bank']['wall_s']:.0f} s wall, {steps['bank']['cpu_s']:.0f} s CPU, the two "
       f'passes of each further K taking {per_k} wall and its head '
-      f"{max(passes[k]['head_s'] for k in others):.1f} s or less. Top-1 on validation of each "
-      'adapter at its own K_test (one seed, no spread): '
+      f"{max(passes[k]['head_s'] for k in others):.1f} s or less. "
+      + sgd_comparison(result) + 'Top-1 on validation of each adapter at its own K_test (one '
+      'seed, no spread): '
       + ', '.join(f'{k}: {100 * adapter[k]:.2f}%' for k in sorted(adapter))
       + f' (the network fine-tuned at {k_test}, at those K_test: '
       + ', '.join(f'{100 * finetuned[k]:.2f}%' for k in sorted(adapter) if k in finetuned)
       + ').')
+
+
+def sgd_comparison(result: dict) -> str:
+  """What the bank cost against one K_test fine-tuned without it (mode 'sgd'), in CPU time."""
+  steps = result['steps']
+  if 'sgd_recipe' not in steps:
+    return ''
+  bank, k_test, n = steps['bank']['cpu_s'], result['k_test'], len(result['resolutions'])
+  return (
+      f"Without a bank each K_test is its own finetune stage; in mode 'sgd' at {k_test} it "
+      f"took {steps['sgd']['cpu_s']:.0f} s CPU for the demo's epochs and "
+      f"{steps['sgd_recipe']['cpu_s']:.0f} s CPU for the {result['recipe_epochs']} epochs of "
+      f"ResNet-50's recipe: the bank of {n} K_test cost "
+      f"{bank / steps['sgd_recipe']['cpu_s']:.2f}x one K_test at the recipe's length "
+      f"({bank / steps['sgd']['cpu_s']:.2f}x at the demo's). Each K's passes run at its own "
+      "pixels, so a bank costs the sum over its K of two inference passes, not one K_test's. ")
 
 
 def frontier_block(result: dict) -> str:
