@@ -216,14 +216,14 @@ def trains_as_demo(config, demo: epath.Path) -> bool:
 
 
 def describe_dataset(data_dir: str, name: str) -> dict:
-  """What tells a tfds dataset's copies apart: per version, each split's examples per shard
-  and bytes (its dataset_info.json); {} when data_dir does not hold it."""
+  """What tells a tfds dataset's copies apart: per version, its record files and their sizes
+  (a downscaled copy keeps the original's dataset_info.json, so that cannot); {} when
+  data_dir does not hold it."""
   root = epath.Path(data_dir or os.path.expanduser('~/tensorflow_datasets')) / name
   described = {}
   for info in sorted(root.glob('*/dataset_info.json')):
-    splits = json.loads(info.read_text())['splits']
     described[info.parent.name] = sorted(
-        (s['name'], s.get('shardLengths'), s.get('numBytes')) for s in splits)
+        (f.name, f.stat().length) for f in info.parent.glob('*.tfrecord*'))
   return described
 
 

@@ -8,11 +8,13 @@ from studies import reproduce
 
 
 def write_dataset(data_dir, train_bytes):
-  """A stand-in tfds dataset: its dataset_info.json alone (what tells copies apart)."""
+  """A stand-in tfds dataset: a dataset_info.json, the same in every copy (prepare keeps the
+  original's), and a record file of train_bytes."""
   version = data_dir / 'fixres_synthetic' / 'default' / '3.0.0'
   version.mkdir(parents=True)
   (version / 'dataset_info.json').write_text(json.dumps({'splits': [
-      {'name': 'train', 'shardLengths': ['100'], 'numBytes': str(train_bytes)}]}))
+      {'name': 'train', 'shardLengths': ['100'], 'numBytes': '1000'}]}))
+  (version / 'fixres_synthetic-train.tfrecord-00000-of-00001').write_bytes(b'x' * train_bytes)
   return str(data_dir)
 
 
