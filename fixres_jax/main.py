@@ -21,6 +21,7 @@ from fixres_jax import config as config_lib
 from fixres_jax import console
 from fixres_jax import devices
 from fixres_jax import errors
+from fixres_jax import peer_errors
 from fixres_jax import preemption
 from fixres_jax import recipe
 from fixres_jax import workdir as workdir_lib
@@ -108,6 +109,7 @@ def main(argv):
   devices.request_determinism(FLAGS.config)  # read when jax creates its backend: first
   workdir_lib.enable_compilation_cache(FLAGS.workdir)  # before anything compiles
   initialize_distributed()
+  peer_errors.watch()  # another process's error ends this one too
   logging.info('JAX on %s.', devices.describe())
   preemption.install_handlers()  # once, for the whole run: a signal ends the run, not a stage
   run_or_exit(FLAGS.config, FLAGS.workdir)
@@ -124,7 +126,10 @@ def run_or_exit(config, workdir: str) -> None:
   except KeyboardInterrupt:  # Ctrl-C twice, or with several processes (no handler there)
     stop_with('Interrupted.', 128 + signal.SIGINT)
   except errors.UserError as e:  # anything else is a bug: its traceback stays
-    errors.exit_with(errors.message(e))
+    peer_errors.exit_with(errors.message(e), errors.EXIT_CODE)
+  except Exception as e:  # pylint: disable=broad-except  (a bug: with several processes, it
+    peer_errors.exit_on_crash(e)  # ends them all; with one, it goes on to its traceback)
+    raise
   if preemption.STOP.is_set():  # it came during the last stage's final work
     stop_with(f'Stopped by signal {preemption.STOP.signum} after the last stage, whose '
               'outputs are written.', preemption.STOP.exit_code())

@@ -2,7 +2,8 @@
 
 Two processes equal one; processes found from SLURM's environment alone; SIGTERM to every
 process or to one of them stops all at one step, with a checkpoint and exit 143, and the
-re-runs resume to the uninterrupted result; two processes build the adapter bank one does.
+re-runs resume to the uninterrupted result; two processes build the adapter bank one does; an
+error on one process ends both, with its message.
 """
 
 import json
@@ -24,7 +25,10 @@ from flax import traverse_util
 
 from fixres_jax import adapters
 from fixres_jax import checkpoint
+from fixres_jax.data import pipeline
 import fast_compile
+import test_sources
+import tiny_config
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -243,3 +247,25 @@ def test_two_processes_build_the_adapter_bank_one_does(tmp_path, synthetic_data_
 
 def flat(variables) -> dict:
   return traverse_util.flatten_dict(checkpoint.to_host(variables), sep='/')
+
+
+def test_an_error_on_one_process_ends_every_process(tmp_path, synthetic_data_dir):
+  """Every training image process 1 reads (shards 2 and 3 of 4) is corrupt: process 1 stops
+  on it with its message, and process 0, waiting in a collective, stops with that message
+  too, instead of waiting for a process that is gone."""
+  root = test_sources.make_folder(tmp_path / 'data')
+  config = test_sources.folder_config(tiny_config.get_config(), root)
+  dataset = pipeline.load_dataset(config)
+  corrupt = [pathlib.Path(ex['file_name'].decode()) for shard in (2, 3)
+             for ex in dataset.read('train', shard, 4).as_numpy_iterator()]
+  for path in corrupt:
+    path.write_bytes(b'')
+  (tmp_path / 'logs').mkdir()
+  run = Processes(tmp_path / 'run', synthetic_data_dir, 2, tmp_path / 'logs',
+                  '--config.data.name=folder', f'--config.data.folder={root}',
+                  '--config.train.batch_size=8')
+  assert run.wait(timeout=300) == [2, 2], run.output(0)[-3000:]
+  assert f'Error: Cannot decode {len(corrupt)} image(s)' in run.output(1)
+  assert 'Error: process 1 stopped, so this one stops too. Its error: Cannot decode' in (
+      run.output(0))
+  assert corrupt[0].name in run.output(0) and 'Traceback' not in run.output(0)
