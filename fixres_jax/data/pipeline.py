@@ -547,6 +547,8 @@ def _iterate(ds, dataset: Dataset, split: str) -> Iterator[dict]:
   """NumPy batches; a data error becomes a message that names the problem and the fix."""
   try:
     yield from tfds.as_numpy(ds) if isinstance(ds, tf.data.Dataset) else ds
+  except GeneratorExit:  # closed unfinished, maybe at exit, when `tf` below may be gone
+    raise
   except tf.errors.InvalidArgumentError as e:
     if LABEL_ERROR in str(e):
       raise errors.DataError(
