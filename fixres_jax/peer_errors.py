@@ -18,7 +18,6 @@ import time
 import traceback
 from typing import NoReturn
 
-import jax
 from jax._src import distributed  # the coordination service's client: jax has no public one
 
 KEY = 'fixres_jax/error'
@@ -26,8 +25,10 @@ POLL_SECONDS = 1.0
 
 
 def coordination_client():
-  """jax's client of the coordination service, or None in a single-process run."""
-  return distributed.global_state.client if jax.process_count() > 1 else None
+  """jax's client of the coordination service, or None in a single-process run (read from
+  jax.distributed's state: asking the backend could itself fail, inside an error handler)."""
+  state = distributed.global_state
+  return state.client if (state.num_processes or 1) > 1 else None
 
 
 def exit_with(text: str, code: int) -> NoReturn:
@@ -36,11 +37,12 @@ def exit_with(text: str, code: int) -> NoReturn:
   client = coordination_client()
   if client is None:
     sys.exit(code)
+  process = distributed.global_state.process_id
   try:
-    client.key_value_set(KEY, f'{jax.process_index()}:{code}:{text}')
+    client.key_value_set(KEY, f'{process}:{code}:{text}')
   except Exception:  # pylint: disable=broad-except  (another process posted first)
     pass
-  if jax.process_index() == 0:  # it hosts the service: the others must read the post first
+  if process == 0:  # it hosts the service: the others must read the post before it goes
     time.sleep(3 * POLL_SECONDS)
   sys.stdout.flush()
   os._exit(code)  # not sys.exit: jax's shutdown barrier would wait for the others
@@ -69,7 +71,7 @@ def watch() -> None:
       except Exception:  # pylint: disable=broad-except  (no post: NOT_FOUND)
         continue
       process, code, text = post.split(':', 2)
-      if int(process) != jax.process_index():
+      if int(process) != distributed.global_state.process_id:  # (its own: exiting already)
         print(f'Error: process {process} stopped, so this one stops too. Its error: {text}',
               file=sys.stderr, flush=True)
         os._exit(int(code))
