@@ -82,10 +82,10 @@ def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) ->
 def collect(root: epath.Path, name: str, seed: int):
   """A finished run's numbers, or None."""
   workdir, k_train = root / name / f's{seed}', train_res(name)
-  if reproduce.finished_sweep(workdir / 'finetune') is None:
+  records = reproduce.finished_sweep(workdir / 'finetune')
+  if records is None:
     return None
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
-  records = common.read_json(workdir / 'finetune' / 'sweep.json')
   return {'seed': seed, 'train_res': k_train, 'test_res': chosen,
           'train_copied_from': reproduce.copied_from(workdir / 'train'),
           'trained_at_train_res': claims.top1_at(records, 'trained', k_train),

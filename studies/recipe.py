@@ -81,13 +81,13 @@ def run_variant(plan: reproduce.Plan, root: epath.Path, name: str, seed: int) ->
 def collect(root: epath.Path, name: str, seed: int):
   """A finished run's numbers, or None."""
   workdir = root / name / f's{seed}'
-  if reproduce.finished_sweep(workdir / 'val_fast') is None:
+  sweeps = {d: reproduce.finished_sweep(workdir / f'val_{d}') for d in ('exact', 'fast')}
+  if None in sweeps.values():
     return None
   chosen = reproduce.best_heldout(workdir / 'select')['test_res']
   run = {'seed': seed, 'test_res': chosen,
          'train_copied_from': reproduce.copied_from(workdir / 'train')}
-  for decode in ('exact', 'fast'):
-    records = common.read_json(workdir / f'val_{decode}' / 'sweep.json')
+  for decode, records in sweeps.items():
     run[f'{decode}_at_train_res'] = claims.top1_at(records, 'trained', TRAIN_RES)
     run[f'{decode}_at_chosen'] = claims.top1_at(records, 'trained', chosen)
   return run

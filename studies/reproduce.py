@@ -370,9 +370,10 @@ def analyse_all(plan: Plan, root: epath.Path) -> None:
   k_star = {(k, s): analytic_test_res(plan, k, s)['test_res'] for k, s in done}
   for k, s in done:
     select_and_sweep(plan, root, k, s, k_star[k, s])
+  variants = {(k, s): finetune_variants(plan, root, k, s, k_star[k, s]) for k, s in done}
   for late in (False, True):
-    for k, s in done:
-      for name, config in finetune_variants(plan, root, k, s, k_star[k, s]).items():
+    for (k, s), configs in variants.items():
+      for name, config in configs.items():
         if (name in LATE_VARIANTS) == late:
           run_finetune(config, run_dir(root, k, s, name))
 
