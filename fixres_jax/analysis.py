@@ -73,7 +73,8 @@ class SweepResult:
 def sweep(config, dataset, mesh, models: Dict[str, dict], model,
           finetune_test_res: Optional[tuple] = None, workdir=None,
           finetune_crop_pct: Optional[float] = None,
-          adapters: Optional[Dict[int, dict]] = None) -> SweepResult:
+          adapters: Optional[Dict[int, dict]] = None,
+          passes: Optional[dict] = None) -> SweepResult:
   """Evaluates each model, and the parametric adaptation, at each config.sweep.resolutions
   and crop fraction (sweep_crop_pcts).
 
@@ -89,6 +90,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
 
     adapters: {K_test: variables} of the adapter bank (adapters.load_bank): each is scored
       at its own K_test, as model 'adapter'.
+    passes: the trained model's feature histograms that select_test_res measured,
+      {(split, K_test, crop_pct): histogram}: a parametric fit on one of them needs no pass.
+
   Returns:
     the records, feature statistics and metadata (timing, analytic K_test*, fits).
   """
@@ -111,6 +115,9 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     return step_fns[scoring]
 
   def fit_at(test_res, crop_pct):  # the trained model's features on a training slice
+    measured = (passes or {}).get((cfg.parametric_split, test_res, crop_pct))
+    if (test_res, crop_pct) not in fits and measured is not None:
+      fits[test_res, crop_pct] = parametric.fit_gev(evaluate.HISTOGRAM_EDGES, measured)
     if (test_res, crop_pct) not in fits:
       fits[test_res, crop_pct] = evaluate.fit_pooled_features(
           step_fn, models['trained'], pipeline.config_eval_batches(
@@ -249,14 +256,15 @@ def analytic_test_res(config, dataset=None) -> dict:
   return {**result, 'image_shapes': note}
 
 
-def resolve_test_res(config, workdir, dataset, mesh, variables: dict, model):
+def resolve_test_res(config, workdir, dataset, mesh, variables: dict, model,
+                     passes: Optional[dict] = None):
   """`config`, or a copy with finetune.test_res and data.crop_pct chosen by select_test_res
-  when finetune.test_res is 'auto'."""
+  (which adds its passes to `passes`) when finetune.test_res is 'auto'."""
   if config.finetune.test_res != AUTO:
     return config
   resolved = copy.deepcopy(config)
   resolved.finetune.test_res, resolved.data.crop_pct = select_test_res(
-      config, workdir, dataset, mesh, variables, model)
+      config, workdir, dataset, mesh, variables, model, passes)
   return resolved
 
 
@@ -269,7 +277,8 @@ def with_crop_pct(config, crop_pct: float):
   return copied
 
 
-def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> tuple:
+def select_test_res(config, workdir, dataset, mesh, variables: dict, model,
+                    passes: Optional[dict] = None) -> tuple:
   """The trained model's best (K_test, crop fraction) on config.finetune.auto_split, a
   TRAINING-split slice.
 
@@ -279,6 +288,10 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> t
   every score go to WORKDIR/auto_test_res.json, which a re-run of the same configuration
   reuses, and every re-run once fine-tuning has saved work (that work was made at the pair
   chosen then; config.redo='finetune' chooses again).
+
+  Args:
+    passes: where each pass's feature histogram is added, {(split, K_test, crop_pct):
+      histogram}, for the sweep's parametric fits on the same slice (sweep's `passes`).
 
   Returns:
     (K_test, crop_pct).
@@ -314,7 +327,10 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model) -> t
     for crop_pct in crops:
       batches = pipeline.config_eval_batches(with_crop_pct(config, crop_pct), dataset,
                                              cfg.auto_split, test_res)
-      metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh)
+      metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh,
+                                        histogram=passes is not None)
+      if passes is not None:
+        passes[cfg.auto_split, test_res, crop_pct] = metrics.pop('histogram')
       if ms_per_image is not None:
         metrics['ms_per_image'] = ms_per_image
       records.append({'test_res': test_res, 'crop_pct': crop_pct, **metrics})

@@ -182,10 +182,12 @@ def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dic
   return {name: jax.device_get(t) for name, t in totals.items()}
 
 
-def evaluate_model(step_fn, variables: dict, batches, mesh) -> dict:
-  """The metrics (summarize's first record) of one model over `batches`."""
-  totals = evaluate(step_fn, {'model': (variables, None)}, batches, mesh)
-  return summarize(totals['model']['plain'])[0]
+def evaluate_model(step_fn, variables: dict, batches, mesh, histogram: bool = False) -> dict:
+  """The metrics (summarize's first record) of one model over `batches`; with `histogram`,
+  also the pooled features' histogram (feature_sums), under 'histogram'."""
+  totals = evaluate(step_fn, {'model': (variables, None)}, batches, mesh)['model']['plain']
+  metrics = summarize(totals)[0]
+  return {**metrics, 'histogram': totals['histogram']} if histogram else metrics
 
 
 def summarize(totals: dict) -> tuple:

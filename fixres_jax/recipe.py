@@ -58,6 +58,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
   (preemption.check_stop here, and before each evaluation pass of the sweep)."""
   mesh = parallel.create_mesh()
   models = {}
+  passes = {}  # the 'auto' choice's passes on a training slice, which the sweep's fits reuse
   if 'train' in config.stages:
     preemption.check_stop('the train stage')
     models['trained'] = train.train_and_evaluate(config, workdir, train_data(config, dataset),
@@ -71,7 +72,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     # finetune.test_res='auto': K_test (and, with finetune.auto_crop_pcts, data.crop_pct)
     # chosen on a training-split slice, recorded in the workdir; the sweep keeps `config`.
     resolved = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
-                                         model)
+                                         model, passes)
     finetune_fn = cached_finetune.FINETUNE_MODES[resolved.finetune.mode]
     models['finetuned'] = finetune_fn(resolved, workdir, finetune_data(resolved, dataset), mesh,
                                       models['trained'])
@@ -90,7 +91,7 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     result = analysis.sweep(config, dataset, mesh, models, model,
                             analysis.finetuned_test_res(config, workdir), workdir,
                             analysis.finetuned_crop_pct(config, workdir),
-                            adapters=bank)
+                            adapters=bank, passes=passes)
     analysis.write_sweep(workdir, result)
     print(analysis.format_table(result.records), flush=True)
     print(analysis.describe_outputs(config, workdir, result.records), flush=True)

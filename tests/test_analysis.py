@@ -127,6 +127,33 @@ def test_the_parametric_target_is_fitted_on_the_train_transform(tiny_config, tin
   assert meta['maps'][k_train] != pytest.approx([1.0, 0.0], abs=1e-3)
 
 
+@pytest.mark.slow  # three sweeps' worth of passes
+def test_the_sweep_fits_on_the_passes_of_the_auto_choice(tmp_path, tiny_config, tiny_dataset,
+                                                         monkeypatch):
+  config = tiny_config
+  config.sweep.resolutions, config.sweep.latency_batch_size = (24, 40), 0
+  config.finetune.test_res = 'auto'
+  config.sweep.parametric_split = config.finetune.auto_split
+  model, variables = create_models(config, tiny_dataset)
+  mesh = parallel.create_mesh()
+  trained = {'trained': variables['trained']}
+  passes = {}
+  analysis.select_test_res(config, tmp_path, tiny_dataset, mesh, variables['trained'], model,
+                           passes)
+  assert sorted(passes) == [(config.finetune.auto_split, k, config.data.crop_pct)
+                            for k in (24, 40)]
+  expected = analysis.sweep(config, tiny_dataset, mesh, trained, model).meta['parametric']
+  fit, fitted = evaluate.fit_pooled_features, []
+  monkeypatch.setattr(evaluate, 'fit_pooled_features',
+                      lambda *args: fitted.append(args) or fit(*args))
+  reused = analysis.sweep(config, tiny_dataset, mesh, trained, model,
+                          passes=passes).meta['parametric']
+  assert len(fitted) == 1  # the target's, on the train transform; none at a swept K_test
+  for k_test in (24, 40):
+    assert reused['fits'][k_test] == pytest.approx(expected['fits'][k_test])
+    assert reused['maps'][k_test] == pytest.approx(expected['maps'][k_test])
+
+
 @pytest.mark.slow  # two sweeps
 def test_sweep_skips_a_corrupt_validation_image_under_skip_corrupt(tmp_path, tiny_config):
   from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -264,7 +291,7 @@ def test_a_recorded_choice_is_not_reused_for_another_metric(tmp_path, tiny_confi
       {'test_res': 24, 'split': config.finetune.auto_split, 'metric': 'top1',
        'resolutions': [24, 40], 'records': []}))
   evaluated = []
-  monkeypatch.setattr(evaluate, 'evaluate_model', lambda step_fn, variables, batches, mesh: (
+  monkeypatch.setattr(evaluate, 'evaluate_model', lambda step_fn, variables, batches, mesh, **kwargs: (
       evaluated.append(1) or {'top1': 0.5, 'loss': 1.0 if len(evaluated) == 1 else 0.5}))
   monkeypatch.setattr(pipeline, 'config_eval_batches', lambda *args: None)
   monkeypatch.setattr(parallel, 'replicate', lambda variables, mesh: variables)
