@@ -74,7 +74,10 @@ class TfdsSource:
     """Shard `shard` of `num_shards` equal parts of `split`, file order shuffled if seeded."""
     if num_shards > 1:
       split = tfds.even_splits(split, num_shards, drop_remainder=drop_remainder)[shard]
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, add_tfds_id=False)
+    # No tfds autocache: config.data.cache decides what stays in memory, and a cached read
+    # that stops early (read_image_shapes) makes TensorFlow warn about the partial cache.
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, add_tfds_id=False,
+                                  try_autocache=False)
     ds = self.builder.as_dataset(
         split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
         decoders={self.image_key: tfds.decode.SkipDecoding()})
