@@ -61,6 +61,28 @@ def test_eval_counts_every_image_once(tiny_dataset, num_devices):
   assert total == num_images
 
 
+def test_the_next_epoch_starts_while_the_last_batches_are_read(monkeypatch):
+  monkeypatch.setattr(pipeline, 'READ_AHEAD_BATCHES', 2)
+  read, started = [], {}
+
+  def epoch_batches(epoch, skip):
+    started[epoch] = len(read)  # batches the consumer had taken when this epoch was asked for
+    return ((epoch, i) for i in range(skip, 6))
+
+  resumed = pipeline.read_epochs_ahead(epoch_batches, 6, epoch=2, skip=3)
+  assert list(itertools.islice(resumed, 5)) == [(2, 3), (2, 4), (2, 5), (3, 0), (3, 1)]
+  resumed.close()
+  started.clear()
+  stream = pipeline.read_epochs_ahead(epoch_batches, 6, epoch=2, skip=0)
+  read.extend(itertools.islice(stream, 14))
+  assert read == [(e, i) for e in (2, 3) for i in range(6)] + [(4, 0), (4, 1)]
+  # Each next epoch is asked for when the consumer reaches the last 2 batches of the one
+  # before, before it is needed.
+  assert started[2] == 0 and 4 <= started[3] <= 6 and 10 <= started[4] <= 12
+  stream.close()
+  assert sorted(started) == [2, 3, 4]  # epoch 5's batches were never reached
+
+
 def test_train_batches_resume_at_any_step(tiny_dataset):
   kwargs = dict(split='train', global_batch=32, seed=3, transform=train_at(32),
                 read=pipeline.ReadOptions(shuffle_buffer=64))

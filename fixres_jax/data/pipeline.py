@@ -6,6 +6,7 @@ global batch. Randomness is stateless and derived from (seed, epoch, example pos
 resumed run sees exactly the example order and augmentations it would have seen.
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -334,8 +335,7 @@ def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
     raise errors.ConfigError(f'The batch of each data shard ({shard_batch}) must split into '
                              f'{repeat.groups} equal BatchNorm groups: check '
                              'config.model.bn_group_size.')
-  epoch, skip = divmod(start_step, steps)
-  while True:
+  def epoch_batches(epoch: int, skip: int) -> Iterator[dict]:
     streams, raw_streams, transforms = [], [], []
     for shard in shards:
       shard_seed = epoch_shard_seed(seed, epoch, shard)
@@ -360,12 +360,50 @@ def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
       batches = service_lib.remote_batches(raw_streams, transforms, shard_batch, skip,
                                            steps - skip, read.service,
                                            _options(read.deterministic))
-      yield from _iterate(batches, dataset, split)
-    else:
-      ds = tf.data.Dataset.zip(tuple(streams)).map(concat_batches)
-      ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
-      yield from _iterate(ds.with_options(_options(read.deterministic)), dataset, split)
-    epoch, skip = epoch + 1, 0
+      return _iterate(batches, dataset, split)
+    ds = tf.data.Dataset.zip(tuple(streams)).map(concat_batches)
+    ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
+    return _iterate(ds.with_options(_options(read.deterministic)), dataset, split)
+
+  return read_epochs_ahead(epoch_batches, steps, *divmod(start_step, steps))
+
+
+# The batches left in an epoch when the next epoch's stream starts (read_epochs_ahead).
+READ_AHEAD_BATCHES = 16
+
+
+def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps: int,
+                      epoch: int, skip: int) -> Iterator[dict]:
+  """epoch_batches(epoch, skip), then each later epoch from its start, endlessly.
+
+  An epoch's stream is built and its first batch read in a thread while the previous epoch's
+  last READ_AHEAD_BATCHES batches are read: the boundary does not wait for tf.data to trace
+  the transform, fill the shuffle buffer and start its threads (a pause of seconds on a
+  small dataset), and two epochs' buffers are held only over those last batches.
+
+  Args:
+    epoch_batches: (epoch, batches to skip) -> that epoch's batches.
+    steps: batches per epoch.
+  """
+  def start(epoch, skip):
+    batches = epoch_batches(epoch, skip)
+    return batches, list(itertools.islice(batches, 1))
+
+  executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='next_epoch')
+  try:
+    upcoming = executor.submit(start, epoch, skip)
+    while True:
+      batches, first = upcoming.result()
+      upcoming = None
+      for position, batch in enumerate(itertools.chain(first, batches), start=skip + 1):
+        if upcoming is None and position > steps - READ_AHEAD_BATCHES:
+          upcoming = executor.submit(start, epoch + 1, 0)
+        yield batch
+      if upcoming is None:
+        upcoming = executor.submit(start, epoch + 1, 0)
+      epoch, skip = epoch + 1, 0
+  finally:  # closed early (a stage's last step): a stream being started is not waited for
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def concat_batches(*batches) -> dict:
