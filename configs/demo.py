@@ -2,11 +2,11 @@
 
   python -m fixres_jax.main --config=configs/demo.py --workdir=/tmp/fixres_demo
 
-Generates fixres_synthetic (10 texture classes, 10,000 train / 2,000 validation JPEGs) into the
-tfds data dir on first use, trains a small ResNet (4 basic blocks, widths 16-128) at
-K_train=64 on train[:90%], picks K_test as the trained network's lowest loss on the held-out
-train[90%:] (finetune.test_res='auto'), FixRes-fine-tunes the last BN statistics and the
-classifier there, then sweeps K_test in 48..128 for both models on the validation split.
+Generates fixres_synthetic (10 texture classes, 10,000 train / 2,000 validation JPEGs of
+128-192 px) into the tfds data dir on first use, trains a small ResNet (4 basic blocks, widths
+16-128) at K_train=48 on train[:90%], picks K_test as the trained network's lowest loss on the
+held-out train[90%:] (finetune.test_res='auto'), FixRes-fine-tunes the last BN statistics and
+the classifier there, then sweeps K_test in 48..96 for both models on the validation split.
 What it shows over five seeds, with the spread, and how long it takes: docs/DEMO.md, written
 by `python -m studies.demo`.
 """
@@ -32,7 +32,7 @@ def get_config():
   # (studies.plateau: one of the changes that shorten the first, chance-level steps).
   config.model.zero_init_head = True
 
-  config.train.image_size = 64
+  config.train.image_size = 48
   config.train.batch_size = 64
   config.train.num_epochs = 8
   config.train.base_lr = 0.4  # per 256 images: 0.1 at the batch of 64
@@ -55,7 +55,7 @@ def get_config():
   config.finetune.base_lr = 0.02  # per 512 images; the tiny head needs more than ImageNet's
   config.finetune.lr_decay_epochs = 30
 
-  config.sweep.resolutions = (48, 64, 80, 96, 112, 128)
+  config.sweep.resolutions = (48, 64, 80, 96)
   config.sweep.batch_size = 200
   config.sweep.parametric_split = 'train[90%:]'
 

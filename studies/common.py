@@ -51,6 +51,11 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
   return overrides
 
 
+def demo_train_res() -> int:
+  """configs/demo.py's K_train: the studies train at it unless they vary it."""
+  return int(load_config_file(REPO / 'configs' / 'demo.py').train.image_size)
+
+
 def demo_config(data_dir: str, seed: int, overrides: Dict[str, Any] = None):
   """configs/demo.py with the data dir, the seed and `overrides` set."""
   config = load_config_file(REPO / 'configs' / 'demo.py')

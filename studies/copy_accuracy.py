@@ -1,19 +1,20 @@
-"""What training on a downscaled copy costs in accuracy: the embedded dataset, K_train 64.
+"""What training on a downscaled copy costs in accuracy: the embedded dataset, the demo's K_train.
 
-  python -m studies.copy_accuracy --data_dir=/tmp/tfds_idle --results_root=/tmp/copy_acc \
-      [--demo_root=/tmp/demo3] [--short_side=128] [--quality=90] [--seeds=0,1,2] [--epochs=8] \
+  python -m studies.copy_accuracy --data_dir=/tmp/tfds_demo --results_root=/tmp/copy_acc \
+      [--demo_root=/tmp/demo4] [--short_side=96] [--quality=90] [--seeds=0,1,2] [--epochs=8] \
       [--out=docs/COPY_ACCURACY.md]
 
 For each seed, the demo network (configs/demo.py, through studies/reproduce.py's configs) is
 trained at K_train on train[:90%] of the demo's dataset twice, for the demo's epochs: from the
-original JPEGs (short sides 200-320 px) and from a copy made by
+original JPEGs (short sides 128-192 px) and from a copy made by
 `python -m fixres_jax.data.prepare` with the shorter side capped at --short_side. Training
-from the originals at K_train 64 is the demo's own training: with --demo_root it is copied
+from the originals at the demo's K_train is the demo's own training: with --demo_root it is copied
 from the finished demo workdirs (reproduce.train_once), not repeated. Everything after
 training reads the originals, as a user who trains from the copy but tests on real images
 would: K_test is selected on the held-out train[90%:] (reproduce.best_heldout, never
-validation), then the validation split is swept. A re-run skips finished runs (reproduce.run_once) and rewrites the table from what has
-finished; --phase=report only writes it.
+validation), then the validation split is swept. A re-run skips finished runs
+(reproduce.run_once) and rewrites the table from what has finished; --phase=report only
+writes it.
 """
 
 import json
@@ -36,9 +37,11 @@ def define_flags() -> None:
   flags.DEFINE_string('demo_root', '', 'Finished demo workdirs (ROOT/seed_N) whose training '
                       'the originals\' runs reuse when they train as the demo did.')
   flags.DEFINE_string('results_root', '/tmp/copy_accuracy', 'One workdir per run, and the copy.')
-  flags.DEFINE_integer('short_side', 128, 'Cap on the shorter side of the copy.')
+  # Half to three quarters of the originals' short sides (128-192 px), a little above the
+  # test transform's resize at the demo's K_test, as a 256-320 px copy of ImageNet is.
+  flags.DEFINE_integer('short_side', 96, 'Cap on the shorter side of the copy.')
   flags.DEFINE_integer('quality', 90, 'JPEG quality of the copy.')
-  flags.DEFINE_integer('train_res', 64, 'K_train.')
+  flags.DEFINE_integer('train_res', common.demo_train_res(), "K_train (the demo's).")
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each trains both networks).')
   flags.DEFINE_integer('epochs', 8, "Training epochs (the demo's).")
   flags.DEFINE_string('out', 'docs/COPY_ACCURACY.md', 'The generated table.')

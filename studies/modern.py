@@ -26,11 +26,11 @@ from studies import common
 from studies import reproduce
 from studies import variant_grid
 
-TRAIN_RES = 64  # the demo's K_train
+TRAIN_RES = common.demo_train_res()
 MIX = {'train.mixup_alpha': 0.1, 'train.cutmix_alpha': 1.0}  # timm's switch_prob 0.5
-# 48 px for half the epochs, then 64, then 80 (FFCV ramps up at the end): per epoch
-# (4 x 48^2 + 2 x 64^2 + 2 x 80^2) / 8 = 3776 pixels per image, against 64^2 = 4096 fixed.
-PROGRESSIVE = ((0, 48), (0.5, 64), (0.75, 80))  # (fraction of the epochs, size)
+# 2/3 of K_train for half the epochs, then K_train, then 4/3 of it (FFCV ramps up at the end):
+# per epoch (4 x 4 + 2 x 9 + 2 x 16) / (8 x 9) = 0.92 of K_train's pixels per image.
+PROGRESSIVE = ((0, TRAIN_RES * 2 // 3), (0.5, TRAIN_RES), (0.75, TRAIN_RES * 4 // 3))
 VARIANTS = {
     'baseline': {},
     'mix': MIX,
@@ -46,7 +46,7 @@ LABELS = {
     'baseline': f'baseline (demo recipe, K_train={TRAIN_RES})',
     'mix': 'Mixup 0.1 + CutMix 1.0',
     'a3': 'A3-like: LAMB + BCE + Mixup/CutMix + RandAugment',
-    'progressive': 'progressive resizing 48 -> 64 -> 80',
+    'progressive': 'progressive resizing ' + ' -> '.join(str(k) for _, k in PROGRESSIVE),
 }
 
 
@@ -153,9 +153,10 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
       'per step, weight decay 0.02 on the weights only), `train.loss=\'bce\', '
       'train.bce_threshold=0.2` and `data.randaugment=\'rand-m6-mstd0.5-inc1\'`, keeping '
       'the demo\'s epochs, warm-up, cosine schedule and batch (A3 trains 100 epochs at batch '
-      '2048 on ImageNet); progressive resizing trains at 48 px for the first half, 64 px for '
-      'the next quarter and 80 px for the last (`train.image_size_schedule`), fewer training '
-      'pixels than the baseline\'s 64 px throughout, so its K_train is 80. The fine-tuning '
+      f'2048 on ImageNet); progressive resizing trains at {PROGRESSIVE[0][1]} px for the first '
+      f'half, {PROGRESSIVE[1][1]} px for the next quarter and {PROGRESSIVE[2][1]} px for the '
+      f'last (`train.image_size_schedule`), fewer training pixels than the baseline\'s '
+      f'{TRAIN_RES} px throughout, so its K_train is {PROGRESSIVE[2][1]}. The fine-tuning '
       'always minimises softmax cross-entropy, the BCE-trained head included. A tiny network '
       'on 10 synthetic texture classes for a few epochs says nothing about ImageNet; the '
       'table is what these runs gave, not a prediction.', '']

@@ -29,15 +29,18 @@ from studies import common
 
 FLAGS = flags.FLAGS
 
-# Every run starts from the demo's training as it was when this study began; configs/demo.py
-# has since taken the last rows' changes (base_lr 0.4, a zero classifier).
-START = {'train.base_lr': 0.2, 'model.zero_init_head': False}
+# Every run starts from the demo's training as it was when this study began (at 64 px);
+# configs/demo.py has since taken the last rows' changes (base_lr 0.4, a zero classifier), and
+# trains at 48 px on fixres_synthetic 4.0.0's smaller images ('demo_v4').
+START = {'train.base_lr': 0.2, 'model.zero_init_head': False, 'train.image_size': 64}
 
 # fixres_synthetic's ranges at each version (render.Style fields), and the other datasets
 # tried; each is written as a folder dataset of the same scenes (write_style_dataset).
-V1 = {'texture_contrast': (12.0, 72.0), 'object_size': (0.2, 0.8), 'cycles': (4.0, 8.0)}
+V1 = {'texture_contrast': (12.0, 72.0), 'object_size': (0.2, 0.8), 'cycles': (4.0, 8.0),
+      'short_side': (200, 320)}
 V2 = {**V1, 'texture_contrast': (24.0, 144.0)}
 V3 = {**V2, 'object_size': (0.4, 0.9), 'cycles': (8.0, 16.0)}
+V4 = {**V3, 'short_side': (128, 192)}
 STYLES: Dict[str, dict] = {
     'v1': V1,
     'contrast_x2': V2,
@@ -46,6 +49,7 @@ STYLES: Dict[str, dict] = {
     'contrast_x2_large_objects': {**V2, 'object_size': (0.4, 0.9)},
     'objects_cycles_6_12': {**V2, 'object_size': (0.4, 0.9), 'cycles': (6.0, 12.0)},
     'v3': V3,
+    'v4': V4,
 }
 
 # Variant -> (dataset style, config overrides on top of START): one change at a time.
@@ -63,14 +67,15 @@ VARIANTS: Dict[str, tuple] = {
     'batch_128': ('v1', {'train.batch_size': 128}),
     'exact_decode': ('v1', {'data.train_decode': 'exact'}),
     'inception_crop': ('v1', {'data.crop': 'inception'}),
-    **{name: (name, {}) for name in STYLES if name not in ('v1', 'v3', 'objects_cycles_6_12')},
+    **{name: (name, {}) for name in STYLES if name not in ('v1', 'v3', 'v4', 'objects_cycles_6_12')},
     'contrast_x2_zero_head': ('contrast_x2', {'model.zero_init_head': True}),
     'contrast_x2_short_warmup': ('contrast_x2', {'train.warmup_epochs': 0.25}),
     'contrast_x2_batch_32': ('contrast_x2', {'train.batch_size': 32}),
     'contrast_x2_lr_double_zero_head': ('contrast_x2', DEMO_NOW),
     'objects_cycles_6_12': ('objects_cycles_6_12', DEMO_NOW),
     'v3_start_training': ('v3', {}),
-    'demo_now': ('v3', DEMO_NOW),  # fixres_synthetic 3.0.0 and configs/demo.py as they are
+    'demo_now': ('v3', DEMO_NOW),  # fixres_synthetic 3.0.0 and configs/demo.py at 64 px
+    'demo_v4': ('v4', {**DEMO_NOW, 'train.image_size': 48}),  # the demo as it is
 }
 
 

@@ -1,7 +1,7 @@
 """Reproduces the paper's claims on the embedded dataset and generates docs/RESULTS.md.
 
-  python -m studies.reproduce --out=docs --data_dir=/tmp/tfds_idle \
-      --results_root=/tmp/fixres_repro [--demo_root=/tmp/demo3] [--seeds=0,1,2] \
+  python -m studies.reproduce --out=docs --data_dir=/tmp/tfds_demo \
+      --results_root=/tmp/fixres_repro [--demo_root=/tmp/demo4] [--seeds=0,1,2] \
       [--train_res=48,64,96] [--quick]
 
 For each K_train and seed: train (configs/demo.py at K_train: the demo's dataset, network and
@@ -12,8 +12,8 @@ controls, at K_test = K_train and with the head's learning rate 0 (last-BN stati
 'cached' against 'sgd' fine-tuning at the selected K_test. With several --epochs, the
 training epochs are first chosen on the held-out slice (the lowest K_train's first seed is
 trained with each; the best held-out top-1 wins). With --demo_root (studies.demo's finished
-workdirs ROOT/seed_N), a training run that trains exactly as the demo's seed did (K_train 64)
-is copied from it rather than repeated (train_once). Every run has its own workdir under
+workdirs ROOT/seed_N), a training run that trains exactly as the demo's seed did (at the
+demo's K_train) is copied from it rather than repeated (train_once). Every run has its own workdir under
 --results_root, and a re-run skips finished runs, so an interrupted reproduction resumes
 where it stopped. Then it writes OUT/RESULTS.md (every number generated), OUT/results.json
 (the raw numbers) and the figures OUT/accuracy_vs_test_res.png and OUT/zero_fraction.png.

@@ -45,10 +45,10 @@ def test_report_names_every_variant_that_ran_and_its_change(tmp_path):
 def test_the_latest_style_is_the_dataset_as_it_is_and_the_last_row_the_demo_as_it_is():
   from fixres_jax.data.synthetic import render  # pylint: disable=g-import-not-at-top
   style = render.DEFAULT_STYLE
-  assert {k: getattr(style, k) for k in plateau.V3} == plateau.V3
+  assert {k: getattr(style, k) for k in plateau.V4} == plateau.V4
   config = common.demo_config('', 0)
-  style_name, changes = plateau.VARIANTS['demo_now']
-  assert style_name == 'v3'
+  style_name, changes = plateau.VARIANTS['demo_v4']
+  assert style_name == 'v4'
   for key, value in {**plateau.START, **changes}.items():
     section, field = key.split('.')
     assert config[section][field] == value, key

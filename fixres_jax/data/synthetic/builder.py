@@ -53,7 +53,7 @@ class FixresSyntheticConfig(tfds.core.BuilderConfig):
 class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
   """Ten texture classes, one textured object per image on a cluttered background."""
 
-  VERSION = tfds.core.Version('3.0.0')
+  VERSION = tfds.core.Version('4.0.0')
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '2.0.0': 'Texture contrast 24-144 grey levels (was 12-72): the demo network no longer '
@@ -61,6 +61,8 @@ class FixresSynthetic(tfds.core.GeneratorBasedBuilder):
       '3.0.0': 'Objects 0.4-0.9 of the short side (was 0.2-0.8) with 8-16 texture cycles (was '
                '4-8): the texture covers more of each crop, with periods a little finer, and the '
                'demo network leaves chance within two thirds of an epoch.',
+      '4.0.0': 'Images 128-192 px on the short side (was 200-320), the same scenes: the demo '
+               'trains at 48 px and the dataset is drawn and decoded in about half the time.',
   }
   BUILDER_CONFIGS = [
       FixresSyntheticConfig(

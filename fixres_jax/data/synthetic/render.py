@@ -16,7 +16,7 @@ textures, magnified compared with the test transform, which is the train/test re
 discrepancy FixRes corrects; at low test resolutions the textures of small objects approach
 the Nyquist limit, and low-contrast ones drown in noise and JPEG artefacts.
 
-Looks. Images are 200-320 px on the short side with aspect ratios between 3:4 and 4:3 in
+Looks. Images are 128-192 px on the short side with aspect ratios between 3:4 and 4:3 in
 both orientations. The background is a smooth colour field with blurred shapes (drawn at
 1/4 resolution, then upsampled) and a few sharp flat-coloured distractors, so neither edges
 nor colour locate the object; the object gets a soft lighting gradient, the image sensor
@@ -30,7 +30,9 @@ at chance level for a third of its training or more; doubling the contrast (2.0.
 that to about an epoch. Objects 0.4-0.9 of the short side with 8-16 cycles (3.0.0) cover more
 of each crop with texture, whose periods are a little finer than before (0.056 of the short
 side on average, was 0.087), and the network leaves chance within two thirds of an epoch
-(docs/DEMO.md measures each step, over seeds).
+(docs/DEMO.md measures each step, over seeds). Version 4.0.0 draws the same scenes on images
+128-192 px on the short side (was 200-320): the demo trains at 48 px instead of 64, and the
+images cost less to draw and to decode.
 
 Shifts. SHIFTS holds styles that change one range of DEFAULT_STYLE: more sensor noise, lower
 JPEG quality, a Gaussian blur, smaller objects. Drawn from the same random streams, a shifted
@@ -56,7 +58,7 @@ SHAPES = ('ellipse', 'rectangle', 'blob')
 
 
 _BACKGROUND_SCALE = 4  # the blurred background is drawn at 1/4 resolution
-_NOISE_TILE = 512  # larger than any image side (320 * 4 / 3 < 427)
+_NOISE_TILE = 512  # larger than any image side (192 * 4 / 3 = 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Style:
     blur: standard deviation of a Gaussian blur before the JPEG encoding, pixels; (0, 0):
       none, and no random number is drawn for it (DEFAULT_STYLE's images stay as they were).
   """
-  short_side: Tuple[int, int] = (200, 320)
+  short_side: Tuple[int, int] = (128, 192)
   aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
   object_size: Tuple[float, float] = (0.4, 0.9)
   cycles: Tuple[float, float] = (8.0, 16.0)
