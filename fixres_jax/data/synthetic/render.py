@@ -31,8 +31,8 @@ that to about an epoch. Objects 0.4-0.9 of the short side with 8-16 cycles (3.0.
 of each crop with texture, whose periods are a little finer than before (0.056 of the short
 side on average, was 0.087), and the network leaves chance within two thirds of an epoch
 (docs/DEMO.md measures each step, over seeds). Version 4.0.0 draws the same scenes on images
-128-192 px on the short side (was 200-320): the demo trains at 48 px instead of 64, and the
-images cost less to draw and to decode.
+128-192 px on the short side (was 200-320): the demo trains at 48 px instead of 64, leaves
+chance within the first epoch, and the images cost less to draw and to decode.
 
 Shifts. SHIFTS holds styles that change one range of DEFAULT_STYLE: more sensor noise, lower
 JPEG quality, a Gaussian blur, smaller objects. Drawn from the same random streams, a shifted
