@@ -115,13 +115,15 @@ def sweep(config, dataset, mesh, models: Dict[str, dict], model,
     return step_fns[scoring]
 
   def fit_at(test_res, crop_pct):  # the trained model's features on a training slice
-    measured = (passes or {}).get((cfg.parametric_split, test_res, crop_pct))
-    if (test_res, crop_pct) not in fits and measured is not None:
-      fits[test_res, crop_pct] = parametric.fit_gev(evaluate.HISTOGRAM_EDGES, measured)
     if (test_res, crop_pct) not in fits:
-      fits[test_res, crop_pct] = evaluate.fit_pooled_features(
-          step_fn, models['trained'], pipeline.config_eval_batches(
-              with_crop_pct(config, crop_pct), dataset, cfg.parametric_split, test_res), mesh)
+      measured = (passes or {}).get((cfg.parametric_split, test_res, crop_pct))
+      if measured is not None:  # select_test_res passed over this slice already
+        fits[test_res, crop_pct] = evaluate.fit_histogram(measured)
+      else:
+        fits[test_res, crop_pct] = evaluate.fit_pooled_features(
+            step_fn, models['trained'], pipeline.config_eval_batches(
+                with_crop_pct(config, crop_pct), dataset, cfg.parametric_split, test_res),
+            mesh)
     return fits[test_res, crop_pct]
 
   def fit_target(crop_pct):  # the law the features at every K_test are mapped onto

@@ -221,4 +221,10 @@ def fit_pooled_features(step_fn, variables: dict, batches, mesh) -> parametric.G
   The identity adaptation makes this the sweep's trace of step_fn.
   """
   totals = evaluate(step_fn, {'fit': (variables, parametric.IDENTITY)}, batches, mesh)
-  return parametric.fit_gev(HISTOGRAM_EDGES, totals['fit']['plain']['histogram'])
+  return fit_histogram(totals['fit']['plain']['histogram'])
+
+
+def fit_histogram(histogram: np.ndarray) -> parametric.GevFit:
+  """The Fréchet (GEV, shape 0.3) fit of the nonzero pooled features' histogram (feature_sums,
+  over HISTOGRAM_EDGES)."""
+  return parametric.fit_gev(HISTOGRAM_EDGES, histogram)
