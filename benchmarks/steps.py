@@ -415,7 +415,8 @@ def count_step_flops(model_name: str, dtype: str, batch: int, kind: str, resolut
                      num_classes: int = 1000) -> float:
   """FLOPs of one step of the benchmark, from shapes only: nothing is allocated or compiled."""
   model = create_model(model_name, num_classes, dtype)
-  variables = jax.eval_shape(lambda: train.init_variables(model, resolution, seed=0))
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)), train=False))
   schedule = optax.constant_schedule(0.01)
   names = models.finetuned_names(model, train_bn_affine=False)
   batch_shapes = {'image': jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32),

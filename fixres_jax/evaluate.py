@@ -14,6 +14,7 @@ import dataclasses
 import functools
 from typing import Dict, Tuple
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,46 +147,93 @@ def eval_step(model, variables: dict, batch: dict, adaptation=None,
   return result
 
 
+@functools.cache
 def jit_eval_step(model, scoring: Scoring = SINGLE,
                   tta: tta_lib.TestTimeAugment = tta_lib.PLAIN):
-  """eval_step with the model, scoring and test-time augmentation bound, jitted (traced once
-  per resolution and batch shape)."""
+  """eval_step over several models at once, with the model, scoring and test-time augmentation
+  bound, jitted (traced once per resolution, batch shape and set of differing variables).
+
+  Its arguments are split_variables's: (the variables every model shares, each model's own
+  variables and adaptation, batch) -> each model's sums, in order. A model that differs
+  from another only in a few variables (FixRes fine-tuning changes the last BatchNorm's
+  statistics and the classifier) shares the rest of its forward pass: XLA computes the
+  identical operations on identical inputs once.
+
+  One jitted function per (model, scoring, tta) in the process: the training stage's
+  evaluation, the 'auto' choice and the parametric fits share their traces and compilations.
+  """
   bound = {}  # the default's call is eval_step(model, variables, batch, adaptation)
   if scoring != SINGLE:
     bound['scoring'] = scoring
   if tta != tta_lib.PLAIN:
     bound['tta'] = tta
-  return jax.jit(functools.partial(eval_step, model, **bound))
+
+  def eval_steps(shared: dict, own: tuple, batch: dict) -> tuple:
+    return tuple(eval_step(model, traverse_util.unflatten_dict({**shared, **variables}),
+                           batch, adaptation, **bound)
+                 for variables, adaptation in own)
+
+  return jax.jit(eval_steps)
+
+
+def split_variables(entries: Dict[str, tuple]) -> Tuple[dict, tuple]:
+  """(variables shared by every model, ((its own variables, adaptation) per model, in order)).
+
+  Variables are flat ({path: array}); a leaf is shared when every model has it, the same
+  array or an equal one.
+  """
+  flats = [traverse_util.flatten_dict(variables) for variables, _ in entries.values()]
+  first = flats[0]
+  shared = {path: leaf for path, leaf in first.items()
+            if all(path in flat and same_leaf(flat[path], leaf) for flat in flats[1:])}
+  own = tuple(({path: leaf for path, leaf in flat.items() if path not in shared}, adaptation)
+              for flat, (_, adaptation) in zip(flats, entries.values()))
+  return shared, own
+
+
+def same_leaf(a, b) -> bool:
+  """Whether two variables hold the same values (replicated arrays: compared on one device)."""
+  if a is b:
+    return True
+  if np.shape(a) != np.shape(b) or a.dtype != b.dtype:
+    return False
+  return np.array_equal(local_value(a), local_value(b))
+
+
+def local_value(leaf) -> np.ndarray:
+  return np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
 
 
 def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dict]:
-  """One pass over `batches`, each batch through every model.
+  """One pass over `batches`, each batch through every model (one call of step_fn).
 
   Args:
     step_fn: jit_eval_step(model).
-    entries: {name: (variables on the mesh, adaptation or None)}.
+    entries: {name: (variables on the mesh, adaptation or None)}; models of one architecture.
     batches: per-process batches (pipeline.config_eval_batches).
 
   Returns:
-    {name: summed outputs of step_fn ({'plain'[, 'adapted']}), as NumPy}.
+    {name: summed outputs of eval_step ({'plain'[, 'adapted']}), as NumPy}.
 
   Raises:
     preemption.Stopped: a stop was requested before the pass (a pass is never cut short:
       its results are what the caller keeps).
   """
   preemption.check_stop('an evaluation pass')
-  totals = {}
+  shared, own = split_variables(entries)
+  totals = None
   for batch in parallel.prefetch_to_devices(batches, mesh):
-    for name, (variables, adaptation) in entries.items():
-      sums = step_fn(variables, batch, adaptation)
-      totals[name] = sums if name not in totals else jax.tree.map(jnp.add, totals[name], sums)
-  return {name: jax.device_get(t) for name, t in totals.items()}
+    sums = step_fn(shared, own, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return {name: jax.device_get(t) for name, t in zip(entries, totals or ())}
 
 
 def evaluate_model(step_fn, variables: dict, batches, mesh, histogram: bool = False) -> dict:
   """The metrics (summarize's first record) of one model over `batches`; with `histogram`,
   also the pooled features' histogram (feature_sums), under 'histogram'."""
-  totals = evaluate(step_fn, {'model': (variables, None)}, batches, mesh)['model']['plain']
+  # The identity adaptation: the sweep's trace of step_fn, compiled once for both.
+  totals = evaluate(step_fn, {'model': (variables, parametric.IDENTITY)}, batches,
+                    mesh)['model']['plain']
   metrics = summarize(totals)[0]
   return {**metrics, 'histogram': totals['histogram']} if histogram else metrics
 

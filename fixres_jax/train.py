@@ -17,6 +17,7 @@ from fixres_jax import evaluate
 from fixres_jax import losses
 from fixres_jax import mixing
 from fixres_jax import models
+from fixres_jax import parametric
 from fixres_jax import stage as stage_lib
 
 # The names config.train's choice fields take; config.validate accepts exactly these.
@@ -37,10 +38,19 @@ def create_model(config, num_classes: int, bn_group_size: Optional[int] = None):
                              else bn_group_size)
 
 
+# XLA:CPU spends most of the initialisation's compilation in LLVM, optimising the random
+# number generator of every variable for a program that runs once: without its expensive
+# passes it compiles in half the time to the same values (tests/test_steps.py checks).
+FAST_COMPILE_CPU = {'xla_llvm_disable_expensive_passes': True}
+
+
 def init_variables(model, image_size: int, seed: int) -> dict:
-  """Random variables for `model` (on the host)."""
+  """Random variables for `model` (on the host; compiled ahead of time, so not under a jax
+  transformation: jax.eval_shape(model.init, ...) gives their shapes)."""
   init = jax.jit(functools.partial(model.init, train=False))
-  return dict(init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3))))
+  args = (jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
+  options = FAST_COMPILE_CPU if jax.default_backend() == 'cpu' else None
+  return dict(init.lower(*args).compile(options)(*args))
 
 
 def create_schedule_per_256(cfg, steps_per_epoch: int, global_batch: int) -> optax.Schedule:
@@ -230,9 +240,11 @@ def train_and_evaluate(config, workdir: str, data: stage_lib.StageData, mesh) ->
 def evaluate_state(state, batches, mesh, eval_fn) -> dict:
   """Validation metrics of `batches` (at the training resolution), prefixed 'val_' (and
   'val_ema_' for the EMA of the weights), both models in one pass."""
-  entries = {'val': ({'params': state.params, 'batch_stats': state.batch_stats}, None)}
+  # The identity adaptation: the trace the sweep and the 'auto' choice use at this K_test.
+  entries = {'val': ({'params': state.params, 'batch_stats': state.batch_stats},
+                     parametric.IDENTITY)}
   if state.ema is not None:
-    entries['val_ema'] = (state.ema, None)
+    entries['val_ema'] = (state.ema, parametric.IDENTITY)
   totals = evaluate.evaluate(eval_fn, entries, batches, mesh)
   return {f'{name}_{k}': v for name, t in totals.items()
           for k, v in evaluate.summarize(t['plain'])[0].items()}

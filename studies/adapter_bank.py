@@ -39,6 +39,8 @@ from studies import common
 FLAGS = flags.FLAGS
 BANK_MARKERS = common.readme_markers('adapter bank', 'studies.adapter_bank')
 FRONTIER_MARKERS = common.readme_markers('frontier', 'studies.adapter_bank')
+# The frontier's batch: the base config's (configs/demo.py does not time the network).
+LATENCY_BATCH = config_lib.get_base_config().sweep.latency_batch_size
 
 
 def define_flags() -> None:
@@ -87,7 +89,8 @@ def run_steps(source: epath.Path, work: epath.Path, data_dir: str, resolutions: 
   recipe_epochs = config_lib.get_base_config().finetune.num_epochs
   plan = {'single': ('single', ['--config.stages=finetune', '--config.finetune.mode=cached']),
           'bank': ('bank', ['--config.stages=finetune', *bank_args]),
-          'sweep': ('bank', ['--config.stages=sweep', *bank_args]),
+          'sweep': ('bank', ['--config.stages=sweep', *bank_args,
+                             f'--config.sweep.latency_batch_size={LATENCY_BATCH}']),
           'sgd': ('sgd', ['--config.stages=finetune', '--config.finetune.mode=sgd']),
           'sgd_recipe': ('sgd_recipe', ['--config.stages=finetune', '--config.finetune.mode=sgd',
                                         f'--config.finetune.num_epochs={recipe_epochs}'])}

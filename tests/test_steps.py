@@ -1,6 +1,9 @@
 """The jitted steps: train_step sharding, finetune_step freezing, exact masked eval."""
 
 import functools
+import os
+import subprocess
+import sys
 
 from flax import traverse_util
 import jax
@@ -14,6 +17,7 @@ from fixres_jax import evaluate
 from fixres_jax import finetune
 from fixres_jax import models
 from fixres_jax import parallel
+from fixres_jax import parametric
 from fixres_jax import stage
 from fixres_jax import train
 
@@ -136,6 +140,64 @@ def test_eval_step_counts_only_masked_images():
   full = step(variables, {k: v[:5] for k, v in random_batch(8, mask=mask).items()})['plain']
   for key in ('correct1', 'correct5', 'loss', 'zero_fraction', 'feature_sum', 'histogram'):
     np.testing.assert_allclose(sums[key], full[key], rtol=1e-5)
+
+
+# Compares init_variables with the default compilation in a process of its own: the tests'
+# XLA flags (fast_compile.py) turn LLVM's optimisation off for both.
+SAME_INIT = """
+import functools, jax, jax.numpy as jnp, numpy as np
+from fixres_jax import models, train
+model = models.create_model('resnet', 10, stage_sizes=(1, 1, 1, 1), block='basic',
+                            num_filters=16)
+default = jax.jit(functools.partial(model.init, train=False))(
+    jax.random.key(3), jnp.zeros((1, 48, 48, 3)))
+jax.tree.map(np.testing.assert_array_equal, train.init_variables(model, 48, seed=3),
+             dict(default))
+print('same values')
+"""
+
+
+@pytest.mark.slow  # two optimised compilations of the demo's network, in a subprocess
+def test_the_fast_compiled_initialisation_draws_the_same_values():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  result = subprocess.run([sys.executable, '-c', SAME_INIT], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0 and 'same values' in result.stdout, result.stderr[-3000:]
+
+
+def test_models_that_differ_in_the_last_bn_and_head_share_one_forward_pass():
+  model = tiny_model()
+  mesh = parallel.create_mesh()
+  trained = train.init_variables(model, SIZE, seed=0)
+  # FixRes fine-tuning's result: new last-BN statistics and classifier, the rest an equal
+  # copy (as a checkpoint restores it), not the same arrays.
+  finetuned = jax.tree.map(np.array, trained)
+  bn = models.contract.get_at(trained['batch_stats'], model.last_bn_path)
+  finetuned['batch_stats'] = models.contract.set_at(
+      finetuned['batch_stats'], model.last_bn_path,
+      {'mean': bn['mean'] + 0.5, 'var': bn['var'] * 2})
+  finetuned['params'][model.HEAD] = jax.tree.map(lambda w: w + 0.1,
+                                                 trained['params'][model.HEAD])
+  entries = {'trained': (parallel.replicate(trained, mesh), parametric.IDENTITY),
+             'finetuned': (parallel.replicate(finetuned, mesh), None)}
+  shared, own = evaluate.split_variables(entries)
+  differing = {('batch_stats', *model.last_bn_path, 'mean'),
+               ('batch_stats', *model.last_bn_path, 'var'),
+               ('params', model.HEAD, 'kernel'), ('params', model.HEAD, 'bias')}
+  assert [set(variables) for variables, _ in own] == [differing, differing]
+  assert set(shared) | differing == set(traverse_util.flatten_dict(trained))
+
+  step = evaluate.jit_eval_step(model)
+  batches = [random_batch(8, seed=s, mask=[1.0] * 8) for s in range(2)]
+  together = evaluate.evaluate(step, entries, batches, mesh)
+  for name, entry in entries.items():
+    alone = evaluate.evaluate(step, {name: entry}, batches, mesh)[name]
+    jax.tree.map(np.testing.assert_array_equal, together[name], alone)
+  # One program holds the trunk once: as many convolutions as one model has.
+  def convolutions(entries):
+    args = (*evaluate.split_variables(entries), parallel.make_global_batch(batches[0], mesh))
+    return step.lower(*args).compile().as_text().count(' convolution(')
+  assert convolutions(entries) == convolutions({'trained': entries['trained']}) > 0
 
 
 def test_weight_decay_mask_excludes_patterns():

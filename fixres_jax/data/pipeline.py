@@ -175,9 +175,16 @@ def stage_batches(config, dataset: Dataset, stage: str, start_step: int) -> Iter
   """The 'train' or 'finetune' stage's endless training batches from start_step."""
   if stage == 'train':
     return sized_train_batches(config, dataset, start_step)
-  return train_batches(dataset, config.data.train_split, config.finetune.batch_size,
-                       config.seed + 1, finetune_transform(config), start_step,
-                       read_options(config))
+  cfg = config.finetune
+  return train_batches(dataset, config.data.train_split, cfg.batch_size, config.seed + 1,
+                       finetune_transform(config), start_step, read_options(config),
+                       end_step=stage_total_steps(config, dataset, stage))
+
+
+def stage_total_steps(config, dataset: Dataset, stage: str) -> int:
+  """Global steps of the 'train' or 'finetune' stage."""
+  cfg = config.train if stage == 'train' else config.finetune
+  return int(cfg.num_epochs * stage_steps_per_epoch(config, dataset, stage))
 
 
 def sized_train_batches(config, dataset: Dataset, start_step: int) -> Iterator[dict]:
@@ -195,7 +202,8 @@ def sized_train_batches(config, dataset: Dataset, start_step: int) -> Iterator[d
     begin = max(start_step, first)
     batches = train_batches(dataset, config.data.train_split, config.train.batch_size,
                             config.seed, train_transform(config, size), begin,
-                            read_options(config), repetition(config))
+                            read_options(config), repetition(config),
+                            end_step=end or stage_total_steps(config, dataset, 'train'))
     if len(schedule) > 1:
       logging.info('Training at %d px from step %d.', size, begin)
     yield from batches if end is None else itertools.islice(batches, end - begin)
@@ -303,7 +311,8 @@ def steps_per_epoch(dataset: Dataset, split: str, global_batch: int, num_shards:
 
 def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
                   transform: Callable, start_step: int = 0, read: ReadOptions = ReadOptions(),
-                  repeat: Repetition = NO_REPETITION) -> Iterator[dict]:
+                  repeat: Repetition = NO_REPETITION,
+                  end_step: Optional[int] = None) -> Iterator[dict]:
   """Endless per-process training batches, resumable at any step.
 
   Args:
@@ -313,6 +322,8 @@ def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
     start_step: global step to resume from; earlier examples are skipped before decoding.
     read: how the examples are read (shards, shuffling, corrupt images, cache, service).
     repeat: repeated augmentation.
+    end_step: the global step the caller stops before, if known: no epoch starting at or
+      after it is read ahead (read_epochs_ahead).
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
@@ -365,15 +376,18 @@ def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
     ds = ds.take(steps - skip).prefetch(tf.data.AUTOTUNE)
     return _iterate(ds.with_options(_options(read.deterministic)), dataset, split)
 
-  return read_epochs_ahead(epoch_batches, steps, *divmod(start_step, steps))
+  end_epoch = None if end_step is None else -(-end_step // steps)
+  return read_epochs_ahead(epoch_batches, steps, *divmod(start_step, steps), end_epoch)
 
 
-# The batches left in an epoch when the next epoch's stream starts (read_epochs_ahead).
-READ_AHEAD_BATCHES = 16
+# The batches left in an epoch when the next epoch's stream starts (read_epochs_ahead): a
+# fine-tuning step at the demo's size takes a tenth of a second, and the next stream's first
+# batch (tracing, a full shuffle buffer) a few seconds.
+READ_AHEAD_BATCHES = 48
 
 
 def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps: int,
-                      epoch: int, skip: int) -> Iterator[dict]:
+                      epoch: int, skip: int, end_epoch: Optional[int] = None) -> Iterator[dict]:
   """epoch_batches(epoch, skip), then each later epoch from its start, endlessly.
 
   An epoch's stream is built and its first batch read in a thread while the previous epoch's
@@ -384,6 +398,8 @@ def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps
   Args:
     epoch_batches: (epoch, batches to skip) -> that epoch's batches.
     steps: batches per epoch.
+    end_epoch: the first epoch the caller will not read, if known: it is not started ahead,
+      where it would take the last steps' cores for nothing (it still starts if asked for).
   """
   def start(epoch, skip):
     batches = epoch_batches(epoch, skip)
@@ -395,8 +411,9 @@ def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps
     while True:
       batches, first = upcoming.result()
       upcoming = None
+      ahead = end_epoch is None or epoch + 1 < end_epoch
       for position, batch in enumerate(itertools.chain(first, batches), start=skip + 1):
-        if upcoming is None and position > steps - READ_AHEAD_BATCHES:
+        if ahead and upcoming is None and position > steps - READ_AHEAD_BATCHES:
           upcoming = executor.submit(start, epoch + 1, 0)
         yield batch
       if upcoming is None:
