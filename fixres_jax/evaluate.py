@@ -1,10 +1,11 @@
 """Evaluation, one path for every stage and tool: the training stage's validation, the
 test-resolution sweep, the 'auto' K_test selection and the parametric fits.
 
-One jitted step (eval_step) computes masked sums over a global batch: top-1/top-5, loss (the
-NLL), calibration bins (ECE) and statistics of the pooled features (after the final ReLU and global average pooling): exact
-sums for their mean and standard deviation and a histogram of the nonzero values on fixed
-log-spaced bins (HISTOGRAM_EDGES), from which come quantiles and the parametric fits.
+One jitted step (eval_step, over several models at once: jit_eval_step) computes masked sums
+over a global batch: top-1/top-5, loss (the NLL), calibration bins (ECE) and statistics of
+the pooled features (after the final ReLU and global average pooling): exact sums for their
+mean and standard deviation and a histogram of the nonzero values on fixed log-spaced bins
+(HISTOGRAM_EDGES), from which come quantiles and the parametric fits.
 Sums, not means, so that padded examples (mask 0) count for nothing and partial results add
 up exactly. Features never leave the device. A Scoring says how labels score (evalsets.py's
 label rules: one label, ImageNet-ReaL's label sets, a class subset as ImageNet-A/R's).
@@ -231,7 +232,8 @@ def evaluate(step_fn, entries: Dict[str, tuple], batches, mesh) -> Dict[str, dic
 def evaluate_model(step_fn, variables: dict, batches, mesh, histogram: bool = False) -> dict:
   """The metrics (summarize's first record) of one model over `batches`; with `histogram`,
   also the pooled features' histogram (feature_sums), under 'histogram'."""
-  # The identity adaptation: the sweep's trace of step_fn, compiled once for both.
+  # The identity adaptation: the program of the parametric fits and of the training stage's
+  # evaluation, compiled once for all three.
   totals = evaluate(step_fn, {'model': (variables, parametric.IDENTITY)}, batches,
                     mesh)['model']['plain']
   metrics = summarize(totals)[0]
@@ -266,7 +268,7 @@ def summarize(totals: dict) -> tuple:
 def fit_pooled_features(step_fn, variables: dict, batches, mesh) -> parametric.GevFit:
   """The Fréchet (GEV, shape 0.3) fit of the nonzero pooled features over `batches`.
 
-  The identity adaptation makes this the sweep's trace of step_fn.
+  The identity adaptation makes this evaluate_model's program.
   """
   totals = evaluate(step_fn, {'fit': (variables, parametric.IDENTITY)}, batches, mesh)
   return fit_histogram(totals['fit']['plain']['histogram'])

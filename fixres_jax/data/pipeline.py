@@ -322,8 +322,8 @@ def train_batches(dataset: Dataset, split: str, global_batch: int, seed: int,
     start_step: global step to resume from; earlier examples are skipped before decoding.
     read: how the examples are read (shards, shuffling, corrupt images, cache, service).
     repeat: repeated augmentation.
-    end_step: the global step the caller stops before, if known: no epoch starting at or
-      after it is read ahead (read_epochs_ahead).
+    end_step: the global step the caller stops before, if known: the batches end with the
+      epoch that holds it (read_epochs_ahead), rather than starting one nobody reads.
 
   Yields:
     {'image': float [local_batch, size, size, 3], 'label': int32 [local_batch]}.
@@ -388,7 +388,7 @@ READ_AHEAD_BATCHES = 48
 
 def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps: int,
                       epoch: int, skip: int, end_epoch: Optional[int] = None) -> Iterator[dict]:
-  """epoch_batches(epoch, skip), then each later epoch from its start, endlessly.
+  """epoch_batches(epoch, skip), then each later epoch from its start, up to end_epoch.
 
   An epoch's stream is built and its first batch read in a thread while the previous epoch's
   last READ_AHEAD_BATCHES batches are read: the boundary does not wait for tf.data to trace
@@ -398,8 +398,9 @@ def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps
   Args:
     epoch_batches: (epoch, batches to skip) -> that epoch's batches.
     steps: batches per epoch.
-    end_epoch: the first epoch the caller will not read, if known: it is not started ahead,
-      where it would take the last steps' cores for nothing (it still starts if asked for).
+    end_epoch: the first epoch the caller will not read; None: endlessly. The batches stop
+      there, so that neither the reading ahead nor a consumer's prefetching starts an epoch
+      nobody reads (tens of seconds of a stage's last steps on the demo's 2 cores).
   """
   def start(epoch, skip):
     batches = epoch_batches(epoch, skip)
@@ -408,15 +409,15 @@ def read_epochs_ahead(epoch_batches: Callable[[int, int], Iterator[dict]], steps
   executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='next_epoch')
   try:
     upcoming = executor.submit(start, epoch, skip)
-    while True:
+    while upcoming is not None:
       batches, first = upcoming.result()
       upcoming = None
-      ahead = end_epoch is None or epoch + 1 < end_epoch
+      last = end_epoch is not None and epoch + 1 >= end_epoch
       for position, batch in enumerate(itertools.chain(first, batches), start=skip + 1):
-        if ahead and upcoming is None and position > steps - READ_AHEAD_BATCHES:
+        if not last and upcoming is None and position > steps - READ_AHEAD_BATCHES:
           upcoming = executor.submit(start, epoch + 1, 0)
         yield batch
-      if upcoming is None:
+      if upcoming is None and not last:
         upcoming = executor.submit(start, epoch + 1, 0)
       epoch, skip = epoch + 1, 0
   finally:  # closed early (a stage's last step): a stream being started is not waited for
