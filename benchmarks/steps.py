@@ -238,6 +238,12 @@ class Carry:
     self.values = (value,) + self.values[1:]
 
 
+def jit_single_eval_step(model):
+  """The evaluation step of one model (evaluate.jit_eval_step's, without its sharing of
+  variables between models), on (variables, batch)."""
+  return jax.jit(functools.partial(evaluate.eval_step, model))
+
+
 def create_steps(model, batch_size: int, train_res, test_res, num_classes: int, mesh):
   """Compiles the steps one by one; yields them in the order they run in a round."""
   # On the host, so that every state below gets buffers of its own (train and finetune
@@ -252,7 +258,7 @@ def create_steps(model, batch_size: int, train_res, test_res, num_classes: int, 
   variables = parallel.replicate(variables, mesh)
 
   train_fn = jax.jit(train.train_step, donate_argnums=0)
-  eval_fn = evaluate.jit_eval_step(model)
+  eval_fn = jit_single_eval_step(model)
   finetune_fn = jax.jit(functools.partial(finetune.finetune_step, trainable=names,
                                           last_bn_path=model.last_bn_path), donate_argnums=0)
   train_carry, finetune_carry, eval_carry = (Carry(train_state), Carry(finetune_state),
@@ -432,7 +438,7 @@ def count_step_flops(model_name: str, dtype: str, batch: int, kind: str, resolut
     step = functools.partial(finetune.finetune_step, trainable=names,
                              last_bn_path=model.last_bn_path)
     return model_flops(jax.jit(step), (state, batch_shapes))
-  return model_flops(evaluate.jit_eval_step(model), (variables, batch_shapes))
+  return model_flops(jit_single_eval_step(model), (variables, batch_shapes))
 
 
 def fill_flops(path: str) -> dict:
