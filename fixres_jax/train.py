@@ -240,7 +240,7 @@ def train_and_evaluate(config, workdir: str, data: stage_lib.StageData, mesh) ->
 def evaluate_state(state, batches, mesh, eval_fn) -> dict:
   """Validation metrics of `batches` (at the training resolution), prefixed 'val_' (and
   'val_ema_' for the EMA of the weights), both models in one pass."""
-  # The identity adaptation: the trace the sweep and the 'auto' choice use at this K_test.
+  # The identity adaptation: the program the 'auto' choice and the parametric fits use.
   entries = {'val': ({'params': state.params, 'batch_stats': state.batch_stats},
                      parametric.IDENTITY)}
   if state.ema is not None:
