@@ -49,6 +49,9 @@ def define_flags() -> None:
                        'reduction order, as another machine has), -1: not.')
   flags.DEFINE_string('plateau_root', '', 'studies.plateau records: DEMO.md explains the chance '
                       'plateau from them ("" = no such section).')
+  flags.DEFINE_list('other_machines', [], "demo.json files of earlier reports (e.g. a copy of "
+                    "docs/demo.json): their seeds on other machines are set beside this "
+                    "report's, and carried into its demo.json.")
   flags.DEFINE_enum('phase', 'all', ['run', 'report', 'all'],
                     "'run': the demo runs only; 'report': DEMO.md from finished runs.")
 
@@ -289,8 +292,89 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
           "(every batch sharded, so every reduction runs in another order): K_test chosen "
           f"{perturbed['selected_test_res']} (was {base['selected_test_res']}); top-1 at the "
           f"chosen K_test moved by {moves['trained_at_selected']:+.2f} (trained) and "
-          f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1).")
+          f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1). "
+          "Two different seeds differ by about "
+          f"{math.sqrt(2) * claims.stats([r['trained_at_selected'] for r in runs])['std'] * 100:.2f}"
+          " (trained) points here (the root mean square, sqrt(2) x the std over seeds).")
   return lines
+
+
+# What a report keeps of each run measured on another machine.
+COMPARED_FIELDS = ('seed', 'selected_test_res', 'trained_at_train_res', 'trained_at_selected',
+                   'finetuned_at_selected')
+
+
+def other_machine_runs(paths, machine: str) -> List[dict]:
+  """The runs of earlier reports' demo.json (and those they carried) made on machines other
+  than `machine`: [{'machine', 'command', 'runs'}], one entry per machine."""
+  found = {}
+  for path in paths:
+    result = json.loads(epath.Path(path).read_text())
+    entries = [{'machine': result['machine'], 'command': result['command'],
+                'runs': [{k: r[k] for k in COMPARED_FIELDS} for r in result['runs']]}]
+    for entry in entries + result.get('other_machines', []):
+      if entry['machine'] != machine:
+        found.setdefault(entry['machine'], entry)
+  return list(found.values())
+
+
+def compare_machines(runs: List[dict], other: dict) -> Optional[dict]:
+  """This report's seeds against the same seeds on another machine; None if none is shared."""
+  here = {r['seed']: r for r in runs}
+  pairs = [(r, here[r['seed']]) for r in other['runs'] if r['seed'] in here]
+  if not pairs:
+    return None
+  moves = {name: [100 * (now[name] - then[name]) for then, now in pairs]
+           for name in COMPARED_FIELDS[2:]}
+  return {'pairs': pairs, 'moves': moves,
+          'largest': {name: max(abs(m) for m in found) for name, found in moves.items()},
+          'same_test_res': sum(then['selected_test_res'] == now['selected_test_res']
+                               for then, now in pairs)}
+
+
+def other_machine_lines(runs: List[dict], others: List[dict]) -> List[str]:
+  """The same seeds on each other machine, side by side with this report's."""
+  lines = []
+  for other in others:
+    compared = compare_machines(runs, other)
+    if not compared:
+      continue
+    pairs, moves, largest = compared['pairs'], compared['moves'], compared['largest']
+    rows = [[now['seed'], f"{then['selected_test_res']} / {now['selected_test_res']}"] +
+            [f'{100 * then[name]:.2f} / {100 * now[name]:.2f} ({moves[name][i]:+.2f})'
+             for name in COMPARED_FIELDS[2:]] for i, (then, now) in enumerate(pairs)]
+
+    def mean(side: int, name: str, pairs=pairs) -> str:
+      return f'{100 * claims.stats([pair[side][name] for pair in pairs])["mean"]:.2f}'
+
+    lines += [
+        f"Measured by `{other['command']}` on {other['machine']}, and by this report's runs "
+        'here. Each cell: there / here (here minus there).', '',
+        common.format_table(['seed', 'K_test chosen', 'trained at K_train', 'trained at chosen',
+                             'fine-tuned at chosen'], rows), '',
+        f"The same K_test on {compared['same_test_res']} of {len(pairs)} seeds; the largest "
+        f"move of top-1 at the chosen K_test: {largest['trained_at_selected']:.2f} (trained) "
+        f"and {largest['finetuned_at_selected']:.2f} (fine-tuned) points; at K_train "
+        f"{largest['trained_at_train_res']:.2f}. Mean over seeds there / here: trained at the "
+        f"chosen K_test {mean(0, 'trained_at_selected')} / {mean(1, 'trained_at_selected')}, "
+        f"fine-tuned {mean(0, 'finetuned_at_selected')} / {mean(1, 'finetuned_at_selected')}.",
+        '']
+  return lines
+
+
+def other_machine_sentences(runs: List[dict], others: List[dict]) -> str:
+  """One sentence per other machine for README's block."""
+  sentences = []
+  for other in others:
+    compared = compare_machines(runs, other)
+    if compared:
+      largest = compared['largest']
+      sentences.append(
+          f"The same seeds on {other['machine'].split(';')[0]}: the same K_test on "
+          f"{compared['same_test_res']} of {len(compared['pairs'])}, top-1 at the chosen "
+          f"K_test within {largest['trained_at_selected']:.2f} (trained) and "
+          f"{largest['finetuned_at_selected']:.2f} (fine-tuned) points per seed.")
+  return ' '.join(sentences)
 
 
 def holds(comparison: dict) -> bool:
@@ -371,7 +455,8 @@ def time_lines(runs: List[dict], cores: int) -> List[str]:
   return lines
 
 
-def readme_block(runs: List[dict], summary: dict, machine: str, cores: int) -> str:
+def readme_block(runs: List[dict], summary: dict, machine: str, cores: int,
+                 others: List[dict] = ()) -> str:
   """The block README embeds between its demo markers."""
   c = summary['claims']
   seeds = ', '.join(str(r['seed']) for r in runs)
@@ -385,7 +470,8 @@ def readme_block(runs: List[dict], summary: dict, machine: str, cores: int) -> s
       f"{100 * gain['margin']:+.2f} ± {100 * gain['spread']:.2f} points over the trained "
       f"network tested there ({sum(d > 0 for d in gain['diffs'])} of {gain['n']} seeds ahead). "
       f'Measured on {machine}; the digits vary with the processor and the library versions '
-      '(XLA compiles differently per CPU), the claims in docs/DEMO.md are what should hold.',
+      '(XLA compiles differently per CPU), the claims in docs/DEMO.md are what should hold.'
+      + (' ' + other_machine_sentences(runs, others) if others else ''),
       '', *time_lines(runs, cores)])
 
 
@@ -406,12 +492,34 @@ def readme_block_from_json(result: dict) -> str:
   # JSON keeps the sweep's resolutions as strings.
   summary['sweep'] = {m: {int(k): v for k, v in by_res.items()}
                       for m, by_res in summary['sweep'].items()}
-  return readme_block(result['runs'], summary, result['machine'], cores)
+  return readme_block(result['runs'], summary, result['machine'], cores,
+                      result.get('other_machines', []))
+
+
+PLATEAU_HEADING = '## Why the demo sat at chance, and what removed it'
+MACHINE_LINE = re.compile(r'Machine: (.+?)\. The digits vary')
+CARRIED = ('Carried over unchanged from the previous report: this one was written without '
+           'the plateau records (studies.demo --plateau_root)')
+
+
+def carried_plateau_section(previous: epath.Path) -> List[str]:
+  """The plateau section of the DEMO.md this report replaces, unchanged, for a report written
+  without the plateau records (they live outside the repository and take long to re-record):
+  its figures stay in OUT, and a line names the machine its records came from."""
+  text = previous.read_text() if previous.exists() else ''
+  if PLATEAU_HEADING not in text:
+    return []
+  section = text[text.index(PLATEAU_HEADING) + len(PLATEAU_HEADING):].strip('\n')
+  if not section.startswith(CARRIED):
+    machine = MACHINE_LINE.search(text)
+    section = (f'{CARRIED} (recorded on: {machine.group(1) if machine else "not stated"}).'
+               f'\n\n{section}')
+  return [PLATEAU_HEADING, '', section, '']
 
 
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
                  readme: Optional[epath.Path] = None, perturbed_seed: int = -1,
-                 plateau_root: str = '', data_dir: str = '') -> dict:
+                 plateau_root: str = '', data_dir: str = '', other_machines=()) -> dict:
   """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs;
   with data_dir, also each seed's paired gain, re-evaluated from its checkpoints."""
   runs = [r for r in (collect_seed(root, s) for s in seeds) if r]
@@ -425,8 +533,9 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
   summary = summarize(runs)
   cores = len(os.sched_getaffinity(0))
   machine = common.describe_machine(cores)
+  others = other_machine_runs(other_machines, machine)
   result = {'runs': runs, 'summary': summary, 'machine': machine, 'cores': cores,
-            'command': command}
+            'command': command, 'other_machines': others}
   out.mkdir(parents=True, exist_ok=True)
   (out / 'demo.json').write_text(json.dumps(result, indent=2))
   lines = [
@@ -454,13 +563,17 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       "'finetuned' is each seed's network fine-tuned at its own chosen K_test.", '',
       sweep_table(summary), '', '## Time', '',
       *time_lines(runs, cores), '']
+  if others:
+    lines += ['## The same seeds on another processor', '', *other_machine_lines(runs, others)]
   if plateau_root:
-    lines += ['## Why the demo sat at chance, and what removed it', '', plateau.EXPLANATION, '',
-              'Written by', '', f'    {plateau.COMMAND}', '',
+    lines += [PLATEAU_HEADING, '', plateau.EXPLANATION, '', 'Written by', '',
+              f'    {plateau.COMMAND}', '',
               plateau.report(epath.Path(plateau_root), plateau.REPORT_SEEDS, out), '']
+  else:
+    lines += carried_plateau_section(out / 'DEMO.md')
   (out / 'DEMO.md').write_text('\n'.join(lines))
   if readme:
-    update_readme(readme, readme_block(runs, summary, machine, cores))
+    update_readme(readme, readme_block(runs, summary, machine, cores, others))
   logging.info('Wrote %s and %s.', out / 'DEMO.md', out / 'demo.json')
   return result
 
@@ -474,7 +587,7 @@ def main(argv):
     write_report(root, seeds, epath.Path(FLAGS.out),
                  common.format_command('studies.demo'), readme=common.REPO / 'README.md',
                  perturbed_seed=FLAGS.perturbed_seed, plateau_root=FLAGS.plateau_root,
-                 data_dir=FLAGS.data_dir)
+                 data_dir=FLAGS.data_dir, other_machines=FLAGS.other_machines)
 
 
 if __name__ == '__main__':

@@ -121,3 +121,44 @@ def test_report_says_whether_the_demo_is_a_measuring_instrument(tmp_path):
   assert 'adds +2.00, +3.00, +0.50 points per seed' in doc and 'does not hold' in doc
   assert 'K_test chosen 96 (was 96)' in doc
   assert 'moved by +0.50 (trained) and -1.00 (fine-tuned) points' in doc
+
+
+def test_a_report_without_plateau_records_keeps_the_previous_plateau_section(tmp_path):
+  previous = tmp_path / 'DEMO.md'
+  previous.write_text('# The demo over seeds\n\nMachine: CPU A, 2 cores; Python 3. The digits '
+                      'vary.\n\n## Time\n\nold\n\n' + demo.PLATEAU_HEADING +
+                      '\n\nWhat the curves show.\n\n| variant |\n')
+  carried = demo.carried_plateau_section(epath.Path(previous))
+  assert carried[0] == demo.PLATEAU_HEADING
+  assert 'recorded on: CPU A, 2 cores; Python 3' in carried[2]
+  assert carried[2].endswith('What the curves show.\n\n| variant |')
+  # A second report carries it again as it is, naming the same (first) machine once.
+  previous.write_text('Machine: CPU B, 2 cores. The digits vary.\n\n' + '\n'.join(carried))
+  assert demo.carried_plateau_section(epath.Path(previous)) == carried
+  assert demo.carried_plateau_section(epath.Path(tmp_path / 'missing.md')) == []
+
+
+def test_report_sets_the_same_seeds_on_another_machine_beside_its_own(tmp_path):
+  root = tmp_path / 'runs'
+  for seed, trained in ((0, 0.76), (1, 0.78)):
+    write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): trained,
+                               ('finetuned', 96): trained + 0.01})
+  demo.write_report(root, [0, 1], tmp_path / 'first', 'cmd one')
+  earlier = json.loads((tmp_path / 'first' / 'demo.json').read_text())
+  earlier['machine'] = 'CPU Z, 2 cores'
+  earlier['runs'][1]['trained_at_selected'] = 0.80
+  earlier['runs'][1]['selected_test_res'] = 112
+  (tmp_path / 'earlier.json').write_text(json.dumps(earlier))
+
+  demo.write_report(root, [0, 1], tmp_path / 'second', 'cmd two',
+                    other_machines=[str(tmp_path / 'earlier.json')])
+  doc = (tmp_path / 'second' / 'DEMO.md').read_text()
+  assert '## The same seeds on another processor' in doc
+  assert 'Measured by `cmd one` on CPU Z, 2 cores' in doc
+  assert '| 1 | 112 / 96 | 70.00 / 70.00 (+0.00) | 80.00 / 78.00 (-2.00) |' in doc
+  assert 'The same K_test on 1 of 2 seeds; the largest move of top-1 at the chosen K_test: 2.00' in doc
+  # The next report carries the other machine on, and never lists its own machine as another.
+  demo.write_report(root, [0, 1], tmp_path / 'third', 'cmd three',
+                    other_machines=[str(tmp_path / 'second' / 'demo.json')])
+  carried = json.loads((tmp_path / 'third' / 'demo.json').read_text())['other_machines']
+  assert [entry['machine'] for entry in carried] == ['CPU Z, 2 cores']
