@@ -114,7 +114,8 @@ def summarize(root: epath.Path, seeds, variants) -> dict:
 def measured_train_res(results: dict) -> int:
   """The K_train the baseline's runs were trained at: the demo's then (64 before the runs
   recorded it)."""
-  return next((r.get('train_res', 64) for r in results['baseline']['runs']), TRAIN_RES)
+  baseline = results.get('baseline', {}).get('runs', [])
+  return next((r.get('train_res', 64) for r in baseline), TRAIN_RES)
 
 
 def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) -> str:

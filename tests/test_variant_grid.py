@@ -20,3 +20,10 @@ def test_never_learned_names_each_run_at_chance_level_with_its_seed():
 
 def test_never_learned_says_nothing_when_every_run_learned():
   assert variant_grid.never_learned(results({'baseline': [0.7, 0.8]}), LABELS, 'top1') == ''
+
+
+def test_the_recipe_report_names_the_demo_k_train_when_only_other_variants_ran():
+  from studies import recipe  # pylint: disable=g-import-not-at-top
+  assert recipe.measured_train_res({}) == recipe.TRAIN_RES
+  runs = {'baseline': {'runs': [{'train_res': 96}]}}
+  assert recipe.measured_train_res(runs) == 96
