@@ -1,5 +1,6 @@
 """The variant studies' shared report helpers (studies/variant_grid.py)."""
 
+from studies import recipe
 from studies import variant_grid
 
 LABELS = {'baseline': 'baseline', 'ra': 'repeated augmentation'}
@@ -23,7 +24,6 @@ def test_never_learned_says_nothing_when_every_run_learned():
 
 
 def test_the_recipe_report_names_the_demo_k_train_when_only_other_variants_ran():
-  from studies import recipe  # pylint: disable=g-import-not-at-top
   assert recipe.measured_train_res({}) == recipe.TRAIN_RES
   runs = {'baseline': {'runs': [{'train_res': 96}]}}
   assert recipe.measured_train_res(runs) == 96
