@@ -565,6 +565,14 @@ def recipe_problems(config: ml_collections.ConfigDict) -> list:
   if not 0 <= cfg.ema_decay < 1:
     problems.append(f'config.train.ema_decay={cfg.ema_decay}: use a decay in [0, 1) '
                     '(e.g. 0.9998 per step; 0: off).')
+  if cfg.optimizer == 'lamb' and config.model.zero_init_head:
+    # LAMB scales each layer's step by that layer's weight norm (the trust ratio): a zero
+    # classifier stays near zero, passes almost no gradient down, and the network stays at
+    # chance (the modern-recipe study's A3 runs did, on every seed).
+    problems.append("config.train.optimizer='lamb' with config.model.zero_init_head=True: "
+                    "LAMB's steps scale with each layer's weight norm, so a zero classifier "
+                    'never grows and the network stays at chance; set '
+                    '--config.model.zero_init_head=False.')
   if not 0 <= config.model.drop_path_rate < 1:
     problems.append(f'config.model.drop_path_rate={config.model.drop_path_rate}: use a '
                     'probability in [0, 1) (0.05 in ResNet strikes back A3; 0: off).')

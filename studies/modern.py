@@ -39,7 +39,9 @@ VARIANTS = {
     'a3': {**MIX, 'train.optimizer': 'lamb', 'train.base_lr': 8e-3 * 256 / 64,
            'train.weight_decay': 0.02, 'train.no_decay': ('/bias$', '/scale$'),
            'train.loss': 'bce', 'train.bce_threshold': 0.2,
-           'data.randaugment': 'rand-m6-mstd0.5-inc1'},
+           'data.randaugment': 'rand-m6-mstd0.5-inc1',
+           # A random classifier, as A3's: LAMB cannot grow the demo's zero one (config.py).
+           'model.zero_init_head': False},
     'progressive': {'train.image_size': PROGRESSIVE[-1][1]},  # and the schedule, below
 }
 LABELS = {
@@ -151,7 +153,9 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
       'Recipes: `train.mixup_alpha=0.1, train.cutmix_alpha=1.0` (timm\'s Mixup with '
       'switch_prob 0.5, as A3); the A3-like recipe adds `train.optimizer=\'lamb\'` (lr 8e-3 '
       'per step, weight decay 0.02 on the weights only), `train.loss=\'bce\', '
-      'train.bce_threshold=0.2` and `data.randaugment=\'rand-m6-mstd0.5-inc1\'`, keeping '
+      'train.bce_threshold=0.2`, `data.randaugment=\'rand-m6-mstd0.5-inc1\'` and a random '
+      'classifier (`model.zero_init_head=False`: LAMB scales each layer\'s step by its weight '
+      'norm, and with the demo\'s zero classifier every seed stayed at chance), keeping '
       'the demo\'s epochs, warm-up, cosine schedule and batch (A3 trains 100 epochs at batch '
       f'2048 on ImageNet); progressive resizing trains at {PROGRESSIVE[0][1]} px for the first '
       f'half, {PROGRESSIVE[1][1]} px for the next quarter and {PROGRESSIVE[2][1]} px for the '

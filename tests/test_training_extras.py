@@ -151,3 +151,13 @@ def test_bad_image_size_schedules_are_named(schedule, message):
   config.train.image_size_schedule = schedule
   with pytest.raises(errors.ConfigError, match=message):
     config_lib.validate(config, device_count=1)
+
+
+def test_lamb_with_a_zero_classifier_is_refused_with_the_fix():
+  config = config_lib.get_base_config()
+  config.train.optimizer = 'lamb'
+  config.model.zero_init_head = True
+  with pytest.raises(errors.ConfigError, match='zero_init_head=False'):
+    config_lib.validate(config, device_count=1)
+  config.model.zero_init_head = False
+  config_lib.validate(config, device_count=1)
