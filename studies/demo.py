@@ -287,15 +287,16 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
     if base:
       moves = {name: 100 * (perturbed[name] - base[name])
                for name in ('trained_at_selected', 'finetuned_at_selected')}
+      spread = claims.stats([r['trained_at_selected'] for r in runs])['std']
+      seed_to_seed = 100 * math.sqrt(2) * spread
       lines.append(
           f"- **Robust to the machine**: seed {base['seed']} again on two XLA:CPU devices "
           "(every batch sharded, so every reduction runs in another order): K_test chosen "
           f"{perturbed['selected_test_res']} (was {base['selected_test_res']}); top-1 at the "
           f"chosen K_test moved by {moves['trained_at_selected']:+.2f} (trained) and "
           f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1). "
-          "Two different seeds differ by about "
-          f"{math.sqrt(2) * claims.stats([r['trained_at_selected'] for r in runs])['std'] * 100:.2f}"
-          " (trained) points here (the root mean square, sqrt(2) x the std over seeds).")
+          f'Two different seeds differ by about {seed_to_seed:.2f} (trained) points here '
+          '(the root mean square, sqrt(2) x the std over seeds).')
   return lines
 
 
