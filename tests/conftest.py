@@ -7,8 +7,13 @@ import tempfile
 
 import fast_compile
 
+# The 8 devices share the machine's few cores: a step's all-reduce waits for all 8, and on 2
+# busy cores (both test workers and their subprocesses) a participant can start later than
+# XLA:CPU's default collective timeout, which aborts the process. Waiting is correct here.
+COLLECTIVE_TIMEOUTS = ('--xla_cpu_collective_call_terminate_timeout_seconds=1800 '
+                       '--xla_cpu_collective_timeout_seconds=1800')
 os.environ['XLA_FLAGS'] = ' '.join([
-    os.environ.get('XLA_FLAGS', ''), fast_compile.XLA_FLAGS,
+    os.environ.get('XLA_FLAGS', ''), fast_compile.XLA_FLAGS, COLLECTIVE_TIMEOUTS,
     '--xla_force_host_platform_device_count=8']).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
