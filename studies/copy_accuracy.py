@@ -195,8 +195,7 @@ def readme_block(result: dict) -> str:
       f"network for {settings['epochs']} epochs at K_train {settings['train_res']}): with "
       f"the shorter side capped at {settings['short_side']} px (JPEG quality "
       f"{settings['quality']}; the originals' short sides are {ORIGINAL_SIDES}), copy minus "
-      "original at "
-      f"each network's selected K_test was {claims.margin_text(difference)} over "
+      f"original at each network's selected K_test was {claims.margin_text(difference)} over "
       f'{len(paired)} seeds. The selected K_test '
       f'moved for {len(moved)} of {len(paired)} seeds'
       + (f": {', '.join(moved)}." if moved else '.'))

@@ -327,7 +327,9 @@ def compare_machines(runs: List[dict], other: dict) -> Optional[dict]:
     return None
   moves = {name: [100 * (now[name] - then[name]) for then, now in pairs]
            for name in COMPARED_FIELDS[2:]}
-  return {'pairs': pairs, 'moves': moves,
+  means = [{name: 100 * claims.stats([pair[side][name] for pair in pairs])['mean']
+            for name in COMPARED_FIELDS[2:]} for side in (0, 1)]  # there, here
+  return {'pairs': pairs, 'moves': moves, 'means': means,
           'largest': {name: max(abs(m) for m in found) for name, found in moves.items()},
           'same_test_res': sum(then['selected_test_res'] == now['selected_test_res']
                                for then, now in pairs)}
@@ -341,13 +343,10 @@ def other_machine_lines(runs: List[dict], others: List[dict]) -> List[str]:
     if not compared:
       continue
     pairs, moves, largest = compared['pairs'], compared['moves'], compared['largest']
+    there, here = compared['means']
     rows = [[now['seed'], f"{then['selected_test_res']} / {now['selected_test_res']}"] +
             [f'{100 * then[name]:.2f} / {100 * now[name]:.2f} ({moves[name][i]:+.2f})'
              for name in COMPARED_FIELDS[2:]] for i, (then, now) in enumerate(pairs)]
-
-    def mean(side: int, name: str, pairs=pairs) -> str:
-      return f'{100 * claims.stats([pair[side][name] for pair in pairs])["mean"]:.2f}'
-
     lines += [
         f"Measured by `{other['command']}` on {other['machine']}, and by this report's runs "
         'here. Each cell: there / here (here minus there).', '',
@@ -357,8 +356,8 @@ def other_machine_lines(runs: List[dict], others: List[dict]) -> List[str]:
         f"move of top-1 at the chosen K_test: {largest['trained_at_selected']:.2f} (trained) "
         f"and {largest['finetuned_at_selected']:.2f} (fine-tuned) points; at K_train "
         f"{largest['trained_at_train_res']:.2f}. Mean over seeds there / here: trained at the "
-        f"chosen K_test {mean(0, 'trained_at_selected')} / {mean(1, 'trained_at_selected')}, "
-        f"fine-tuned {mean(0, 'finetuned_at_selected')} / {mean(1, 'finetuned_at_selected')}.",
+        f"chosen K_test {there['trained_at_selected']:.2f} / {here['trained_at_selected']:.2f}, "
+        f"fine-tuned {there['finetuned_at_selected']:.2f} / {here['finetuned_at_selected']:.2f}.",
         '']
   return lines
 

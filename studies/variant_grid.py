@@ -92,7 +92,8 @@ def main(grid: Grid) -> None:
   command = common.format_command(f'studies.{grid.name}')
   (out / f'{grid.name.upper()}.md').write_text(
       grid.format_report(results, plan, seconds, command))
-  if grid.readme_block and FLAGS.readme and not FLAGS.quick:  # --quick's mean nothing
+  # README's block sets each option against the baseline: a run without it has no block.
+  if grid.readme_block and FLAGS.readme and not FLAGS.quick and 'baseline' in results:
     common.write_readme_block(common.REPO / 'README.md', readme_markers(grid),
                               grid.readme_block(results))
 

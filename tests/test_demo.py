@@ -156,7 +156,8 @@ def test_report_sets_the_same_seeds_on_another_machine_beside_its_own(tmp_path):
   assert '## The same seeds on another processor' in doc
   assert 'Measured by `cmd one` on CPU Z, 2 cores' in doc
   assert '| 1 | 112 / 96 | 70.00 / 70.00 (+0.00) | 80.00 / 78.00 (-2.00) |' in doc
-  assert 'The same K_test on 1 of 2 seeds; the largest move of top-1 at the chosen K_test: 2.00' in doc
+  assert ('The same K_test on 1 of 2 seeds; the largest move of top-1 at the chosen K_test: '
+          '2.00') in doc
   # The next report carries the other machine on, and never lists its own machine as another.
   demo.write_report(root, [0, 1], tmp_path / 'third', 'cmd three',
                     other_machines=[str(tmp_path / 'second' / 'demo.json')])
