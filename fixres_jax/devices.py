@@ -7,6 +7,7 @@ prints the GPU install line (fixres_jax/install.txt), unless config.allow_cpu_wi
 
 import importlib.resources
 import os
+import re
 import shutil
 import subprocess
 
@@ -21,6 +22,8 @@ NVIDIA_DEVICE = '/dev/nvidia0'
 # Flags XLA reads when it creates the backend: without this one, GPU reductions (e.g. in
 # convolution gradients) may run in a different order on each run, and a resumed run differs.
 DETERMINISTIC_XLA_FLAG = '--xla_gpu_deterministic_ops=true'
+# The environment variable XLA:CPU sizes its thread pools by (the machine's cores otherwise).
+CPU_THREADS_VARIABLE = 'PJRT_NPROC'
 
 
 class PlatformError(errors.UserError, RuntimeError):
@@ -81,3 +84,29 @@ def request_determinism(config) -> None:
   flags = os.environ.get('XLA_FLAGS', '')
   if config.deterministic and 'xla_gpu_deterministic_ops' not in flags:
     os.environ['XLA_FLAGS'] = f'{flags} {DETERMINISTIC_XLA_FLAG}'.strip()
+
+
+def forced_cpu_device_count() -> int:
+  """How many CPU devices the environment asks jax for (JAX_NUM_CPU_DEVICES, or XLA_FLAGS's
+  --xla_force_host_platform_device_count); 1 if it does not."""
+  if os.environ.get('JAX_NUM_CPU_DEVICES', '').strip().isdigit():
+    return int(os.environ['JAX_NUM_CPU_DEVICES'])
+  counts = re.findall(r'--xla_force_host_platform_device_count=(\d+)',
+                      os.environ.get('XLA_FLAGS', ''))
+  return int(counts[-1]) if counts else 1
+
+
+def provision_cpu_threads() -> None:
+  """Gives XLA:CPU enough threads for several devices on one machine; before jax's backend exists.
+
+  XLA:CPU launches each device's part of a program on a pool of max(cores, devices) threads,
+  and a launch may block its thread until the device's earlier programs finish. With N > 1
+  devices on a machine of few cores (tests, the demo's two-device check), N launches can hold
+  every thread while the devices they wait for need one: an all-reduce then waits forever for
+  its last participants, and XLA aborts the process after 40 s. N launching, N in the one
+  collective XLA runs at a time and one thread for the work they wait on need 2N + 1 threads.
+  A PJRT_NPROC the user set is kept.
+  """
+  count = forced_cpu_device_count()
+  if count > 1 and CPU_THREADS_VARIABLE not in os.environ:
+    os.environ[CPU_THREADS_VARIABLE] = str(max(os.cpu_count() or 1, 2 * count + 1))

@@ -106,7 +106,9 @@ def main(argv):
   del argv
   if not FLAGS.library_logs:
     quiet_library_logs()
-  devices.request_determinism(FLAGS.config)  # read when jax creates its backend: first
+  # Both read when jax creates its backend: first.
+  devices.request_determinism(FLAGS.config)
+  devices.provision_cpu_threads()
   workdir_lib.enable_compilation_cache(FLAGS.workdir)  # before anything compiles
   initialize_distributed()
   peer_errors.watch()  # another process's error ends this one too

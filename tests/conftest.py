@@ -1,21 +1,19 @@
-"""8 fake CPU devices for sharding tests and cheap compilations (tests/fast_compile.py), set
-before jax is imported anywhere; one compilation cache for the session."""
+"""8 fake CPU devices for sharding tests, cheap compilations (tests/xla_flags.py) and the
+threads XLA:CPU needs for 8 devices, set before jax's backend exists; one compilation cache for
+the session."""
 
 import os
 import shutil
 import tempfile
 
-import fast_compile
+import xla_flags
 
-# The 8 devices share the machine's few cores: a step's all-reduce waits for all 8, and on 2
-# busy cores (both test workers and their subprocesses) a participant can start later than
-# XLA:CPU's default collective timeout, which aborts the process. Waiting is correct here.
-COLLECTIVE_TIMEOUTS = ('--xla_cpu_collective_call_terminate_timeout_seconds=1800 '
-                       '--xla_cpu_collective_timeout_seconds=1800')
-os.environ['XLA_FLAGS'] = ' '.join([
-    os.environ.get('XLA_FLAGS', ''), fast_compile.XLA_FLAGS, COLLECTIVE_TIMEOUTS,
-    '--xla_force_host_platform_device_count=8']).strip()
+os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''),
+                                    xla_flags.with_devices(8)]).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Threads for the 8 devices (as fixres_jax.main gives itself), inherited by every subprocess.
+from fixres_jax import devices  # pylint: disable=g-import-not-at-top,wrong-import-position
+devices.provision_cpu_threads()
 
 # The triton bundled with torch segfaults when its extension loads after TensorFlow's; the
 # converter tests and the TF pipeline tests share this process, so load it first when present.

@@ -11,7 +11,7 @@ import sysconfig
 import pytest
 
 from fixres_jax import console
-import fast_compile
+import xla_flags
 
 REPO = pathlib.Path(__file__).parent.parent
 LIBRARY_FILE = os.path.join(sysconfig.get_paths()['purelib'], 'tensorflow_datasets', 'x.py')
@@ -65,7 +65,7 @@ def run_main(workdir, data_dir, *extra):
   """fixres_jax.main's console (stdout and stderr) as a user's terminal would show it."""
   env = {k: v for k, v in os.environ.items()
          if k not in ('TF_CPP_MIN_LOG_LEVEL', 'JAX_PLATFORMS')}  # the defaults under test
-  env.update(XLA_FLAGS=fast_compile.XLA_FLAGS, PYTHONUNBUFFERED='1')  # no device flags
+  env.update(XLA_FLAGS=xla_flags.XLA_FLAGS, PYTHONUNBUFFERED='1')  # no device flags
   command = [sys.executable, '-m', 'fixres_jax.main', '--config=tests/tiny_config.py',
              f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
              "--config.stages=('train',)", '--config.train.num_epochs=1', *extra]

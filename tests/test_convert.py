@@ -248,7 +248,7 @@ def test_converted_checkpoint_starts_a_finetune_stage(tmp_path, tiny_config):
   config = tiny_config
   config.model.name = 'resnet18'
   config.init_from = str(tmp_path / 'converted')
-  # The fine-tuning stage alone: a resnet18 compiled for tests (tests/fast_compile.py) runs
+  # The fine-tuning stage alone: a resnet18 compiled for tests (tests/xla_flags.py) runs
   # slowly, and the sweep of a fine-tuned network is tested on the tiny one.
   config.stages = ('finetune',)
   with pytest.raises(ValueError, match='init_head=False'):  # 1000 classes vs 10

@@ -80,6 +80,32 @@ def test_determinism_flag_is_added_once(monkeypatch):
   assert os.environ['XLA_FLAGS'] == ''
 
 
+@pytest.mark.parametrize('environment,threads', [
+    ({'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}, 17),
+    ({'XLA_FLAGS': '--a=1 --xla_force_host_platform_device_count=2 --b=2'}, 5),
+    ({'JAX_NUM_CPU_DEVICES': '4', 'XLA_FLAGS': ''}, 9),
+    ({'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}, None),
+    ({'XLA_FLAGS': ''}, None),
+    ({'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'PJRT_NPROC': '3'}, 3),
+])
+def test_several_cpu_devices_get_two_threads_each_and_one(monkeypatch, environment, threads):
+  monkeypatch.delenv('PJRT_NPROC', raising=False)
+  monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
+  monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+  for name, value in environment.items():
+    monkeypatch.setenv(name, value)
+  devices.provision_cpu_threads()
+  assert os.environ.get('PJRT_NPROC') == (None if threads is None else str(threads))
+
+
+def test_a_machine_with_more_cores_keeps_its_threads(monkeypatch):
+  monkeypatch.delenv('PJRT_NPROC', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  monkeypatch.setattr(os, 'cpu_count', lambda: 64)
+  devices.provision_cpu_threads()
+  assert os.environ['PJRT_NPROC'] == '64'
+
+
 def test_readme_install_section_shows_the_launchers_lines():
   readme = (REPO / 'README.md').read_text()
   section = readme.split('## Install', 1)[1].split('\n## ', 1)[0]

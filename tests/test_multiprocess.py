@@ -26,7 +26,7 @@ from flax import traverse_util
 from fixres_jax import adapters
 from fixres_jax import checkpoint
 from fixres_jax.data import pipeline
-import fast_compile
+import xla_flags
 import test_sources
 import tiny_config
 
@@ -60,8 +60,7 @@ def main_command(workdir, data_dir, *extra):
 
 def environment(devices_per_process, **extra):
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu',
-              XLA_FLAGS=(fast_compile.XLA_FLAGS +
-                         f' --xla_force_host_platform_device_count={devices_per_process}'),
+              XLA_FLAGS=xla_flags.with_devices(devices_per_process),
               **extra)
 
 

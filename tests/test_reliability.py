@@ -19,7 +19,7 @@ from fixres_jax import recipe
 from fixres_jax import stage
 from fixres_jax import train
 from fixres_jax import workdir as workdir_lib
-import fast_compile
+import xla_flags
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -31,7 +31,7 @@ def main_command(workdir, data_dir, *extra):
 
 def environment():
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu',
-              XLA_FLAGS=fast_compile.XLA_FLAGS + ' --xla_force_host_platform_device_count=2')
+              XLA_FLAGS=xla_flags.with_devices(2))
 
 
 TRAIN_ONLY = ("--config.stages=('train',)", '--config.train.num_epochs=4',

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import fast_compile
+import xla_flags
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -64,7 +64,7 @@ def test_scancel_term_checkpoints_and_the_requeued_job_finishes(slurm, tmp_path,
   log = tmp_path / 'job.log'
   env = dict(slurm, GPUS_PER_NODE='0', NODES='1', TASKS_PER_NODE='2', CPUS_PER_TASK='1',
              TIME='00:30:00', LOG=str(log), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=fast_compile.XLA_FLAGS + ' --xla_force_host_platform_device_count=1')
+             XLA_FLAGS=xla_flags.with_devices(1))
   submitted = subprocess.run(
       ['bash', 'launch/slurm.sh', 'tests/tiny_config.py', str(workdir),
        f'--config.data.data_dir={synthetic_data_dir}',

@@ -143,7 +143,7 @@ def test_eval_step_counts_only_masked_images():
 
 
 # Compares init_variables with the default compilation in a process of its own: the tests'
-# XLA flags (fast_compile.py) turn LLVM's optimisation off for both.
+# XLA flags (xla_flags.py) turn LLVM's optimisation off for both.
 SAME_INIT = """
 import functools, jax, jax.numpy as jnp, numpy as np
 from fixres_jax import models, train
