@@ -270,18 +270,7 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
       f"every seed): {'holds' if min(gains) >= 1 else 'does not hold'}.",
   ]
   if all('paired' in r for r in runs):
-    errors = [r['paired']['standard_error'] for r in runs]
-    lines.append(
-        f"- **How precisely one seed measures that gain**: image by image on the "
-        f"{runs[0]['paired']['num_images']} validation images, each seed's gain has a paired "
-        f"standard error of {', '.join('%.2f' % e for e in errors)} points (images only the "
-        f"fine-tuned network gets right / only the trained one: "
-        f"{', '.join('%d/%d' % (r['paired']['only_finetuned'], r['paired']['only_trained']) for r in runs)}"
-        f"). The std of the gains over seeds ({claims.stats(gains)['std']:.2f}) is of that "
-        f"size, so most of it is which images the validation split holds; the mean gain is "
-        f"{claims.stats(gains)['mean']:+.2f} ± {claims.stats(gains)['std'] / math.sqrt(len(gains)):.2f}"
-        " (standard error over seeds). A gain of +1 on every seed would need a true gain "
-        f"of about +{1 + 2 * max(errors):.1f}, or a larger validation split.")
+    lines.append(paired_precision_line(runs, gains))
   if perturbed:
     base = next((r for r in runs if r['seed'] == perturbed['seed']), None)
     if base:
@@ -303,6 +292,36 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
 # What a report keeps of each run measured on another machine.
 COMPARED_FIELDS = ('seed', 'selected_test_res', 'trained_at_train_res', 'trained_at_selected',
                    'finetuned_at_selected')
+
+
+def paired_precision_line(runs: List[dict], gains: List[float]) -> str:
+  """How much of the gains' spread over seeds the validation images alone explain.
+
+  Each seed's paired standard error is what drawing other validation images would move its
+  gain by; their mean square, against the gains' variance over seeds, is the images' share.
+  """
+  errors = [r['paired']['standard_error'] for r in runs]
+  gain_stats = claims.stats(gains)
+  images_std = math.sqrt(sum(e * e for e in errors) / len(errors))
+  share = min(1.0, images_std ** 2 / gain_stats['std'] ** 2) if gain_stats['std'] else 1.0
+  if share >= 0.5:
+    verdict = ('most of it is which images the validation split holds. A gain of +1 on every '
+               f'seed would need a true gain of about +{1 + 2 * max(errors):.1f}, or a larger '
+               'validation split')
+  else:
+    verdict = ("most of it is the seeds' networks themselves: a larger validation split would "
+               'measure each gain more precisely, not make them alike')
+  return (
+      f"- **How precisely one seed measures that gain**: image by image on the "
+      f"{runs[0]['paired']['num_images']} validation images, each seed's gain has a paired "
+      f"standard error of {', '.join('%.2f' % e for e in errors)} points (images only the "
+      f"fine-tuned network gets right / only the trained one: "
+      f"{', '.join('%d/%d' % (r['paired']['only_finetuned'], r['paired']['only_trained']) for r in runs)}"
+      f"). Drawing other validation images would spread the gains by about {images_std:.2f} "
+      f"(the root mean square of those errors); they spread by {gain_stats['std']:.2f} over "
+      f"seeds, so the images make {100 * share:.0f} % of their variance and {verdict}. The mean "
+      f"gain is {gain_stats['mean']:+.2f} ± {gain_stats['std'] / math.sqrt(len(gains)):.2f} "
+      '(standard error over seeds).')
 
 
 def other_machine_runs(paths, machine: str) -> List[dict]:

@@ -163,3 +163,20 @@ def test_report_sets_the_same_seeds_on_another_machine_beside_its_own(tmp_path):
                     other_machines=[str(tmp_path / 'second' / 'demo.json')])
   carried = json.loads((tmp_path / 'third' / 'demo.json').read_text())['other_machines']
   assert [entry['machine'] for entry in carried] == ['CPU Z, 2 cores']
+
+
+@pytest.mark.parametrize('gains,errors,says', [
+    # Gains far apart, each measured to a third of a point: the networks differ.
+    ([0.5, 1.45, 1.15, 0.75, 4.2], [0.32, 0.48, 0.33, 0.37, 0.56],
+     "images make 8 % of their variance and most of it is the seeds' networks themselves"),
+    # Gains as far apart as the images alone would put them.
+    ([1.0, 1.5, 2.0], [0.5, 0.5, 0.5],
+     'images make 100 % of their variance and most of it is which images the validation split '
+     'holds. A gain of +1 on every seed would need a true gain of about +2.0'),
+])
+def test_the_gains_spread_is_split_between_the_images_and_the_networks(gains, errors, says):
+  runs = [{'paired': {'standard_error': e, 'num_images': 2000, 'only_finetuned': 30,
+                      'only_trained': 20}} for e in errors]
+  line = demo.paired_precision_line(runs, gains)
+  assert says in line, line
+  assert f'standard error of {", ".join("%.2f" % e for e in errors)} points' in line
