@@ -352,6 +352,8 @@ def plot_gradients(records: list, path: epath.Path) -> None:
 
 def main(argv):
   del argv
+  from fixres_jax import devices  # pylint: disable=g-import-not-at-top
+  devices.provision_cpu_threads()  # before jax's backend exists: threads for N CPU devices
   root = epath.Path(FLAGS.root)
   seeds = [int(s) for s in FLAGS.seeds]
   if FLAGS.phase == 'run':

@@ -535,6 +535,8 @@ def reproduce(plan: Plan, root: epath.Path, out: epath.Path, phase: str,
 
 def main(argv):
   del argv
+  from fixres_jax import devices  # pylint: disable=g-import-not-at-top
+  devices.provision_cpu_threads()  # before jax's backend exists: threads for N CPU devices
   from fixres_jax import main as main_lib  # pylint: disable=g-import-not-at-top
   main_lib.quiet_library_logs()
   plan = Plan(train_res=[int(k) for k in FLAGS.train_res], seeds=[int(s) for s in FLAGS.seeds],

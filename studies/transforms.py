@@ -535,6 +535,8 @@ def with_int_keys(tree):
 
 def main(argv):
   del argv
+  from fixres_jax import devices  # pylint: disable=g-import-not-at-top
+  devices.provision_cpu_threads()  # before jax's backend exists: threads for N CPU devices
   root, seeds = epath.Path(FLAGS.root), [int(s) for s in FLAGS.seeds]
   if FLAGS.phase in ('run', 'all'):
     from fixres_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
