@@ -370,12 +370,12 @@ def within_budget(records: list, max_ms_per_image: float) -> list:
 
 
 def best_record(records: list, metric: str) -> dict:
-  """The record with the highest top-1 (ties: the lower loss) or the lowest loss (ties: the
-  higher top-1); the first of those still tied."""
+  """The record with the highest top-1 (ties: the lower loss), or the lowest `metric` (a
+  loss; ties: the higher top-1); the first of those still tied."""
   if metric == 'top1':
     key = lambda r: (r['top1'], -r['loss'])
   else:
-    key = lambda r: (-r['loss'], r['top1'])
+    key = lambda r: (-r[metric], r['top1'])
   return max(records, key=key)
 
 

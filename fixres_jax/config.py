@@ -13,7 +13,7 @@ from fixres_jax import errors
 from fixres_jax import evalsets
 
 STAGES = ('train', 'finetune', 'sweep')
-AUTO_METRICS = ('top1', 'loss')  # what finetune.test_res='auto' maximises
+AUTO_METRICS = ('top1', 'loss', 'calibrated_loss')  # what finetune.test_res='auto' optimises
 MAX_RESOLUTION = 4096  # px, any K_train or K_test: one such float32 image is 200 MB
 # Real-valued fields: (least, greatest, whether each bound is allowed, what the values mean).
 # NaN and the infinities are outside every range.
@@ -128,6 +128,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics over groups of this many images of the global batch, as per-GPU BN
   # in PyTorch DDP (0: over the whole global batch, i.e. synchronised BN).
   model.bn_group_size = 0
+  # The input's size over the last feature map's: 32 as torchvision; 16 or 8 run the last
+  # stages at stride 1 (the same parameters, more positions to pool over).
+  model.output_stride = 32
   # Only for name='resnet' (custom depth and width):
   model.stage_sizes = (2, 2, 2, 2)
   model.block = 'basic'
@@ -178,7 +181,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   finetune.auto_crop_pcts = ()
   # What 'auto' maximises on auto_split: 'top1' (the paper's choice, on a validation set), or
   # 'loss' (the lowest cross-entropy: on a small slice, top-1's sampling error can exceed the
-  # differences between neighbouring K_test, while the loss uses every probability).
+  # differences between neighbouring K_test, while the loss uses every probability), or
+  # 'calibrated_loss' (the cross-entropy at the best temperature, evaluate.TEMPERATURES: the
+  # loss's precision without its dependence on the logits' scale, which moves with K_test
+  # and which FixRes fine-tuning corrects).
   finetune.auto_metric = 'top1'
   # A latency budget for 'auto': only the K_test whose forward pass takes at most this many ms
   # per image (latency.py: one device, batch sweep.latency_batch_size) compete; 0: no budget.
@@ -420,13 +426,19 @@ def choice_fields() -> dict:
 
 
 def choice_problems(config: ml_collections.ConfigDict) -> list:
-  """Fields naming an option that no code implements. model.block is checked whatever
-  model.name: a misspelt block is a mistake even where it is ignored."""
+  """Fields naming an option that no code implements, and an output stride no ResNet has.
+  model.block is checked whatever model.name: a misspelt block is a mistake even where it is
+  ignored."""
+  from fixres_jax import models  # pylint: disable=g-import-not-at-top
   problems = []
   for name, allowed in choice_fields().items():
     value = field_value(config, name)
     if value not in allowed:
       problems.append(f'config.{name}={value!r}: use one of {allowed}.')
+  stride = config.model.output_stride
+  if not is_integer(stride) or stride not in models.OUTPUT_STRIDES:
+    problems.append(f'config.model.output_stride={stride!r}: use one of '
+                    f"{models.OUTPUT_STRIDES} (the input's size over the last feature map's).")
   return problems
 
 

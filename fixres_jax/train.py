@@ -34,6 +34,7 @@ def create_model(config, num_classes: int, bn_group_size: Optional[int] = None):
                              zero_init_head=m.zero_init_head,
                              stage_sizes=m.stage_sizes, block=m.block,
                              num_filters=m.num_filters, drop_path_rate=m.drop_path_rate,
+                             output_stride=m.output_stride,
                              bn_group_size=m.bn_group_size if bn_group_size is None
                              else bn_group_size)
 

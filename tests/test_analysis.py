@@ -277,12 +277,14 @@ def test_auto_test_res_is_chosen_on_the_training_split(tmp_path, tiny_config, ti
   assert not evaluated
 
 
-@pytest.mark.parametrize('metric,expected', [('top1', 112), ('loss', 96)])
+@pytest.mark.parametrize('metric,expected', [('top1', 112), ('loss', 96),
+                                             ('calibrated_loss', 128)])
 def test_best_test_res_follows_the_chosen_metric(metric, expected):
-  records = [{'test_res': 80, 'top1': 0.85, 'loss': 0.57},
-             {'test_res': 96, 'top1': 0.86, 'loss': 0.46},
-             {'test_res': 112, 'top1': 0.88, 'loss': 0.59},
-             {'test_res': 128, 'top1': 0.88, 'loss': 0.60}]  # top-1 tie: the lower loss
+  records = [{'test_res': 80, 'top1': 0.85, 'loss': 0.57, 'calibrated_loss': 0.40},
+             {'test_res': 96, 'top1': 0.86, 'loss': 0.46, 'calibrated_loss': 0.38},
+             {'test_res': 112, 'top1': 0.88, 'loss': 0.59, 'calibrated_loss': 0.36},
+             # top-1 tie: the lower loss
+             {'test_res': 128, 'top1': 0.88, 'loss': 0.60, 'calibrated_loss': 0.35}]
   assert analysis.best_record(records, metric)['test_res'] == expected
 
 

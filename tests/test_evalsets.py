@@ -98,11 +98,7 @@ def test_ece_and_nll_follow_their_definitions():
   logits = 3 * rng.normal(size=(n, num_classes)).astype(np.float32)
   labels = rng.integers(num_classes, size=n)
   mask = (rng.random(n) > 0.1).astype(np.float32)  # padding counts for nothing
-  _, _, sums = score(logits, labels, mask, evaluate.SINGLE)
-  metrics, _ = evaluate.summarize({
-      **{k: np.asarray(v) for k, v in sums.items()}, 'zero_fraction': 0.0,
-      'feature_count': 1, 'feature_sum': 1.0, 'feature_sq_sum': 1.0,
-      'histogram': np.zeros(len(evaluate.HISTOGRAM_EDGES) + 1)})
+  metrics = summarize_sums(score(logits, labels, mask, evaluate.SINGLE)[2])
   probs = torch.softmax(torch.tensor(logits, dtype=torch.float64), -1).numpy()
   keep = mask > 0
   confidence, correct = probs.max(-1)[keep], (probs.argmax(-1) == labels)[keep]
@@ -115,6 +111,35 @@ def test_ece_and_nll_follow_their_definitions():
   nll = -np.log(probs[np.arange(n), labels])[keep].mean()
   assert metrics['nll'] == pytest.approx(nll, rel=1e-5) and metrics['nll'] == metrics['loss']
   assert metrics['num_images'] == keep.sum()
+
+
+def summarize_sums(sums) -> dict:
+  """evaluate.summarize's metrics of metric_sums alone (no feature statistics)."""
+  return evaluate.summarize({
+      **{k: np.asarray(v) for k, v in sums.items()}, 'zero_fraction': 0.0,
+      'feature_count': 1, 'feature_sum': 1.0, 'feature_sq_sum': 1.0,
+      'histogram': np.zeros(len(evaluate.HISTOGRAM_EDGES) + 1)})[0]
+
+
+@pytest.mark.parametrize('scale', [0.5, 1.0, 2.0])
+def test_the_calibrated_loss_does_not_depend_on_the_logits_scale(scale):
+  rng = np.random.default_rng(3)
+  n, num_classes = 500, 10
+  labels = rng.integers(num_classes, size=n)
+  # Under-confident logits: right more often than their probabilities say.
+  logits = rng.normal(size=(n, num_classes)) + 2.0 * np.eye(num_classes)[labels]
+  mask = np.ones(n, np.float32)
+  metrics = summarize_sums(score(scale * logits, labels, mask, evaluate.SINGLE)[2])
+  reference = summarize_sums(score(logits, labels, mask, evaluate.SINGLE)[2])
+  # The grid holds every power of 2 ** (1/8): a scale of 2 moves the best temperature by
+  # exactly 8 steps and leaves the least loss where it was.
+  assert metrics['temperature'] == pytest.approx(scale * reference['temperature'])
+  assert metrics['calibrated_loss'] == pytest.approx(reference['calibrated_loss'], rel=1e-5)
+  assert metrics['calibrated_loss'] < metrics['loss']
+  probs = torch.softmax(torch.tensor(scale * logits / metrics['temperature']), -1).numpy()
+  assert metrics['calibrated_loss'] == pytest.approx(
+      -np.log(probs[np.arange(n), labels]).mean(), rel=1e-5)
+  assert reference['temperature'] < 1  # under-confident: the logits want sharpening
 
 
 @pytest.fixture(scope='module')

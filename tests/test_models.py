@@ -126,3 +126,19 @@ def test_zero_init_head_starts_from_uniform_logits():
   random_head = models.create_model('resnet', 10, stage_sizes=(1, 1), num_filters=8)
   logits = jax.jit(lambda x: random_head.apply(random_head.init(jax.random.key(0), x), x))(images)
   assert float(jnp.std(logits)) > 0
+
+
+@pytest.mark.parametrize('output_stride,side', [(32, 3), (16, 5), (8, 10)])
+def test_output_stride_keeps_the_parameters_and_enlarges_the_last_map(output_stride, side):
+  layout = dict(stage_sizes=(1, 1, 1, 1), num_filters=8)
+  reference = models.create_model('resnet', 10, **layout)
+  model = models.create_model('resnet', 10, output_stride=output_stride, **layout)
+  images = jax.random.normal(jax.random.key(1), (2, 80, 80, 3))
+  variables = jax.jit(reference.init)(jax.random.key(0), images)
+  # The same variables fit (a torchvision checkpoint converts to any output stride).
+  logits, state = jax.jit(functools.partial(model.apply, mutable=['intermediates']))(
+      variables, images)
+  assert state['intermediates']['feature_map'][0].shape == (2, side, side, 64)
+  assert logits.shape == (2, 10)
+  assert jax.tree.map(jnp.shape, model.init(jax.random.key(0), images)) == \
+      jax.tree.map(jnp.shape, variables)

@@ -98,6 +98,7 @@ BAD_VALUES = [
     ('data.ra_repetitions', 0, 'use an integer >= 1'),
     ('data.ra_len_factor', 0.0, 'use a positive epoch length factor'),
     ('model.drop_path_rate', 1.0, 'use a probability in [0, 1)'),
+    ('model.output_stride', 12, 'use one of (4, 8, 16, 32)'),
     ('model.bn_group_size', 5, 'must divide the global batch 32'),
     ('model.stage_sizes', (), 'use a positive number of blocks'),
     ('train.image_size', 100_000, 'resolutions must be positive integers up to 4096 px'),

@@ -20,6 +20,7 @@ from fixres_jax.models.registry import (DTYPES, MODELS, ModelOptions, create_mod
                                         model_names, register_model)
 
 BLOCKS = resnet.BLOCKS  # the custom 'resnet' entry's block names (config.model.block)
+OUTPUT_STRIDES = resnet.OUTPUT_STRIDES  # what config.model.output_stride accepts
 # The torchvision architectures convert.py converts from PyTorch checkpoints.
 TORCHVISION_ARCHS = tuple(resnet.ARCHS)
 ARCH_NAMES = model_names()  # the built-in names

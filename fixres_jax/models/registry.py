@@ -19,6 +19,7 @@ class ModelOptions:
     zero_init_head: zero-initialise the classifier's kernel.
     bn_group_size: BatchNorm statistics over groups of this many images (0: whole batch).
     drop_path_rate: stochastic depth (training then needs a 'dropout' rng).
+    output_stride: the input's size over the last feature map's (ResNets: 32, 16 or 8).
     stage_sizes, block, num_filters: the layout of a custom network (the 'resnet' entry);
       fixed architectures ignore them.
   """
@@ -27,6 +28,7 @@ class ModelOptions:
   zero_init_head: bool = False
   bn_group_size: int = 0
   drop_path_rate: float = 0.0
+  output_stride: int = 32
   stage_sizes: Optional[Tuple[int, ...]] = None
   block: str = 'basic'
   num_filters: int = 64

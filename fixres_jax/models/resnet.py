@@ -188,6 +188,10 @@ class ResNet(nn.Module):
   zero_init_head: bool = False
   drop_path_rate: float = 0.0
   bn_group_size: int = 0  # >0: batch statistics per group of this many images
+  # The input's size over the last feature map's (torchvision's 32). 16 or 8 keep the last
+  # stages at their input's size (stride 1, the same parameters), as DeepLab's output
+  # stride: more positions to pool over at a small resolution.
+  output_stride: int = 32
   dtype: Any = jnp.float32
   HEAD = 'fc'  # the classifier's parameters: a Dense layer on the pooled features
 
@@ -236,10 +240,12 @@ class ResNet(nn.Module):
     in_planes = self.num_filters
     last_block, last_bn = self.last_bn_path
     block_index, num_blocks_total = 0, sum(self.stage_sizes)
+    current_stride = 4  # the stem's convolution and max pooling
     for i, num_blocks in enumerate(self.stage_sizes):
       planes = self.num_filters * 2**i
       for j in range(num_blocks):
-        stride = 2 if i > 0 and j == 0 else 1
+        stride = 2 if i > 0 and j == 0 and current_stride < self.output_stride else 1
+        current_stride *= stride
         out_planes = planes * self.block_cls.expansion
         name = f'layer{i + 1}_{j}'
         bn_modes = {bn: not (train or (finetune and (name, bn) == (last_block, last_bn)))
@@ -262,6 +268,7 @@ class ResNet(nn.Module):
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+OUTPUT_STRIDES = (4, 8, 16, 32)  # the stem alone halves twice; each later stage may once
 # torchvision's architectures (and the ResNeXt / wide variants of the WSL and FixRes releases).
 ARCHS = {
     'resnet18': dict(stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
@@ -290,7 +297,8 @@ def create_resnet(num_classes: int, options: ModelOptions, **arch) -> ResNet:
   return ResNet(num_classes=num_classes, dtype=jnp.dtype(options.dtype),
                 zero_init_residual=options.zero_init_residual,
                 zero_init_head=options.zero_init_head, bn_group_size=options.bn_group_size,
-                drop_path_rate=options.drop_path_rate, **arch)
+                drop_path_rate=options.drop_path_rate, output_stride=options.output_stride,
+                **arch)
 
 
 for _name, _arch in ARCHS.items():
