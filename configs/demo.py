@@ -4,8 +4,8 @@
 
 Generates fixres_synthetic (10 texture classes, 10,000 train / 2,000 validation JPEGs of
 128-192 px) into the tfds data dir on first use, trains a small ResNet (4 basic blocks, widths
-16-128) at K_train=48 on train[:90%], picks K_test as the trained network's lowest loss on the
-held-out train[90%:] (finetune.test_res='auto'), FixRes-fine-tunes the last BN statistics and
+16-128, output stride 16) at K_train=48 on train[:90%], picks K_test as the trained network's
+lowest loss at the best temperature on the held-out train[90%:] (finetune.test_res='auto'), FixRes-fine-tunes the last BN statistics and
 the classifier there, then sweeps K_test in 48..96 for both models on the validation split.
 What it shows over five seeds, with the spread, and how long it takes: docs/DEMO.md, written
 by `python -m studies.demo`.
@@ -28,6 +28,10 @@ def get_config():
   config.model.stage_sizes = (1, 1, 1, 1)
   config.model.block = 'basic'
   config.model.num_filters = 16
+  # The last stage at stride 1: a last feature map of 3x3 at K_train (2x2 at stride 32), 5x5
+  # at K_test 80. On 2x2 maps every position touches the zero padding, and how a network met
+  # its first inner positions at a higher K_test was a matter of seed (docs/DEMO.md).
+  config.model.output_stride = 16
   # A zero classifier starts at exactly ln 10 instead of first having to shrink random logits
   # (studies.plateau: one of the changes that shorten the first, chance-level steps).
   config.model.zero_init_head = True
@@ -48,11 +52,14 @@ def get_config():
   config.finetune.auto_split = 'train[90%:]'
   # On 1,000 held-out images top-1's standard error (about a point) is larger than the gaps
   # between neighbouring K_test, so the pick would follow the noise; the cross-entropy uses
-  # every probability and ranks them the same way across seeds (docs/DEMO.md).
-  config.finetune.auto_metric = 'loss'
+  # every probability, at the best temperature so that the logits' scale, which moves with
+  # K_test and which fine-tuning corrects, does not decide (docs/DEMO.md).
+  config.finetune.auto_metric = 'calibrated_loss'
   config.finetune.batch_size = 64
   config.finetune.num_epochs = 2
-  config.finetune.base_lr = 0.02  # per 512 images; the tiny head needs more than ImageNet's
+  # Per 512 images: a linear head of 128 features learns at a linear probe's rate, not at
+  # ImageNet's 0.008 for 2,048 (docs/DEMO.md: the gain per seed against smaller rates).
+  config.finetune.base_lr = 0.5
   config.finetune.lr_decay_epochs = 30
 
   config.sweep.resolutions = (48, 64, 80, 96)

@@ -30,6 +30,7 @@ from etils import epath
 from studies import claims
 from studies import common
 from studies import plateau
+from studies import reproduce
 
 FLAGS = flags.FLAGS
 CONFIG = 'configs/demo.py'
@@ -52,40 +53,51 @@ def define_flags() -> None:
   flags.DEFINE_list('other_machines', [], "demo.json files of earlier reports (e.g. a copy of "
                     "docs/demo.json): their seeds on other machines are set beside this "
                     "report's, and carried into its demo.json.")
+  flags.DEFINE_list('variants', [], 'Changes of the demo (VARIANTS) run on the same seeds '
+                    'beside it: what each of its choices buys.')
   flags.DEFINE_enum('phase', 'all', ['run', 'report', 'all'],
                     "'run': the demo runs only; 'report': DEMO.md from finished runs.")
 
 
-def last_map_side(test_res: int, stride_2_layers: int = 5) -> int:
-  """The side of the ResNet's last feature map: five stride-2 layers with SAME padding (the
-  stem's conv and max-pool, the first block of stages 2-4) each halve it, rounding up."""
-  for _ in range(stride_2_layers):
+def last_map_side(test_res: int, output_stride: int = 32) -> int:
+  """The side of the ResNet's last feature map: each stride-2 layer with SAME padding (the
+  stem's conv and max-pool, the first block of the stages up to the output stride) halves it,
+  rounding up."""
+  for _ in range(round(math.log2(output_stride))):
     test_res = -(-test_res // 2)
   return test_res
 
 
 def map_sides_line(run: dict) -> str:
-  """Why the accuracy curve is not smooth: the last feature map's side at each K_test."""
-  sides = ', '.join(f"{r['test_res']}: {last_map_side(r['test_res'])}x{last_map_side(r['test_res'])}"
-                    for r in run['heldout'])
-  return ('The network pools its last feature map, whose side is K / 32 rounded up at every '
-          f'stride: {sides} (at K_train = {run["train_res"]}: '
-          f'{last_map_side(run["train_res"])}x{last_map_side(run["train_res"])}). On maps this '
-          'small most positions touch the zero padding, and the trained network\'s held-out loss '
-          'steps up where the map grows:')
+  """The last feature map's side at each K_test, and what the held-out table holds."""
+  stride = run['output_stride']
+  side = lambda k: f'{last_map_side(k, stride)}x{last_map_side(k, stride)}'
+  sides = ', '.join(f"{r['test_res']}: {side(r['test_res'])}" for r in run['heldout'])
+  return (f'The network pools its last feature map, whose side is K / {stride} rounded up at '
+          f'every stride: {sides} (at K_train = {run["train_res"]}: {side(run["train_res"])}). '
+          "The trained network on the held-out slice, per candidate K_test: its cross-entropy "
+          'at the best temperature (the temperature T dividing the logits), its plain '
+          'cross-entropy and its top-1:')
 
 
 def heldout_table(runs: list) -> str:
-  """The trained network's held-out loss and top-1 at every candidate K_test, per seed."""
+  """The trained network's held-out calibrated loss, loss and top-1 at every candidate
+  K_test, per seed."""
   resolutions = [r['test_res'] for r in runs[0]['heldout']]
-  rows = [[run['seed'], *(f"{r['loss']:.3f} ({100 * r['top1']:.1f})" for r in run['heldout'])]
-          for run in runs]
-  return common.format_table(['seed', *(f'K {k}: loss (top-1 %)' for k in resolutions)], rows)
+  cell = lambda r: (f"{r['calibrated_loss']:.3f} (T {r['temperature']:.2f}), "
+                    f"{r['loss']:.3f}, {100 * r['top1']:.1f}")
+  rows = [[run['seed'], *(cell(r) for r in run['heldout'])] for run in runs]
+  return common.format_table(['seed', *(f'K {k}' for k in resolutions)], rows)
 
 
 TARGET_MINUTES = 5  # README's command from an empty data dir, on 2 idle cores
 
-SELECTION_WORDS = {'top1': 'best top-1', 'loss': 'lowest cross-entropy (finetune.auto_metric)'}
+SELECTION_WORDS = {
+    'top1': 'best top-1', 'loss': 'lowest cross-entropy (finetune.auto_metric)',
+    'calibrated_loss': 'lowest cross-entropy at the best temperature (finetune.auto_metric: '
+                       'the logits divided by the one factor that minimises it on those '
+                       'images, so that their scale, which moves with K_test and which '
+                       'fine-tuning corrects, does not decide)'}
 
 
 def demo_command(workdir: epath.Path, seed: int, data_dir: str, overrides=()) -> List[str]:
@@ -98,6 +110,32 @@ def demo_command(workdir: epath.Path, seed: int, data_dir: str, overrides=()) ->
 # reduction (BatchNorm statistics, gradients) runs in another order.
 PERTURBATION = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
 PERTURBED = 'perturbed'
+
+# The demo's choices, each undone on its own: run on the same seeds beside the demo (ROOT/
+# seed_N_NAME), they show what each choice buys. A variant that changes only the fine-tuning
+# starts from a copy of the seed's training.
+VARIANTS = {
+    'output_stride_32': {'model.output_stride': 32},
+    'uncalibrated_loss': {'finetune.auto_metric': 'loss'},
+    'finetune_lr_0.02': {'finetune.base_lr': 0.02},
+    'finetune_lr_0.08': {'finetune.base_lr': 0.08},
+    'finetune_lr_0.2': {'finetune.base_lr': 0.2},
+}
+
+
+def variant_flags(name: str) -> List[str]:
+  return [f'--config.{field}={value}' for field, value in VARIANTS[name].items()]
+
+
+def run_variant(root: epath.Path, seed: int, name: str, data_dir: str, overrides=()) -> None:
+  """VARIANTS[name] on `seed` in ROOT/seed_N_NAME, from a copy of the seed's training when
+  the variant leaves the training as it is."""
+  from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
+  workdir = root / f'seed_{seed}_{name}'
+  trains_alike = all(rerun.field_stage(field) != 'train' for field in VARIANTS[name])
+  if trains_alike and not (workdir / TIME_FILE).exists():
+    reproduce.copy_demo_training(root / f'seed_{seed}', workdir)
+  run_seed(root, seed, data_dir, [*overrides, *variant_flags(name)], name=name)
 
 
 def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=(), env=None,
@@ -129,14 +167,17 @@ def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=(), env=None,
   return record
 
 
-def run_all(root: epath.Path, seeds, data_dir: str, overrides=(), perturbed_seed: int = -1
-            ) -> None:
+def run_all(root: epath.Path, seeds, data_dir: str, overrides=(), perturbed_seed: int = -1,
+            variants=()) -> None:
   for seed in seeds:  # one after the other: each run uses every core
     record = run_seed(root, seed, data_dir, overrides)
     logging.info('Seed %d done: %.0f s wall, %.0f s CPU.', seed, record['wall_seconds'],
                  record['cpu_seconds'])
   if perturbed_seed >= 0:
     run_seed(root, perturbed_seed, data_dir, overrides, PERTURBATION, PERTURBED)
+  for name in variants:
+    for seed in seeds:
+      run_variant(root, seed, name, data_dir, overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +199,7 @@ def collect_seed(root: epath.Path, seed: int, name: str = ''):
   best = max(trained, key=lambda r: r['top1'])
   return {
       'seed': seed, 'train_res': k_train, 'selected_test_res': k_test,
+      'output_stride': config['model'].get('output_stride', 32),
       'selection_split': choice['split'], 'heldout': choice['records'],
       'selection_metric': choice.get('metric', 'top1'),
       'analytic_test_res': meta['analytic_test_res']['test_res'],
@@ -396,6 +438,39 @@ def other_machine_sentences(runs: List[dict], others: List[dict]) -> str:
   return ' '.join(sentences)
 
 
+def collect_variants(root: epath.Path, seeds, names) -> dict:
+  """{variant: its finished runs}, for the variants with at least one."""
+  found = {name: [r for r in (collect_seed(root, s, name) for s in seeds) if r] for name in names}
+  return {name: runs for name, runs in found.items() if runs}
+
+
+def variant_row(name: str, change: str, runs: List[dict]) -> list:
+  """One row of the variants' table: the instrument's readings over the seeds."""
+  gains = [100 * (r['finetuned_at_selected'] - r['trained_at_selected']) for r in runs]
+  return [name, change, ', '.join(str(r['selected_test_res']) for r in runs),
+          common.pct(claims.stats([r['trained_at_selected'] for r in runs])),
+          common.pct(claims.stats([r['finetuned_at_selected'] for r in runs])),
+          ', '.join('%+.2f' % g for g in gains),
+          '%.3f' % max(r['loss_after_tenth']['loss'] for r in runs)]
+
+
+def variant_lines(runs: List[dict], variants: dict) -> List[str]:
+  """The demo beside each of its choices undone, on the same seeds."""
+  rows = [variant_row('the demo', 'none', runs)]
+  rows += [variant_row(name, ', '.join(f'{k}={v}' for k, v in VARIANTS[name].items()), found)
+           for name, found in variants.items()]
+  seeds = sorted({r['seed'] for found in variants.values() for r in found})
+  return [
+      f'Each row runs seeds {seeds} with one of the demo\'s choices undone '
+      '(`--variants`; a variant that changes only the fine-tuning starts from a copy of the '
+      "seed's training). Top-1 at each run's own chosen K_test, mean ± std over the seeds; "
+      'the gain is fine-tuned minus trained there; the last column is the highest training '
+      f'loss over the seeds at 10% of the steps (0.9 ln {NUM_CLASSES} = '
+      f'{0.9 * math.log(NUM_CLASSES):.3f}).', '',
+      common.format_table(['variant', 'change', 'K_test chosen', 'trained at chosen',
+                           'fine-tuned at chosen', 'gain per seed', 'loss at 10%'], rows), '']
+
+
 def holds(comparison: dict) -> bool:
   """A demo claim holds when every seed is ahead (the margin and its spread are shown)."""
   return bool(comparison.get('n', 0) > 1 and comparison['every_seed'])
@@ -538,9 +613,11 @@ def carried_plateau_section(previous: epath.Path) -> List[str]:
 
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
                  readme: Optional[epath.Path] = None, perturbed_seed: int = -1,
-                 plateau_root: str = '', data_dir: str = '', other_machines=()) -> dict:
-  """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs;
-  with data_dir, also each seed's paired gain, re-evaluated from its checkpoints."""
+                 plateau_root: str = '', data_dir: str = '', other_machines=(),
+                 variants=()) -> dict:
+  """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs
+  (and those of `variants`); with data_dir, also each seed's paired gain, re-evaluated from
+  its checkpoints."""
   runs = [r for r in (collect_seed(root, s) for s in seeds) if r]
   perturbed = collect_seed(root, perturbed_seed, PERTURBED) if perturbed_seed >= 0 else None
   if len(runs) < 2:
@@ -553,8 +630,9 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
   cores = len(os.sched_getaffinity(0))
   machine = common.describe_machine(cores)
   others = other_machine_runs(other_machines, machine)
+  variant_runs = collect_variants(root, seeds, variants)
   result = {'runs': runs, 'summary': summary, 'machine': machine, 'cores': cores,
-            'command': command, 'other_machines': others}
+            'command': command, 'other_machines': others, 'variants': variant_runs}
   out.mkdir(parents=True, exist_ok=True)
   (out / 'demo.json').write_text(json.dumps(result, indent=2))
   lines = [
@@ -582,6 +660,8 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       "'finetuned' is each seed's network fine-tuned at its own chosen K_test.", '',
       sweep_table(summary), '', '## Time', '',
       *time_lines(runs, cores), '']
+  if variant_runs:
+    lines += ["## What each of the demo's choices buys", '', *variant_lines(runs, variant_runs)]
   if others:
     lines += ['## The same seeds on another processor', '', *other_machine_lines(runs, others)]
   if plateau_root:
@@ -601,12 +681,13 @@ def main(argv):
   del argv
   root, seeds = epath.Path(FLAGS.root), [int(s) for s in FLAGS.seeds]
   if FLAGS.phase in ('run', 'all'):
-    run_all(root, seeds, FLAGS.data_dir, FLAGS.overrides, FLAGS.perturbed_seed)
+    run_all(root, seeds, FLAGS.data_dir, FLAGS.overrides, FLAGS.perturbed_seed, FLAGS.variants)
   if FLAGS.phase in ('report', 'all'):
     write_report(root, seeds, epath.Path(FLAGS.out),
                  common.format_command('studies.demo'), readme=common.REPO / 'README.md',
                  perturbed_seed=FLAGS.perturbed_seed, plateau_root=FLAGS.plateau_root,
-                 data_dir=FLAGS.data_dir, other_machines=FLAGS.other_machines)
+                 data_dir=FLAGS.data_dir, other_machines=FLAGS.other_machines,
+                 variants=FLAGS.variants)
 
 
 if __name__ == '__main__':

@@ -29,10 +29,12 @@ from studies import common
 
 FLAGS = flags.FLAGS
 
-# Every run starts from the demo's training as it was when this study began (at 64 px);
-# configs/demo.py has since taken the last rows' changes (base_lr 0.4, a zero classifier), and
-# trains at 48 px on fixres_synthetic 4.0.0's smaller images ('demo_v4').
-START = {'train.base_lr': 0.2, 'model.zero_init_head': False, 'train.image_size': 64}
+# Every run starts from the demo's training as it was when this study began (at 64 px, output
+# stride 32); configs/demo.py has since taken the last rows' changes (base_lr 0.4, a zero
+# classifier), trains at 48 px on fixres_synthetic 4.0.0's smaller images ('demo_v4') and
+# runs its last stage at stride 1 ('demo_v5').
+START = {'train.base_lr': 0.2, 'model.zero_init_head': False, 'train.image_size': 64,
+         'model.output_stride': 32}
 
 # fixres_synthetic's ranges at each version (render.Style fields), and the other datasets
 # tried; each is written as a folder dataset of the same scenes (write_style_dataset).
@@ -75,7 +77,8 @@ VARIANTS: Dict[str, tuple] = {
     'objects_cycles_6_12': ('objects_cycles_6_12', DEMO_NOW),
     'v3_start_training': ('v3', {}),
     'demo_now': ('v3', DEMO_NOW),  # fixres_synthetic 3.0.0 and configs/demo.py at 64 px
-    'demo_v4': ('v4', {**DEMO_NOW, 'train.image_size': 48}),  # the demo as it is
+    'demo_v4': ('v4', {**DEMO_NOW, 'train.image_size': 48}),
+    'demo_v5': ('v4', {**DEMO_NOW, 'train.image_size': 48, 'model.output_stride': 16}),  # as it is
 }
 
 

@@ -54,12 +54,13 @@ def write_run(root, seed, selected, top1, generated=False, losses=(2.2, 1.9, 1.5
   training losses logged at steps 50, 100 and 150 of 300."""
   workdir = root / (f'seed_{seed}_{name}' if name else f'seed_{seed}')
   workdir.mkdir(parents=True)
-  logged = [{'stage': 'train', 'step': step, 'loss': loss}
+  logged = [{'stage': 'train', 'step': step, 'loss': loss, 'step_time_s': 0.1}
             for step, loss in zip((50, 100, 150), losses)]
   logged += [{'stage': 'train', 'step': 300, 'loss': 1.0},
              {'stage': 'finetune', 'step': 10, 'loss': 0.5}]
   (workdir / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in logged) + '\n')
-  (workdir / 'config.json').write_text(json.dumps({'train': {'image_size': 64}}))
+  (workdir / 'config.json').write_text(json.dumps({'train': {'image_size': 64},
+                                                   'model': {'output_stride': 32}}))
   (workdir / 'auto_test_res.json').write_text(json.dumps(
       {'test_res': selected, 'split': 'train[90%:]', 'resolutions': [64, 96], 'records': []}))
   (workdir / 'sweep_meta.json').write_text(json.dumps(
@@ -121,6 +122,38 @@ def test_report_says_whether_the_demo_is_a_measuring_instrument(tmp_path):
   assert 'adds +2.00, +3.00, +0.50 points per seed' in doc and 'does not hold' in doc
   assert 'K_test chosen 96 (was 96)' in doc
   assert 'moved by +0.50 (trained) and -1.00 (fine-tuned) points' in doc
+
+
+def test_a_variant_reuses_the_training_it_leaves_as_it_was(tmp_path, monkeypatch):
+  root = epath.Path(tmp_path)
+  write_run(root, 0, 96, {('trained', 96): 0.76, ('finetuned', 96): 0.77})
+  (root / 'seed_0' / 'checkpoints' / 'train' / '300').mkdir(parents=True)
+  calls = []
+  monkeypatch.setattr(demo, 'run_seed', lambda root, seed, data_dir, overrides=(), env=None,
+                      name='': calls.append((seed, name, list(overrides))))
+  demo.run_variant(root, 0, 'finetune_lr_0.02', 'data', ['--config.x=1'])
+  demo.run_variant(root, 0, 'output_stride_32', 'data')
+  assert (root / 'seed_0_finetune_lr_0.02' / 'checkpoints' / 'train' / '300').exists()
+  assert not (root / 'seed_0_output_stride_32').exists()  # trains from scratch
+  assert calls == [(0, 'finetune_lr_0.02', ['--config.x=1', '--config.finetune.base_lr=0.02']),
+                   (0, 'output_stride_32', ['--config.model.output_stride=32'])]
+
+
+def test_report_sets_each_variant_beside_the_demo(tmp_path):
+  root = tmp_path / 'runs'
+  for seed in (0, 1):
+    write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): 0.76,
+                               ('finetuned', 96): 0.78})
+    write_run(root, seed, 96, {('trained', 96): 0.76, ('finetuned', 96): 0.765 + seed / 100},
+              name='finetune_lr_0.02', losses=(2.3 - seed / 10, 1.9, 1.5))
+  result = demo.write_report(root, [0, 1], tmp_path / 'docs', 'cmd',
+                             variants=['finetune_lr_0.02', 'uncalibrated_loss'])
+  assert list(result['variants']) == ['finetune_lr_0.02']  # the other has not run
+  doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
+  assert '| the demo | none | 96, 96 | 76.00 ± 0.00 | 78.00 ± 0.00 | +2.00, +2.00 | 2.200 |' \
+         in doc
+  assert ('| finetune_lr_0.02 | finetune.base_lr=0.02 | 96, 96 | 76.00 ± 0.00 | 77.00 ± 0.71 '
+          '| +0.50, +1.50 | 2.300 |') in doc
 
 
 def test_a_report_without_plateau_records_keeps_the_previous_plateau_section(tmp_path):

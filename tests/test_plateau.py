@@ -47,7 +47,7 @@ def test_the_latest_style_is_the_dataset_as_it_is_and_the_last_row_the_demo_as_i
   style = render.DEFAULT_STYLE
   assert {k: getattr(style, k) for k in plateau.V4} == plateau.V4
   config = common.demo_config('', 0)
-  style_name, changes = plateau.VARIANTS['demo_v4']
+  style_name, changes = plateau.VARIANTS['demo_v5']
   assert style_name == 'v4'
   for key, value in {**plateau.START, **changes}.items():
     section, field = key.split('.')
