@@ -8,7 +8,9 @@ exactly as a user would (the first one with an empty --data_dir, so it includes 
 dataset), timing the wall and CPU time of each. Then reads every run's sweep.json and
 auto_test_res.json and writes OUT/DEMO.md: the K_test each seed selected on the held-out
 training slice, the demo's claims with their margins and per-seed spread, the validation sweep
-as mean ± std over seeds, and the times. A re-run skips seeds whose run has finished.
+as mean ± std over seeds, and the times. With --variants, each of the demo's choices undone
+(VARIANTS) runs on the same seeds beside it, and DEMO.md sets them side by side. A re-run skips
+runs that have finished.
 """
 
 import collections
