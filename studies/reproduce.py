@@ -308,10 +308,12 @@ def analytic_test_res(plan: Plan, train_res: int, seed: int) -> dict:
 
 
 def best_heldout(workdir: epath.Path) -> dict:
-  """The trained network's best record of a held-out sweep (ties: the lower loss)."""
+  """The trained network's best record of a held-out sweep, by the run's
+  finetune.auto_metric, as finetune.test_res='auto' chooses (analysis.best_record)."""
+  from fixres_jax import analysis  # pylint: disable=g-import-not-at-top
   records = common.read_json(workdir / 'sweep.json')
-  trained = [r for r in records if r['model'] == 'trained']
-  return max(trained, key=lambda r: (r['top1'], -r['loss']))
+  metric = common.read_json(workdir / 'config.json')['finetune']['auto_metric']
+  return analysis.best_record([r for r in records if r['model'] == 'trained'], metric)
 
 
 # The speed comparison of 'cached' against 'sgd' fine-tuning judges no claim of the paper: its
