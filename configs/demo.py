@@ -5,8 +5,9 @@
 Generates fixres_synthetic (10 texture classes, 10,000 train / 2,000 validation JPEGs of
 128-192 px) into the tfds data dir on first use, trains a small ResNet (4 basic blocks, widths
 16-128, output stride 16) at K_train=48 on train[:90%], picks K_test as the trained network's
-lowest loss at the best temperature on the held-out train[90%:] (finetune.test_res='auto'), FixRes-fine-tunes the last BN statistics and
-the classifier there, then sweeps K_test in 48..96 for both models on the validation split.
+lowest loss at the best temperature on the held-out train[90%:] (finetune.test_res='auto'),
+FixRes-fine-tunes the last BN statistics and the classifier there, then sweeps K_test in
+48..96 for both models on the validation split.
 What it shows over five seeds, with the spread, and how long it takes: docs/DEMO.md, written
 by `python -m studies.demo`.
 """

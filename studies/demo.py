@@ -288,6 +288,11 @@ def summarize(runs: List[dict]) -> dict:
               'wall_seconds', 'cpu_seconds')}}
 
 
+def fixres_gains(runs: List[dict]) -> List[float]:
+  """Fine-tuned minus trained top-1 at each run's chosen K_test, in points."""
+  return [100 * (r['finetuned_at_selected'] - r['trained_at_selected']) for r in runs]
+
+
 def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
   """Whether the demo is a measuring instrument: each check with its per-seed numbers."""
   threshold = 0.9 * math.log(NUM_CLASSES)
@@ -295,7 +300,7 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
   late = [r['seed'] for r, l in zip(runs, losses) if l['loss'] > threshold]
   chosen = [r['selected_test_res'] for r in runs]
   mode, agree = collections.Counter(chosen).most_common(1)[0]
-  gains = [100 * (r['finetuned_at_selected'] - r['trained_at_selected']) for r in runs]
+  gains = fixres_gains(runs)
   spread = {name: claims.stats([100 * r[name] for r in runs])['std']
             for name in ('trained_at_selected', 'finetuned_at_selected')}
   lines = [
@@ -448,7 +453,7 @@ def collect_variants(root: epath.Path, seeds, names) -> dict:
 
 def variant_row(name: str, change: str, runs: List[dict]) -> list:
   """One row of the variants' table: the instrument's readings over the seeds."""
-  gains = [100 * (r['finetuned_at_selected'] - r['trained_at_selected']) for r in runs]
+  gains = fixres_gains(runs)
   return [name, change, ', '.join(str(r['selected_test_res']) for r in runs),
           common.pct(claims.stats([r['trained_at_selected'] for r in runs])),
           common.pct(claims.stats([r['finetuned_at_selected'] for r in runs])),
