@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks import thunks
+from fixres_jax import evaluate
 from fixres_jax import models
 from fixres_jax import stage
 from fixres_jax import train
@@ -114,6 +115,21 @@ def test_report_gives_images_per_second_and_mfu_on_a_gpu(steps_json, tmp_path):
   assert '(989 TFLOP/s)' in markdown
   train = next(r for r in result['records'] if r['step'] == 'train')
   assert f"train@{train['resolution']} {train['images_per_s']:,.0f} img/s (MFU" in block
+
+
+def test_calibration_cost_compares_the_temperature_grid_with_one_temperature(tmp_path):
+  """Both steps compiled and timed; the grid's step really holds the grid: it counts at
+  least one more log-softmax of [batch, classes] per extra temperature."""
+  out = tmp_path / 'calibration.json'
+  run([sys.executable, '-m', 'benchmarks.calibration_cost', '--model=tiny', '--batch=2',
+       '--resolution=32', '--warmup=1', '--iters=2', f'--out={out}'])
+  result = json.loads(out.read_text())
+  grid, one = result['records']['grid'], result['records']['one_temperature']
+  assert result['config']['temperatures'] == len(evaluate.TEMPERATURES) > 1
+  assert len(grid['times_s']) == len(one['times_s']) == 2
+  extra = (len(evaluate.TEMPERATURES) - 1) * 2 * result['config']['num_classes']
+  assert grid['flops'] - one['flops'] >= extra, (grid['flops'], one['flops'])
+  assert result['grid_over_one_temperature']['measured'] > 0
 
 
 def test_gpu_script_halves_the_batch_when_memory_runs_out(tmp_path):
