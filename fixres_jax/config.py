@@ -401,7 +401,8 @@ def field_value(config: ml_collections.ConfigDict, name: str):
 
 
 def choice_fields() -> dict:
-  """Each field that names an option -> the names the code acting on it implements."""
+  """Each field that names an option, or picks one of a few numbers -> what the code acting
+  on it implements."""
   # Imported here, not at the top: config files and the TensorFlow data tools import this
   # module, and only validation needs the model and step code (jax, flax, optax, orbax).
   from fixres_jax import cached_finetune  # pylint: disable=g-import-not-at-top
@@ -410,8 +411,9 @@ def choice_fields() -> dict:
   from fixres_jax import rerun  # pylint: disable=g-import-not-at-top
   from fixres_jax import train  # pylint: disable=g-import-not-at-top
   return {'model.name': models.model_names(), 'model.block': tuple(models.BLOCKS),
-          'model.dtype': models.DTYPES, 'data.dtype': augmentations.IMAGE_DTYPES,
-          'data.crop': augmentations.TRAIN_CROPS, 'data.decode': augmentations.DECODES,
+          'model.dtype': models.DTYPES, 'model.output_stride': models.OUTPUT_STRIDES,
+          'data.dtype': augmentations.IMAGE_DTYPES, 'data.crop': augmentations.TRAIN_CROPS,
+          'data.decode': augmentations.DECODES,
           'data.train_decode': augmentations.DECODES,
           'data.test_resize': augmentations.TEST_RESIZES,
           'data.test_interpolation': augmentations.INTERPOLATIONS,
@@ -426,19 +428,14 @@ def choice_fields() -> dict:
 
 
 def choice_problems(config: ml_collections.ConfigDict) -> list:
-  """Fields naming an option that no code implements, and an output stride no ResNet has.
-  model.block is checked whatever model.name: a misspelt block is a mistake even where it is
-  ignored."""
-  from fixres_jax import models  # pylint: disable=g-import-not-at-top
+  """Fields set to an option that no code implements. model.block is checked whatever
+  model.name: a misspelt block is a mistake even where it is ignored."""
   problems = []
   for name, allowed in choice_fields().items():
     value = field_value(config, name)
-    if value not in allowed:
+    # The type too: to Python True == 1 (and 4.0 == 4), and neither is an output stride.
+    if not any(type(value) is type(option) and value == option for option in allowed):
       problems.append(f'config.{name}={value!r}: use one of {allowed}.')
-  stride = config.model.output_stride
-  if not is_integer(stride) or stride not in models.OUTPUT_STRIDES:
-    problems.append(f'config.model.output_stride={stride!r}: use one of '
-                    f"{models.OUTPUT_STRIDES} (the input's size over the last feature map's).")
   return problems
 
 
