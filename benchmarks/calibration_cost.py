@@ -73,9 +73,10 @@ def benchmark() -> dict:
   records = {name: step.record(None) for name, step in timed.items()}
   return {
       'kind': 'calibration_cost', 'machine': steps.describe_machine(),
-      'config': {'model': FLAGS.model, 'batch': FLAGS.batch, 'dtype': FLAGS.dtype, 'resolution': FLAGS.resolution,
-                 'num_classes': FLAGS.num_classes, 'temperatures': len(evaluate.TEMPERATURES),
-                 'warmup': FLAGS.warmup, 'iters': FLAGS.iters},
+      'config': {'model': FLAGS.model, 'batch': FLAGS.batch, 'dtype': FLAGS.dtype,
+                 'resolution': FLAGS.resolution, 'num_classes': FLAGS.num_classes,
+                 'temperatures': len(evaluate.TEMPERATURES), 'warmup': FLAGS.warmup,
+                 'iters': FLAGS.iters},
       'records': records,
       'grid_over_one_temperature': steps.ratio(records['grid'], records['one_temperature']),
   }

@@ -403,7 +403,8 @@ def render_service(name: str, result: dict) -> str:
 
 def render_calibration(name: str, result: dict) -> str:
   config, machine, records = result['config'], result['machine'], result['records']
-  grid, one, ratio = records['grid'], records['one_temperature'], result['grid_over_one_temperature']
+  grid, one = records['grid'], records['one_temperature']
+  ratio = result['grid_over_one_temperature']
   return '\n\n'.join([
       f'## {name}: what the calibrated loss costs an evaluation',
       f"evaluate.eval_step of {config['model']} ({config['num_classes']} classes, "
