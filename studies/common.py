@@ -51,6 +51,17 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
   return overrides
 
 
+# How finetune.test_res='auto' scores each K_test on the held-out slice (finetune.auto_metric).
+SELECTION_WORDS = {'top1': 'best top-1', 'loss': 'lowest cross-entropy',
+                   'calibrated_loss': 'lowest cross-entropy at the best temperature'}
+
+
+def selection_words(metric: str = '') -> str:
+  """How K_test is chosen, in words: by `metric`, or by configs/demo.py's auto_metric."""
+  metric = metric or load_config_file(REPO / 'configs' / 'demo.py').finetune.auto_metric
+  return f"{SELECTION_WORDS[metric]} (finetune.auto_metric='{metric}')"
+
+
 def demo_train_res() -> int:
   """configs/demo.py's K_train: the studies train at it unless they vary it."""
   return int(load_config_file(REPO / 'configs' / 'demo.py').train.image_size)

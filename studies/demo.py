@@ -94,12 +94,10 @@ def heldout_table(runs: list) -> str:
 
 TARGET_MINUTES = 5  # README's command from an empty data dir, on 2 idle cores
 
-SELECTION_WORDS = {
-    'top1': 'best top-1', 'loss': 'lowest cross-entropy (finetune.auto_metric)',
-    'calibrated_loss': 'lowest cross-entropy at the best temperature (finetune.auto_metric: '
-                       'the logits divided by the one factor that minimises it on those '
-                       'images, so that their scale, which moves with K_test and which '
-                       'fine-tuning corrects, does not decide)'}
+# Why the demo's metric, where DEMO.md says how K_test is chosen.
+CALIBRATION_WHY = (' The temperature is the one factor dividing the logits that minimises '
+                   'the cross-entropy on those images: so their scale, which moves with K_test '
+                   'and which fine-tuning corrects, does not decide.')
 
 
 def demo_command(workdir: epath.Path, seed: int, data_dir: str, overrides=()) -> List[str]:
@@ -638,6 +636,7 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
   machine = common.describe_machine(cores)
   others = other_machine_runs(other_machines, machine)
   variant_runs = collect_variants(root, seeds, variants)
+  metric = runs[0]['selection_metric']
   result = {'runs': runs, 'summary': summary, 'machine': machine, 'cores': cores,
             'command': command, 'other_machines': others, 'variants': variant_runs}
   out.mkdir(parents=True, exist_ok=True)
@@ -653,12 +652,12 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       'and the library versions (XLA compiles differently per CPU; NumPy and Pillow write the '
       'dataset, which tests/test_synthetic.py pins); the verdicts are what should hold.', '',
       '## How the demo chooses K_test', '',
-      f"It trains on `train[:90%]` and picks K_test as the trained network's "
-      f"{SELECTION_WORDS[runs[0]['selection_metric']]} on the held-out "
-      f"`{runs[0]['selection_split']}` (never on validation), then FixRes-fine-tunes there; "
-      'the analytic K_test* (resolution.py, from the crop sampler and the image shapes) is '
-      'shown beside it. Every accuracy below is on '
-      f"`{runs[0]['eval_split']}`.", '', map_sides_line(runs[0]), '',
+      "It trains on `train[:90%]`, picks K_test on the held-out "
+      f"`{runs[0]['selection_split']}` (never on validation) by the trained network's "
+      f'{common.selection_words(metric)}, then FixRes-fine-tunes there; the analytic K_test* '
+      '(resolution.py, from the crop sampler and the image shapes) is shown beside it.'
+      + (CALIBRATION_WHY if metric == 'calibrated_loss' else '')
+      + f" Every accuracy below is on `{runs[0]['eval_split']}`.", '', map_sides_line(runs[0]), '',
       heldout_table(runs), '',
       '## Is the demo a measuring instrument?', '', *instrument_lines(runs, perturbed), '',
       '## Claims (a claim holds when every seed is ahead)', '', *claim_lines(runs, summary), '',

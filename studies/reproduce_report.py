@@ -134,7 +134,8 @@ def format_report(config, results: dict, runs_by_res: Dict[int, list]) -> str:
       '## Setup',
       '',
       f"- Data: `{config.data.name}`; networks are trained and fine-tuned on "
-      f"`{results['fit_split']}`, the fine-tuning K_test is selected on the held-out "
+      f"`{results['fit_split']}`, the fine-tuning K_test is selected by the trained network's "
+      f"{common.selection_words(config.finetune.auto_metric)} on the held-out "
       f"`{results['heldout_split']}` (never on validation), and every accuracy below is on "
       f"`{results['eval_split']}`.",
       f"- Model and training: configs/demo.py (ResNet, stages {tuple(config.model.stage_sizes)},"
