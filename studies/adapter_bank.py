@@ -87,9 +87,13 @@ def run_steps(source: epath.Path, work: epath.Path, data_dir: str, resolutions: 
   bank_args = ['--config.finetune.mode=cached',
                f'--config.finetune.adapter_resolutions=({",".join(map(str, resolutions))},)']
   recipe_epochs = config_lib.get_base_config().finetune.num_epochs
+  # The sweep reaches every adapter: the demo's own sweep may stop below the bank's K_test.
+  demo_sweep = common.load_config_file(common.REPO / 'configs' / 'demo.py').sweep.resolutions
+  sweep_res = ','.join(map(str, sorted({*demo_sweep, *resolutions})))
   plan = {'single': ('single', ['--config.stages=finetune', '--config.finetune.mode=cached']),
           'bank': ('bank', ['--config.stages=finetune', *bank_args]),
           'sweep': ('bank', ['--config.stages=sweep', *bank_args,
+                             f'--config.sweep.resolutions=({sweep_res},)',
                              f'--config.sweep.latency_batch_size={LATENCY_BATCH}']),
           'sgd': ('sgd', ['--config.stages=finetune', '--config.finetune.mode=sgd']),
           'sgd_recipe': ('sgd_recipe', ['--config.stages=finetune', '--config.finetune.mode=sgd',
@@ -145,7 +149,7 @@ def bank_block(result: dict) -> str:
       f'{loads(result)} around the runs), so wall times are noisy; CPU times (user + system) '
       f'are steadier. The cached finetune stage at K_test={k_test} alone: '
       f"{steps['single']['wall_s']:.0f} s wall, {steps['single']['cpu_s']:.0f} s CPU (the "
-      f'whole command); with the bank at {", ".join(map(str, sorted(adapter)))}: '
+      f'whole command); with the bank at {", ".join(map(str, result["resolutions"]))}: '
       f"{steps['bank']['wall_s']:.0f} s wall, {steps['bank']['cpu_s']:.0f} s CPU, the two "
       f'passes of each further K taking {per_k} wall and its head '
       f"{max(passes[k]['head_s'] for k in others):.1f} s or less. "
