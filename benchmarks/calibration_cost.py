@@ -15,14 +15,13 @@ No TensorFlow.
 """
 
 import contextlib
-import json
-import sys
 
 from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import output
 from benchmarks import steps
 from fixres_jax import evaluate
 from fixres_jax import parallel
@@ -84,10 +83,7 @@ def benchmark() -> dict:
 
 def main(argv):
   del argv
-  result = benchmark()
-  steps.write_json(result, FLAGS.out)
-  json.dump(result, sys.stdout, indent=1)
-  print()
+  output.emit(benchmark(), FLAGS.out)
 
 
 if __name__ == '__main__':
