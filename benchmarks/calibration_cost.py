@@ -64,11 +64,7 @@ def benchmark() -> dict:
   for step in timed.values():
     for _ in range(FLAGS.warmup):
       step.run()
-  order = np.random.default_rng(0)
-  names = list(timed)
-  for _ in range(FLAGS.iters):
-    for index in order.permutation(len(names)):
-      steps.time_step(timed[names[index]])
+  steps.time_rounds(list(timed.values()), FLAGS.iters)
   records = {name: step.record(None) for name, step in timed.items()}
   return {
       'kind': 'calibration_cost', 'machine': steps.describe_machine(),

@@ -284,6 +284,17 @@ def time_step(step) -> None:
   step.cpu_times.append(time.process_time() - cpu)
 
 
+def time_rounds(steps: list, iters: int, after_round=lambda i: None) -> None:
+  """Times every step once per round, for `iters` rounds; after_round(i) after each."""
+  order = np.random.default_rng(0)
+  for i in range(iters):
+    # A new order every round: a step that follows a large one finds cold caches, which
+    # would otherwise bias the same ratios every round.
+    for index in order.permutation(len(steps)):
+      time_step(steps[index])
+    after_round(i)
+
+
 def ratio(numerator, denominator) -> dict:
   """Two estimates of a time ratio on a machine that other work shares.
 
@@ -382,14 +393,12 @@ def benchmark(write) -> dict:
     steps.append(step)
     for _ in range(FLAGS.warmup):
       step.run()
-  order = np.random.default_rng(0)
-  for i in range(FLAGS.iters):
-    # A new order every round: a step that follows a large one finds cold caches, which
-    # would otherwise bias the same ratios every round.
-    for index in order.permutation(len(steps)):
-      time_step(steps[index])
+
+  def report_round(i):
     print(f'round {i + 1}/{FLAGS.iters} done', file=sys.stderr)
     update()
+
+  time_rounds(steps, FLAGS.iters, report_round)
   return result
 
 

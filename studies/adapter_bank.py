@@ -88,7 +88,7 @@ def run_steps(source: epath.Path, work: epath.Path, data_dir: str, resolutions: 
                f'--config.finetune.adapter_resolutions=({",".join(map(str, resolutions))},)']
   recipe_epochs = config_lib.get_base_config().finetune.num_epochs
   # The sweep reaches every adapter: the demo's own sweep may stop below the bank's K_test.
-  demo_sweep = common.load_config_file(common.REPO / 'configs' / 'demo.py').sweep.resolutions
+  demo_sweep = common.load_demo_config().sweep.resolutions
   sweep_res = ','.join(map(str, sorted({*demo_sweep, *resolutions})))
   plan = {'single': ('single', ['--config.stages=finetune', '--config.finetune.mode=cached']),
           'bank': ('bank', ['--config.stages=finetune', *bank_args]),

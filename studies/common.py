@@ -51,6 +51,11 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
   return overrides
 
 
+def load_demo_config():
+  """configs/demo.py's config, as README's demo command runs it."""
+  return load_config_file(REPO / 'configs' / 'demo.py')
+
+
 # How finetune.test_res='auto' scores each K_test on the held-out slice (finetune.auto_metric).
 SELECTION_WORDS = {'top1': 'best top-1', 'loss': 'lowest cross-entropy',
                    'calibrated_loss': 'lowest cross-entropy at the best temperature'}
@@ -58,18 +63,18 @@ SELECTION_WORDS = {'top1': 'best top-1', 'loss': 'lowest cross-entropy',
 
 def selection_words(metric: str = '') -> str:
   """How K_test is chosen, in words: by `metric`, or by configs/demo.py's auto_metric."""
-  metric = metric or load_config_file(REPO / 'configs' / 'demo.py').finetune.auto_metric
+  metric = metric or load_demo_config().finetune.auto_metric
   return f"{SELECTION_WORDS[metric]} (finetune.auto_metric='{metric}')"
 
 
 def demo_train_res() -> int:
   """configs/demo.py's K_train: the studies train at it unless they vary it."""
-  return int(load_config_file(REPO / 'configs' / 'demo.py').train.image_size)
+  return int(load_demo_config().train.image_size)
 
 
 def demo_config(data_dir: str, seed: int, overrides: Dict[str, Any] = None):
   """configs/demo.py with the data dir, the seed and `overrides` set."""
-  config = load_config_file(REPO / 'configs' / 'demo.py')
+  config = load_demo_config()
   config.data.data_dir = data_dir
   config.seed = seed
   return apply_overrides(config, overrides or {})

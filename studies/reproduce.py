@@ -107,7 +107,7 @@ DATASET = 'fixres_synthetic/default'  # the demo's dataset: 10,000 train, 2,000 
 
 def base_config(plan: Plan):
   """configs/demo.py, or a tiny model on fixres_synthetic/tiny for --quick."""
-  config = common.load_config_file(common.REPO / 'configs' / 'demo.py')
+  config = common.load_demo_config()
   config.data.name = DATASET
   if plan.quick:
     config.data.name = 'fixres_synthetic/tiny'
