@@ -31,6 +31,7 @@ command makes that adapter only (a K taken off the list stays in the bank);
 config.redo=finetune moves the bank away with the stage's checkpoints (rerun.py).
 """
 
+import copy
 import json
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -203,6 +204,20 @@ def build(config, workdir, data_for: Callable, mesh, trained: dict, finetuned: d
                  checkpoint.format_bytes(checkpoint.tree_bytes(adapter)))
     made.append(k)
   return made
+
+
+def fit_candidate(config, workdir, data_for: Callable, mesh, trained: dict, test_res: int,
+                  crop_pct: float) -> dict:
+  """`trained` with the adapter the cached mode fits at (test_res, crop_pct): what
+  finetune.test_res='auto' scores with auto_model='adapted' (analysis.select_test_res).
+
+  Nothing is saved beyond the passes' resumable work: the stage, or the bank, makes the
+  chosen K_test's adapter as it would from any other choice.
+  """
+  config = copy.deepcopy(config)  # test_res stays typed `object`: 'auto' becomes an int
+  config.finetune.test_res, config.data.crop_pct = int(test_res), float(crop_pct)
+  return attach(trained, extract(train.create_model(config, 1), cached_finetune.fit_adapter(
+      config, str(workdir), data_for(config), mesh, trained)))
 
 
 def config_at(config, stage_record: dict, test_res: int):

@@ -39,7 +39,7 @@ import functools
 import itertools
 import json
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from absl import logging
 from etils import epath
@@ -53,6 +53,7 @@ from fixres_jax import evaluate
 from fixres_jax import latency
 from fixres_jax import parallel
 from fixres_jax import parametric
+from fixres_jax import preemption
 from fixres_jax import resolution
 from fixres_jax import transform_record
 from fixres_jax import tta
@@ -259,14 +260,14 @@ def analytic_test_res(config, dataset=None) -> dict:
 
 
 def resolve_test_res(config, workdir, dataset, mesh, variables: dict, model,
-                     passes: Optional[dict] = None):
+                     passes: Optional[dict] = None, adapt: Optional[Callable] = None):
   """`config`, or a copy with finetune.test_res and data.crop_pct chosen by select_test_res
   (which adds its passes to `passes`) when finetune.test_res is 'auto'."""
   if config.finetune.test_res != AUTO:
     return config
   resolved = copy.deepcopy(config)
   resolved.finetune.test_res, resolved.data.crop_pct = select_test_res(
-      config, workdir, dataset, mesh, variables, model, passes)
+      config, workdir, dataset, mesh, variables, model, passes, adapt)
   return resolved
 
 
@@ -280,9 +281,9 @@ def with_crop_pct(config, crop_pct: float):
 
 
 def select_test_res(config, workdir, dataset, mesh, variables: dict, model,
-                    passes: Optional[dict] = None) -> tuple:
-  """The trained model's best (K_test, crop fraction) on config.finetune.auto_split, a
-  TRAINING-split slice.
+                    passes: Optional[dict] = None, adapt: Optional[Callable] = None) -> tuple:
+  """The best (K_test, crop fraction) on config.finetune.auto_split, a TRAINING-split slice,
+  of the trained model, or of it adapted at each pair (finetune.auto_model='adapted').
 
   Evaluates every pair of config.finetune.auto_resolutions (default: config.sweep.resolutions)
   and config.finetune.auto_crop_pcts (default: config.data.crop_pct alone), one pass over the
@@ -293,7 +294,10 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model,
 
   Args:
     passes: where each pass's feature histogram is added, {(split, K_test, crop_pct):
-      histogram}, for the sweep's parametric fits on the same slice (sweep's `passes`).
+      histogram}, for the sweep's parametric fits on the same slice (sweep's `passes`): the
+      trained model's only, so none are added when the adapted model is scored.
+    adapt: (K_test, crop_pct) -> `variables` adapted there (adapters.fit_candidate), which
+      finetune.auto_model='adapted' scores.
 
   Returns:
     (K_test, crop_pct).
@@ -310,34 +314,43 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model,
     if (choice['split'] == cfg.auto_split and choice['resolutions'] == resolutions
         and choice.get('crop_pcts', crops) == crops
         and choice.get('metric', 'top1') == cfg.auto_metric
-        and choice.get('max_ms_per_image', 0.0) == cfg.auto_max_ms_per_image):
+        and choice.get('max_ms_per_image', 0.0) == cfg.auto_max_ms_per_image
+        and choice.get('model', 'trained') == cfg.auto_model):
       logging.info('K_test = %d, crop %g, chosen before (%s).', *chosen, path)
       return chosen
     if checkpoint.has_steps(epath.Path(workdir) / 'checkpoints' / 'finetune'):
       logging.info('K_test = %d, crop %g, chosen before (%s) with other settings: the saved '
                    'fine-tuning was made there.', *chosen, path)
       return chosen
+  if cfg.auto_model == 'adapted':
+    if adapt is None:
+      raise ValueError("finetune.auto_model='adapted' needs `adapt` (adapters.fit_candidate).")
+    passes = None
   step_fn = evaluate.jit_eval_step(model)
-  variables = parallel.replicate(variables, mesh)
+  trained = parallel.replicate(variables, mesh)
   records = []
   for test_res in resolutions:
     ms_per_image = None
     if cfg.auto_max_ms_per_image:  # the crop fraction does not change the forward pass
-      ms_per_image = latency.time_forward(model, variables, test_res,
+      ms_per_image = latency.time_forward(model, trained, test_res,
                                           config.sweep.latency_batch_size,
                                           config.data.dtype)['ms_per_image']
     for crop_pct in crops:
+      scored = trained
+      if cfg.auto_model == 'adapted':
+        preemption.check_stop(f'the adapter at K_test={test_res}, crop {crop_pct:g}')
+        scored = parallel.replicate(adapt(test_res, crop_pct), mesh)
       batches = pipeline.config_eval_batches(with_crop_pct(config, crop_pct), dataset,
                                              cfg.auto_split, test_res)
-      metrics = evaluate.evaluate_model(step_fn, variables, batches, mesh,
+      metrics = evaluate.evaluate_model(step_fn, scored, batches, mesh,
                                         histogram=passes is not None)
       if passes is not None:
         passes[cfg.auto_split, test_res, crop_pct] = metrics.pop('histogram')
       if ms_per_image is not None:
         metrics['ms_per_image'] = ms_per_image
       records.append({'test_res': test_res, 'crop_pct': crop_pct, **metrics})
-      logging.info('auto K_test: top1 %.4f at %d, crop %g, on %s', metrics['top1'], test_res,
-                   crop_pct, cfg.auto_split)
+      logging.info('auto K_test: top1 %.4f of the %s model at %d, crop %g, on %s',
+                   metrics['top1'], cfg.auto_model, test_res, crop_pct, cfg.auto_split)
   best = best_record(within_budget(records, cfg.auto_max_ms_per_image), cfg.auto_metric)
   index = records.index(best)
   if jax.process_count() > 1:  # timings differ between hosts: process 0's choice holds
@@ -346,12 +359,13 @@ def select_test_res(config, workdir, dataset, mesh, variables: dict, model,
   if jax.process_index() == 0:
     path.write_text(json.dumps({'test_res': test_res, 'crop_pct': crop_pct,
                                 'split': cfg.auto_split, 'metric': cfg.auto_metric,
+                                'model': cfg.auto_model,
                                 'resolutions': resolutions, 'crop_pcts': crops,
                                 'max_ms_per_image': cfg.auto_max_ms_per_image,
                                 'records': records}, indent=2))
-  logging.info('K_test = %d, crop %g, chosen on %s (best %s of %s x crops %s); recorded in '
-               '%s.', test_res, crop_pct, cfg.auto_split, cfg.auto_metric, resolutions, crops,
-               path)
+  logging.info('K_test = %d, crop %g, chosen on %s (best %s of the %s model, %s x crops %s); '
+               'recorded in %s.', test_res, crop_pct, cfg.auto_split, cfg.auto_metric,
+               cfg.auto_model, resolutions, crops, path)
   return test_res, crop_pct
 
 

@@ -14,6 +14,7 @@ from fixres_jax import evalsets
 
 STAGES = ('train', 'finetune', 'sweep')
 AUTO_METRICS = ('top1', 'loss', 'calibrated_loss')  # what finetune.test_res='auto' optimises
+AUTO_MODELS = ('trained', 'adapted')  # which network finetune.test_res='auto' scores
 MAX_RESOLUTION = 4096  # px, any K_train or K_test: one such float32 image is 200 MB
 # Real-valued fields: (least, greatest, whether each bound is allowed, what the values mean).
 # NaN and the infinities are outside every range.
@@ -186,6 +187,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # loss's precision without its dependence on the logits' scale, which moves with K_test
   # and which FixRes fine-tuning corrects).
   finetune.auto_metric = 'top1'
+  # Which network 'auto' scores at each K_test: 'trained' (the trained network, as the paper
+  # reads its test-resolution curves), or 'adapted' (the trained network with the adapter the
+  # cached mode fits at that K_test, adapters.fit_candidate: where the fine-tuned network, not
+  # the trained one, is best; it costs the cached mode's two passes per candidate, and needs
+  # the cached mode's augment and last-BN settings whatever finetune.mode).
+  finetune.auto_model = 'trained'
   # A latency budget for 'auto': only the K_test whose forward pass takes at most this many ms
   # per image (latency.py: one device, batch sweep.latency_batch_size) compete; 0: no budget.
   finetune.auto_max_ms_per_image = 0.0
@@ -423,7 +430,8 @@ def choice_fields() -> dict:
           'train.loss': train.LOSSES, 'finetune.mode': tuple(cached_finetune.FINETUNE_MODES),
           'finetune.augment': tuple(augmentations.FINETUNE_AUGMENTS),
           'finetune.cache_dtype': cached_finetune.CACHE_DTYPES,
-          'finetune.auto_metric': AUTO_METRICS, 'sweep.parametric_target': parametric.TARGETS,
+          'finetune.auto_metric': AUTO_METRICS, 'finetune.auto_model': AUTO_MODELS,
+          'sweep.parametric_target': parametric.TARGETS,
           'redo': ('',) + rerun.REDO_STAGES}
 
 
@@ -530,22 +538,27 @@ def tta_problems(config: ml_collections.ConfigDict) -> list:
 
 
 def finetune_mode_problems(cfg: ml_collections.ConfigDict) -> list:
-  """What config.finetune.mode cannot do with the rest of config.finetune."""
+  """What config.finetune.mode (or auto_model='adapted', which fits the cached mode's
+  adapters) cannot do with the rest of config.finetune."""
   problems = adapter_problems(cfg)
-  if cfg.mode != 'cached':
+  if cfg.mode == 'cached':
+    who, other = "mode='cached'", "mode='sgd'"
+  elif cfg.auto_model == 'adapted' and cfg.test_res == 'auto':
+    who, other = "auto_model='adapted'", "auto_model='trained'"
+  else:
     return problems
   if cfg.augment in augmentations.FINETUNE_AUGMENTS and not augmentations.FINETUNE_AUGMENTS[
       cfg.augment].cached_views:
-    problems.append(f"config.finetune.augment={cfg.augment!r} is random, so mode='cached' "
+    problems.append(f"config.finetune.augment={cfg.augment!r} is random, so {who} "
                     f"cannot store its features: use augment {augmentations.CACHEABLE_AUGMENTS}"
-                    ", or mode='sgd'.")
+                    f", or {other}.")
   if cfg.train_bn_affine:
-    problems.append("config.finetune.train_bn_affine=True: mode='cached' trains the "
-                    "classifier only; set it to False or use mode='sgd'.")
+    problems.append(f"config.finetune.train_bn_affine=True: {who} fits the "
+                    f"classifier only; set it to False or use {other}.")
   if cfg.bn_group_size:
-    problems.append(f"config.finetune.bn_group_size={cfg.bn_group_size}: mode='cached' "
+    problems.append(f"config.finetune.bn_group_size={cfg.bn_group_size}: {who} "
                     "takes the last BN's statistics over the whole set; set it to 0 or use "
-                    "mode='sgd'.")
+                    f"{other}.")
   return problems
 
 

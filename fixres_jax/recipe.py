@@ -8,6 +8,8 @@ config that saved work was not made with is refused (rerun.py). main.py adds the
 logging and exit codes around it.
 """
 
+import functools
+
 from absl import logging
 from etils import epath
 import jax
@@ -71,8 +73,10 @@ def run_stages(config, workdir: epath.Path, dataset, model) -> dict:
     preemption.check_stop('the finetune stage')
     # finetune.test_res='auto': K_test (and, with finetune.auto_crop_pcts, data.crop_pct)
     # chosen on a training-split slice, recorded in the workdir; the sweep keeps `config`.
+    adapt = functools.partial(adapters.fit_candidate, config, workdir,
+                              lambda c: finetune_data(c, dataset), mesh, models['trained'])
     resolved = analysis.resolve_test_res(config, workdir, dataset, mesh, models['trained'],
-                                         model, passes)
+                                         model, passes, adapt)
     finetune_fn = cached_finetune.FINETUNE_MODES[resolved.finetune.mode]
     models['finetuned'] = finetune_fn(resolved, workdir, finetune_data(resolved, dataset), mesh,
                                       models['trained'])

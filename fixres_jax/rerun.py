@@ -50,7 +50,7 @@ HARMLESS_FIELDS = frozenset({
     'finetune.cache_dir', 'finetune.cache_in_memory_mb',
     # They choose finetune.test_res='auto', which is compared by the K_test it chose.
     'finetune.auto_split', 'finetune.auto_resolutions', 'finetune.auto_metric',
-    'finetune.auto_crop_pcts'})
+    'finetune.auto_crop_pcts', 'finetune.auto_model'})
 HARMLESS_FIELDS |= {'finetune.adapter_resolutions'}  # the bank adds the adapters it lacks
 HARMLESS_SECTIONS = ('sweep', 'checkpoint')
 # Fields of config.data that only the test transform reads: fine-tuning's, not training's.

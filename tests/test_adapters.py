@@ -94,6 +94,22 @@ def test_each_adapter_equals_a_separate_cached_finetuning(bank):
 
 
 @pytest.mark.slow
+def test_a_candidate_of_the_adapted_choice_is_the_cached_finetuning_at_its_k(
+    bank, synthetic_data_dir, tmp_path):
+  """finetune.auto_model='adapted' scores at each K what the cached mode makes there."""
+  config = cached_config(synthetic_data_dir, test_res='auto')
+  dataset = pipeline.load_dataset(config)
+  candidate = flatten(adapters.fit_candidate(
+      config, tmp_path, lambda c: recipe.finetune_data(c, dataset), parallel.create_mesh(),
+      bank.trained, BANK[0], config.data.crop_pct))
+  expected = flatten(bank.separate[BANK[0]])
+  assert candidate.keys() == expected.keys()
+  for key, value in expected.items():
+    np.testing.assert_allclose(candidate[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+  assert config.finetune.test_res == 'auto'  # the caller's config is left as it was
+
+
+@pytest.mark.slow
 def test_each_adapter_records_its_transform_and_export_selects_it(bank):
   for k in (K_TEST, *BANK):
     run = export.load_run(bank.workdir, test_res=k)

@@ -309,6 +309,72 @@ def test_a_recorded_choice_is_not_reused_for_another_metric(tmp_path, tiny_confi
   assert json.loads((tmp_path / 'auto_test_res.json').read_text())['metric'] == 'loss'
 
 
+def test_the_adapted_choice_scores_each_candidate_with_its_own_adapter(tmp_path, tiny_config,
+                                                                       tiny_dataset,
+                                                                       monkeypatch):
+  """auto_model='adapted': each K_test is scored with the variables adapted there, so the
+  choice follows them where the trained network would choose another K_test."""
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.finetune.test_res = 'auto'
+  config.finetune.auto_resolutions = (24, 40)
+  config.finetune.auto_metric = 'loss'
+  # A choice of the trained network at 24 is on file: not the adapted model's to reuse.
+  (tmp_path / 'auto_test_res.json').write_text(json.dumps(
+      {'test_res': 24, 'split': config.finetune.auto_split, 'metric': 'loss',
+       'resolutions': [24, 40], 'records': []}))
+  trained = {'name': 'trained'}
+  # The trained network is best at 24, the adapted one at 40.
+  loss_of = {('trained', 24): 0.3, ('trained', 40): 0.5, ('adapted_24', 24): 0.6,
+             ('adapted_40', 40): 0.4}
+  adapted, histograms = [], []
+
+  def adapt(test_res, crop_pct):
+    adapted.append((test_res, crop_pct))
+    return {'name': f'adapted_{test_res}'}
+
+  def scores(step_fn, variables, batches, mesh, histogram=False):
+    histograms.append(histogram)
+    return {'top1': 0.5, 'loss': loss_of[variables['name'], batches]}
+
+  monkeypatch.setattr(evaluate, 'evaluate_model', scores)
+  monkeypatch.setattr(pipeline, 'config_eval_batches',
+                      lambda config, dataset, split, test_res: test_res)
+  monkeypatch.setattr(parallel, 'replicate', lambda variables, mesh: variables)
+  model, _ = create_models(config, tiny_dataset)
+  passes = {}
+  config.finetune.auto_model = 'adapted'
+  assert analysis.select_test_res(config, tmp_path, tiny_dataset, None, trained, model, passes,
+                                  adapt) == (40, config.data.crop_pct)
+  assert adapted == [(24, config.data.crop_pct), (40, config.data.crop_pct)]
+  # The parametric fits take the trained network's features: the adapted passes give none.
+  assert histograms == [False, False] and passes == {}
+  choice = json.loads((tmp_path / 'auto_test_res.json').read_text())
+  assert choice['model'] == 'adapted'
+  assert [r['loss'] for r in choice['records']] == [0.6, 0.4]
+
+  # The same settings reuse it; the trained network's choice is made anew, and differs.
+  adapted.clear()
+  assert analysis.select_test_res(config, tmp_path, tiny_dataset, None, trained, model, passes,
+                                  adapt)[0] == 40 and not adapted
+  config.finetune.auto_model = 'trained'
+  assert analysis.select_test_res(config, tmp_path, tiny_dataset, None, trained,
+                                  model)[0] == 24 and not adapted
+
+
+def test_the_adapted_choice_needs_the_cached_modes_settings():
+  config = config_lib.get_base_config()
+  config.finetune.auto_model = 'adapted'
+  config.finetune.augment = 'v2'
+  config_lib.validate(config, device_count=8)  # a fixed K_test: nothing is adapted
+  config.finetune.test_res = 'auto'
+  with pytest.raises(ValueError, match=r"augment='v2' is random, so auto_model='adapted' "
+                                       r"cannot store its features.*auto_model='trained'"):
+    config_lib.validate(config, device_count=8)
+  config.finetune.augment = 'flip'
+  config_lib.validate(config, device_count=8)  # with finetune.mode='sgd' too
+
+
 @pytest.mark.parametrize('value,expected', [('auto', 'auto'), ('96', 96)])
 def test_test_res_takes_auto_or_an_integer_on_the_command_line(value, expected):
   argv = ['main', f'--config={CONFIGS / "demo.py"}', f'--config.finetune.test_res={value}']
