@@ -124,7 +124,7 @@ def format_report(results: dict, plan: reproduce.Plan, seconds, command: str) ->
       f'(configs/demo.py) trained for {plan.num_epochs} epochs on train[:90%] of '
       f'{reproduce.DATASET} with each recipe; K_test chosen by the trained network\'s '
       f'{common.selection_words()} on the held-out train[90%:]; FixRes fine-tuning at that '
-      'K_test with the demo\'s settings '
+      'K_test with the demo\'s settings in the official \'sgd\' mode '
       f'(the last BN\'s statistics and the classifier); top-1 on {reproduce.EVAL_SPLIT}, '
       'mean ± std over seeds. Margins are per seed, resolved ("beyond") when the mean '
       f'exceeds {claims.SIGMAS:g} std of the per-seed differences, else bounded by the 95 % '

@@ -147,7 +147,8 @@ def format_report(config, results: dict, runs_by_res: Dict[int, list]) -> str:
       format_epochs_selection(results['epochs_selection'], results['heldout_split'],
                               config.train.num_epochs),
       *format_reuse(results['runs']),
-      f"- FixRes fine-tuning: {config.finetune.num_epochs} epochs, batch "
+      f"- FixRes fine-tuning ('{config.finetune.mode}' mode): {config.finetune.num_epochs} "
+      f"epochs, batch "
       f"{config.finetune.batch_size}, base lr {config.finetune.base_lr} (per 512), augment "
       f"`{config.finetune.augment}`; the last BN's running statistics and the classifier.",
       f"- K_train grid {list(plan['train_res'])}, seeds {list(plan['seeds'])}"
