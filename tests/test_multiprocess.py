@@ -25,6 +25,7 @@ from flax import traverse_util
 
 from fixres_jax import adapters
 from fixres_jax import checkpoint
+from fixres_jax import transform_record
 from fixres_jax.data import pipeline
 import xla_flags
 import test_sources
@@ -244,6 +245,29 @@ def test_two_processes_build_the_adapter_bank_one_does(tmp_path, synthetic_data_
     moves = [np.concatenate([(x[key] - start[key]).ravel() for key in head]) for x in (a, b)]
     cosine = moves[0] @ moves[1] / (np.linalg.norm(moves[0]) * np.linalg.norm(moves[1]))
     assert cosine > 0.5, (k, cosine)
+
+
+def test_two_processes_score_each_candidate_with_its_adapter(tmp_path, synthetic_data_dir,
+                                                            slurm_run):
+  """finetune.auto_model='adapted' on two processes: each candidate's adapter is fitted over
+  both processes' shards and scored, process 0's choice is every process's, and the stage
+  fine-tunes there."""
+  trained, _ = slurm_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  (tmp_path / 'logs').mkdir()
+  run = Processes(workdir, synthetic_data_dir, 2, tmp_path / 'logs',
+                  "--config.stages=('finetune',)", '--config.finetune.mode=cached',
+                  '--config.finetune.test_res=auto', '--config.finetune.auto_model=adapted',
+                  '--config.finetune.auto_resolutions=(32,40)')
+  assert run.wait() == [0, 0], run.output(0)[-3000:]
+  choice = json.loads((workdir / 'auto_test_res.json').read_text())
+  assert choice['model'] == 'adapted' and [r['test_res'] for r in choice['records']] == [32, 40]
+  assert choice['test_res'] == max(choice['records'],
+                                   key=lambda r: (r['top1'], -r['loss']))['test_res']
+  for k in (32, 40):
+    assert f'of the adapted model at {k}' in run.output(0)
+  assert transform_record.read(workdir, 'finetune')['image_size'] == choice['test_res']
 
 
 def flat(variables) -> dict:
