@@ -76,14 +76,22 @@ def map_sides_line(run: dict) -> str:
   side = lambda k: f'{last_map_side(k, stride)}x{last_map_side(k, stride)}'
   sides = ', '.join(f"{r['test_res']}: {side(r['test_res'])}" for r in run['heldout'])
   return (f'The network pools its last feature map, whose side is K / {stride} rounded up at '
-          f'every stride: {sides} (at K_train = {run["train_res"]}: {side(run["train_res"])}). '
-          "The trained network on the held-out slice, per candidate K_test: its cross-entropy "
-          'at the best temperature (the temperature T dividing the logits), its plain '
-          'cross-entropy and its top-1:')
+          f'every stride: {sides} (at K_train = {run["train_res"]}: {side(run["train_res"])}).')
+
+
+# The network the held-out records score, by the runs' finetune.auto_model.
+SCORED_NETWORK = {'trained': 'The trained network',
+                  'adapted': 'The network fine-tuned at each K_test (its adapter)'}
+
+
+def heldout_caption(model: str, note: str = '') -> str:
+  return (f'{SCORED_NETWORK[model]} on the held-out slice{note}, per candidate K_test: its '
+          'cross-entropy at the best temperature (the temperature T dividing the logits), its '
+          'plain cross-entropy and its top-1:')
 
 
 def heldout_table(runs: list) -> str:
-  """The trained network's held-out calibrated loss, loss and top-1 at every candidate
+  """The scored network's held-out calibrated loss, loss and top-1 at every candidate
   K_test, per seed."""
   resolutions = [r['test_res'] for r in runs[0]['heldout']]
   cell = lambda r: (f"{r['calibrated_loss']:.3f} (T {r['temperature']:.2f}), "
@@ -114,12 +122,13 @@ PERTURBED = 'perturbed'
 # The demo's choices, each undone on its own: run on the same seeds beside the demo (ROOT/
 # seed_N_NAME), they show what each choice buys. A variant that changes only the fine-tuning
 # starts from a copy of the seed's training.
+TRAINED_CHOICE = 'trained_choice'
 VARIANTS = {
     'output_stride_32': {'model.output_stride': 32},
+    TRAINED_CHOICE: {'finetune.auto_model': 'trained'},
     'uncalibrated_loss': {'finetune.auto_metric': 'loss'},
-    'finetune_lr_0.02': {'finetune.base_lr': 0.02},
+    'sgd_finetune': {'finetune.mode': 'sgd'},
     'finetune_lr_0.08': {'finetune.base_lr': 0.08},
-    'finetune_lr_0.2': {'finetune.base_lr': 0.2},
 }
 
 
@@ -202,6 +211,7 @@ def collect_seed(root: epath.Path, seed: int, name: str = ''):
       'output_stride': config['model'].get('output_stride', 32),
       'selection_split': choice['split'], 'heldout': choice['records'],
       'selection_metric': choice.get('metric', 'top1'),
+      'selection_model': choice.get('model', 'trained'),
       'analytic_test_res': meta['analytic_test_res']['test_res'],
       'trained_at_train_res': claims.top1_at(records, 'trained', k_train),
       'trained_at_selected': claims.top1_at(records, 'trained', k_test),
@@ -264,11 +274,23 @@ def paired_gain(workdir: epath.Path, seed: int, test_res: int, data_dir: str) ->
           'only_trained': int(np.sum(correct['train'] & ~correct['finetune']))}
 
 
-def summarize(runs: List[dict]) -> dict:
-  """The demo's two claims over the seeds, and the sweep as mean ± std."""
+def trained_choice_runs(runs: List[dict], variants: dict) -> List[dict]:
+  """Per seed, the run whose choice scored the trained network: the demo's own, or, when it
+  scores adapted networks, the seed's TRAINED_CHOICE variant (the same training); only the
+  seeds that have one."""
+  if runs[0]['selection_model'] == 'trained':
+    return runs
+  by_seed = {r['seed']: r for r in variants.get(TRAINED_CHOICE, [])}
+  return [by_seed[r['seed']] for r in runs if r['seed'] in by_seed]
+
+
+def summarize(runs: List[dict], trained_choices: List[dict]) -> dict:
+  """The demo's claims over the seeds, and the sweep as mean ± std. `trained_choices`:
+  trained_choice_runs (claim 1's held-out part; None without them)."""
   field = lambda name: [r[name] for r in runs]
   demo_claims = {
-      'selected_above_train_res': all(r['selected_test_res'] > r['train_res'] for r in runs),
+      'selected_above_train_res': all(r['selected_test_res'] > r['train_res']
+                                      for r in trained_choices) if trained_choices else None,
       'selected_vs_train_res': claims.compare(field('trained_at_selected'),
                                               field('trained_at_train_res')),
       'finetuned_vs_trained': claims.compare(field('finetuned_at_selected'),
@@ -330,10 +352,25 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
           "(every batch sharded, so every reduction runs in another order): K_test chosen "
           f"{perturbed['selected_test_res']} (was {base['selected_test_res']}); top-1 at the "
           f"chosen K_test moved by {moves['trained_at_selected']:+.2f} (trained) and "
-          f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1). "
+          f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1): "
+          f'{move_verdict(moves)}. '
           f'Two different seeds differ by about {seed_to_seed:.2f} (trained) points here '
           '(the root mean square, sqrt(2) x the std over seeds).')
   return lines
+
+
+def move_verdict(moves: dict) -> str:
+  """Whether the perturbed seed's top-1 moved by at most a point, network by network."""
+  names = {'trained_at_selected': 'trained', 'finetuned_at_selected': 'fine-tuned'}
+  # At the two decimals shown: -1.00 is within.
+  within = [names[k] for k, move in moves.items() if abs(round(move, 2)) <= 1]
+  beyond = [names[k] for k, move in moves.items() if abs(round(move, 2)) > 1]
+  if not beyond:
+    return 'holds'
+  if not within:
+    return 'does not hold'
+  return (f"holds for the {' and '.join(within)} network, not for the {' and '.join(beyond)} "
+          'one')
 
 
 # What a report keeps of each run measured on another machine.
@@ -490,15 +527,20 @@ def sweep_table(summary: dict) -> str:
        for k in summary['resolutions']])
 
 
-def claim_lines(runs: List[dict], summary: dict) -> List[str]:
+def claim_lines(runs: List[dict], summary: dict, trained_choices: List[dict]) -> List[str]:
   c = summary['claims']
   k_train = runs[0]['train_res']
-  chosen = [r['selected_test_res'] for r in runs]
+  chosen = [r['selected_test_res'] for r in trained_choices]
+  source = ('' if runs[0]['selection_model'] == 'trained' else
+            f", as finetune.auto_model='trained' chooses (variant {TRAINED_CHOICE})")
+  heldout = (f"on the held-out slice the trained network scores best above it on every seed "
+             f"({chosen}{source}): {claims.verdict(c['selected_above_train_res'])}"
+             if trained_choices else
+             f"(its own held-out choice needs --variants={TRAINED_CHOICE})")
   return [
-      f"1. **The trained network is best above K_train = {k_train}**: every seed chose K_test "
-      f"above it on the held-out slice ({chosen}): "
-      f"{claims.verdict(c['selected_above_train_res'])}; on validation, at the chosen "
-      f"K_test against K_train: {claims.margin_text(c['selected_vs_train_res'])}: "
+      f"1. **The trained network is best above K_train = {k_train}**: {heldout}; on "
+      "validation, the trained network at the chosen K_test against K_train: "
+      f"{claims.margin_text(c['selected_vs_train_res'])}: "
       f"{claims.verdict(holds(c['selected_vs_train_res']))}.",
       '2. **FixRes fine-tuning at the chosen K_test adds to the trained network tested there**:'
       f" {claims.margin_text(c['finetuned_vs_trained'])}: "
@@ -616,6 +658,34 @@ def carried_plateau_section(previous: epath.Path) -> List[str]:
   return [PLATEAU_HEADING, '', section, '']
 
 
+def choice_paragraph(run: dict) -> str:
+  """How the runs chose K_test, in words (their finetune.auto_model and auto_metric)."""
+  words = common.selection_words(run['selection_metric'])
+  where = f"the held-out `{run['selection_split']}` (never on validation)"
+  analytic = ('the analytic K_test* (resolution.py, from the crop sampler and the image shapes) '
+              'is shown beside it.')
+  if run['selection_model'] == 'trained':
+    return (f"It trains on `train[:90%]`, picks K_test on {where} by the trained network's "
+            f'{words}, then FixRes-fine-tunes there; {analytic}')
+  return (f"It trains on `train[:90%]`, FixRes-fine-tunes the trained network at every "
+          "candidate K_test by the cached mode (the last BN's population statistics at that "
+          'K_test and the classifier trained on the stored features: an adapter, '
+          "finetune.auto_model='adapted'), and keeps the K_test whose fine-tuned network has "
+          f'the {words} on {where}; the fine-tuned network there is the result. So the choice '
+          'is where fine-tuning ends best, not where the trained network peaks (the paper reads '
+          f'the latter; variant {TRAINED_CHOICE} below makes that choice); {analytic}')
+
+
+def heldout_lines(runs: List[dict], trained_choices: List[dict]) -> List[str]:
+  """The scored network's held-out table, and the trained network's beside it when the runs
+  scored adapters (from trained_choice_runs, the same seeds' trainings)."""
+  lines = [heldout_caption(runs[0]['selection_model']), '', heldout_table(runs), '']
+  if runs[0]['selection_model'] != 'trained' and trained_choices:
+    lines += [heldout_caption('trained', f' (variant {TRAINED_CHOICE})'), '',
+              heldout_table(trained_choices), '']
+  return lines
+
+
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
                  readme: Optional[epath.Path] = None, perturbed_seed: int = -1,
                  plateau_root: str = '', data_dir: str = '', other_machines=(),
@@ -631,11 +701,12 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
     for run in runs:
       run['paired'] = paired_gain(root / f"seed_{run['seed']}", run['seed'],
                                   run['selected_test_res'], data_dir)
-  summary = summarize(runs)
   cores = len(os.sched_getaffinity(0))
   machine = common.describe_machine(cores)
   others = other_machine_runs(other_machines, machine)
   variant_runs = collect_variants(root, seeds, variants)
+  trained_choices = trained_choice_runs(runs, variant_runs)
+  summary = summarize(runs, trained_choices)
   metric = runs[0]['selection_metric']
   result = {'runs': runs, 'summary': summary, 'machine': machine, 'cores': cores,
             'command': command, 'other_machines': others, 'variants': variant_runs}
@@ -652,15 +723,13 @@ def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
       'and the library versions (XLA compiles differently per CPU; NumPy and Pillow write the '
       'dataset, which tests/test_synthetic.py pins); the verdicts are what should hold.', '',
       '## How the demo chooses K_test', '',
-      "It trains on `train[:90%]`, picks K_test on the held-out "
-      f"`{runs[0]['selection_split']}` (never on validation) by the trained network's "
-      f'{common.selection_words(metric)}, then FixRes-fine-tunes there; the analytic K_test* '
-      '(resolution.py, from the crop sampler and the image shapes) is shown beside it.'
-      + (CALIBRATION_WHY if metric == 'calibrated_loss' else '')
+      choice_paragraph(runs[0]) + (CALIBRATION_WHY if metric == 'calibrated_loss' else '')
       + f" Every accuracy below is on `{runs[0]['eval_split']}`.", '', map_sides_line(runs[0]), '',
-      heldout_table(runs), '',
+      *heldout_lines(runs, trained_choices),
       '## Is the demo a measuring instrument?', '', *instrument_lines(runs, perturbed), '',
-      '## Claims (a claim holds when every seed is ahead)', '', *claim_lines(runs, summary), '',
+      '## Claims (a claim holds when every seed is ahead)', '',
+      *claim_lines(runs, summary, trained_choices),
+      '',
       '## Per seed', '', seed_table(runs), '',
       '## Validation sweep, mean ± std over seeds', '',
       "'finetuned' is each seed's network fine-tuned at its own chosen K_test.", '',

@@ -49,7 +49,8 @@ def test_the_output_says_where_things_are_and_what_the_table_shows(tmp_path, tin
     assert str(tmp_path / name) in text
 
 
-def write_run(root, seed, selected, top1, generated=False, losses=(2.2, 1.9, 1.5), name=''):
+def write_run(root, seed, selected, top1, generated=False, losses=(2.2, 1.9, 1.5), name='',
+              model='trained'):
   """A finished demo workdir as demo.run_seed and fixres_jax.main leave it; `losses` are the
   training losses logged at steps 50, 100 and 150 of 300."""
   workdir = root / (f'seed_{seed}_{name}' if name else f'seed_{seed}')
@@ -62,7 +63,9 @@ def write_run(root, seed, selected, top1, generated=False, losses=(2.2, 1.9, 1.5
   (workdir / 'config.json').write_text(json.dumps({'train': {'image_size': 64},
                                                    'model': {'output_stride': 32}}))
   (workdir / 'auto_test_res.json').write_text(json.dumps(
-      {'test_res': selected, 'split': 'train[90%:]', 'resolutions': [64, 96], 'records': []}))
+      {'test_res': selected, 'split': 'train[90%:]', 'resolutions': [64, 96], 'model': model,
+       'records': [{'test_res': k, 'calibrated_loss': 0.5, 'temperature': 0.5, 'loss': 0.6,
+                    'top1': top1.get(('trained', k), 0.0)} for k in (64, 96)]}))
   (workdir / 'sweep_meta.json').write_text(json.dumps(
       {'analytic_test_res': {'test_res': 88}, 'eval_split': 'validation'}))
   (workdir / 'sweep.json').write_text(json.dumps(records(top1)))
@@ -93,8 +96,8 @@ def test_report_states_each_claim_from_every_seed(tmp_path):
   assert claims['selected_vs_train_res']['diffs'] == pytest.approx([0.06] * 3)
   assert claims['finetuned_vs_trained']['diffs'] == pytest.approx(list(gains.values()))
   doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
-  assert 'K_train = 64**: every seed chose K_test above it on the held-out slice ([96, 96, 96])' \
-         ': HOLDS' in doc
+  assert ('K_train = 64**: on the held-out slice the trained network scores best above it on '
+          'every seed ([96, 96, 96]): HOLDS') in doc
   assert '+1.33 pts' in doc and 'per seed +2.0, +3.0, -1.0): DOES NOT HOLD' in doc
   assert '| 96 | 76.00 ± 0.00 | 77.33 ± 2.08 |' in doc  # the sweep, mean ± std
   assert 'of which generating the dataset 42 s wall' in doc
@@ -121,7 +124,12 @@ def test_report_says_whether_the_demo_is_a_measuring_instrument(tmp_path):
   assert '2 of 3 seeds chose 96 ([96, 112, 96]' in doc
   assert 'adds +2.00, +3.00, +0.50 points per seed' in doc and 'does not hold' in doc
   assert 'K_test chosen 96 (was 96)' in doc
-  assert 'moved by +0.50 (trained) and -1.00 (fine-tuned) points' in doc
+  assert 'moved by +0.50 (trained) and -1.00 (fine-tuned) points (target: at most 1): holds.' \
+      in doc
+  assert demo.move_verdict({'trained_at_selected': 1.85, 'finetuned_at_selected': 0.5}) == (
+      'holds for the fine-tuned network, not for the trained one')
+  assert demo.move_verdict({'trained_at_selected': -1.2, 'finetuned_at_selected': 1.5}) == (
+      'does not hold')
 
 
 def test_a_variant_reuses_the_training_it_leaves_as_it_was(tmp_path, monkeypatch):
@@ -131,11 +139,11 @@ def test_a_variant_reuses_the_training_it_leaves_as_it_was(tmp_path, monkeypatch
   calls = []
   monkeypatch.setattr(demo, 'run_seed', lambda root, seed, data_dir, overrides=(), env=None,
                       name='': calls.append((seed, name, list(overrides))))
-  demo.run_variant(root, 0, 'finetune_lr_0.02', 'data', ['--config.x=1'])
+  demo.run_variant(root, 0, 'finetune_lr_0.08', 'data', ['--config.x=1'])
   demo.run_variant(root, 0, 'output_stride_32', 'data')
-  assert (root / 'seed_0_finetune_lr_0.02' / 'checkpoints' / 'train' / '300').exists()
+  assert (root / 'seed_0_finetune_lr_0.08' / 'checkpoints' / 'train' / '300').exists()
   assert not (root / 'seed_0_output_stride_32').exists()  # trains from scratch
-  assert calls == [(0, 'finetune_lr_0.02', ['--config.x=1', '--config.finetune.base_lr=0.02']),
+  assert calls == [(0, 'finetune_lr_0.08', ['--config.x=1', '--config.finetune.base_lr=0.08']),
                    (0, 'output_stride_32', ['--config.model.output_stride=32'])]
 
 
@@ -145,15 +153,46 @@ def test_report_sets_each_variant_beside_the_demo(tmp_path):
     write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): 0.76,
                                ('finetuned', 96): 0.78})
     write_run(root, seed, 96, {('trained', 96): 0.76, ('finetuned', 96): 0.765 + seed / 100},
-              name='finetune_lr_0.02', losses=(2.3 - seed / 10, 1.9, 1.5))
+              name='finetune_lr_0.08', losses=(2.3 - seed / 10, 1.9, 1.5))
   result = demo.write_report(root, [0, 1], tmp_path / 'docs', 'cmd',
-                             variants=['finetune_lr_0.02', 'uncalibrated_loss'])
-  assert list(result['variants']) == ['finetune_lr_0.02']  # the other has not run
+                             variants=['finetune_lr_0.08', 'uncalibrated_loss'])
+  assert list(result['variants']) == ['finetune_lr_0.08']  # the other has not run
   doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
   assert '| the demo | none | 96, 96 | 76.00 ± 0.00 | 78.00 ± 0.00 | +2.00, +2.00 | 2.200 |' \
          in doc
-  assert ('| finetune_lr_0.02 | finetune.base_lr=0.02 | 96, 96 | 76.00 ± 0.00 | 77.00 ± 0.71 '
+  assert ('| finetune_lr_0.08 | finetune.base_lr=0.08 | 96, 96 | 76.00 ± 0.00 | 77.00 ± 0.71 '
           '| +0.50, +1.50 | 2.300 |') in doc
+
+
+def test_a_report_of_adapted_choices_takes_claim_one_from_the_trained_choice(tmp_path):
+  """With finetune.auto_model='adapted' the runs' held-out records score fine-tuned networks:
+  claim 1 (the trained network is best above K_train) reads the trained_choice variant's."""
+  root = tmp_path / 'runs'
+  for seed in (0, 1):
+    write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 80): 0.78,
+                               ('trained', 96): 0.76, ('finetuned', 96): 0.80}, model='adapted')
+    write_run(root, seed, 80 - 16 * seed, {('trained', 64): 0.70, ('trained', 80): 0.78,
+                                           ('finetuned', 80 - 16 * seed): 0.79},
+              name=demo.TRAINED_CHOICE)
+  result = demo.write_report(root, [0, 1], tmp_path / 'docs', 'cmd',
+                             variants=[demo.TRAINED_CHOICE])
+  doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
+  assert "auto_model='adapted'" in doc and 'keeps the K_test whose fine-tuned network' in doc
+  assert ('The network fine-tuned at each K_test (its adapter) on the held-out slice, per '
+          'candidate K_test') in doc
+  assert ('The trained network on the held-out slice (variant trained_choice), per candidate '
+          'K_test') in doc
+  # Seed 1's trained network scores best at 64, K_train: claim 1 fails on the held-out part.
+  assert result['summary']['claims']['selected_above_train_res'] is False
+  assert ('on the held-out slice the trained network scores best above it on every seed '
+          "([80, 64], as finetune.auto_model='trained' chooses (variant trained_choice)): "
+          'DOES NOT HOLD') in doc
+  assert result['summary']['claims']['finetuned_vs_trained']['diffs'] == pytest.approx(
+      [0.04, 0.04])
+  # Without the variant the report says what claim 1's held-out part needs.
+  demo.write_report(root, [0, 1], tmp_path / 'alone', 'cmd')
+  assert "(its own held-out choice needs --variants=trained_choice)" in (
+      tmp_path / 'alone' / 'DEMO.md').read_text()
 
 
 def test_a_report_without_plateau_records_keeps_the_previous_plateau_section(tmp_path):
