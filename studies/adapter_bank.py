@@ -65,16 +65,28 @@ def run_timed(args: list) -> dict:
           'command': 'python -m fixres_jax.main ' + ' '.join(args)}
 
 
-def pass_timings(workdir: epath.Path) -> dict:
-  """{K_test: {'pass1_s', 'pass2_s', 'head_s'}} of the cached passes a run recorded."""
+def pass_timings(workdir: epath.Path, resolutions=()) -> dict:
+  """{K_test: {'pass1_s', 'pass2_s', 'head_s'}} of the cached passes a run recorded: the
+  stage's, and the bank's at `resolutions`.
+
+  The copy's metrics.jsonl begins with the source run's records, whose choice of K_test
+  (finetune.auto_model='adapted') fitted adapters at other K: only the bank's K count, and
+  for each K the last record, this run's.
+  """
   timings = {}
   for line in (workdir / 'metrics.jsonl').read_text().splitlines():
     record = json.loads(line)
     tag = record['stage']
-    if tag == 'finetune_cache' or (tag.startswith('adapter_') and tag.endswith('_cache')):
-      k = (json.loads((workdir / 'checkpoints/finetune/test_transform.json').read_text())
-           ['image_size'] if tag == 'finetune_cache' else int(tag.split('_')[1]))
-      timings[k] = {n: record[n] for n in ('pass1_s', 'pass2_s', 'head_s')}
+    if tag == 'finetune_cache':
+      k = json.loads((workdir / 'checkpoints/finetune/test_transform.json').read_text())[
+          'image_size']
+    elif tag.startswith('adapter_') and tag.endswith('_cache'):
+      k = int(tag.split('_')[1])
+      if k not in resolutions:
+        continue
+    else:
+      continue
+    timings[k] = {n: record[n] for n in ('pass1_s', 'pass2_s', 'head_s')}
   return timings
 
 
@@ -122,7 +134,8 @@ def collect(source: epath.Path, work: epath.Path, data_dir: str, resolutions: li
   headline = [r for r in sweep if r.get('eval', 'validation') == sweep[0].get('eval')]
   return {**result, 'source': str(source), 'resolutions': resolutions,
           'machine': common.describe_machine(os.cpu_count()),
-          'passes': {copy: pass_timings(work / copy) for copy in ('single', 'bank')},
+          'passes': {'single': pass_timings(work / 'single'),
+                     'bank': pass_timings(work / 'bank', resolutions)},
           'top1': {model: {r['test_res']: r['top1'] for r in headline if r['model'] == model}
                    for model in ('finetuned', 'adapter')},
           'frontier': json.loads((work / 'bank' / 'frontier.json').read_text())}
