@@ -48,8 +48,8 @@ def define_flags() -> None:
                       'time the dataset generation too.')
   flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'One full demo run per seed.')
   flags.DEFINE_list('overrides', [], 'Extra --config.X=V flags for every run (e.g. for tests).')
-  flags.DEFINE_integer('perturbed_seed', 0, 'Also run this seed on two XLA:CPU devices (another '
-                       'reduction order, as another machine has), -1: not.')
+  flags.DEFINE_list('perturbed_seeds', ['0'], 'Also run these seeds on two XLA:CPU devices '
+                    '(another reduction order, as another machine has); none: [].')
   flags.DEFINE_string('plateau_root', '', 'studies.plateau records: DEMO.md explains the chance '
                       'plateau from them ("" = no such section).')
   flags.DEFINE_list('other_machines', [], "demo.json files of earlier reports (e.g. a copy of "
@@ -176,14 +176,14 @@ def run_seed(root: epath.Path, seed: int, data_dir: str, overrides=(), env=None,
   return record
 
 
-def run_all(root: epath.Path, seeds, data_dir: str, overrides=(), perturbed_seed: int = -1,
+def run_all(root: epath.Path, seeds, data_dir: str, overrides=(), perturbed_seeds=(),
             variants=()) -> None:
   for seed in seeds:  # one after the other: each run uses every core
     record = run_seed(root, seed, data_dir, overrides)
     logging.info('Seed %d done: %.0f s wall, %.0f s CPU.', seed, record['wall_seconds'],
                  record['cpu_seconds'])
-  if perturbed_seed >= 0:
-    run_seed(root, perturbed_seed, data_dir, overrides, PERTURBATION, PERTURBED)
+  for seed in perturbed_seeds:
+    run_seed(root, seed, data_dir, overrides, PERTURBATION, PERTURBED)
   for name in variants:
     for seed in seeds:
       run_variant(root, seed, name, data_dir, overrides)
@@ -313,7 +313,7 @@ def fixres_gains(runs: List[dict]) -> List[float]:
   return [100 * (r['finetuned_at_selected'] - r['trained_at_selected']) for r in runs]
 
 
-def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
+def instrument_lines(runs: List[dict], perturbed: List[dict]) -> List[str]:
   """Whether the demo is a measuring instrument: each check with its per-seed numbers."""
   threshold = 0.9 * math.log(NUM_CLASSES)
   losses = [r['loss_after_tenth'] for r in runs]
@@ -340,31 +340,41 @@ def instrument_lines(runs: List[dict], perturbed: Optional[dict]) -> List[str]:
   ]
   if all('paired' in r for r in runs):
     lines.append(paired_precision_line(runs, gains))
-  if perturbed:
-    base = next((r for r in runs if r['seed'] == perturbed['seed']), None)
-    if base:
-      moves = {name: 100 * (perturbed[name] - base[name])
-               for name in ('trained_at_selected', 'finetuned_at_selected')}
-      spread = claims.stats([r['trained_at_selected'] for r in runs])['std']
-      seed_to_seed = 100 * math.sqrt(2) * spread
-      lines.append(
-          f"- **Robust to the machine**: seed {base['seed']} again on two XLA:CPU devices "
-          "(every batch sharded, so every reduction runs in another order): K_test chosen "
-          f"{perturbed['selected_test_res']} (was {base['selected_test_res']}); top-1 at the "
-          f"chosen K_test moved by {moves['trained_at_selected']:+.2f} (trained) and "
-          f"{moves['finetuned_at_selected']:+.2f} (fine-tuned) points (target: at most 1): "
-          f'{move_verdict(moves)}. '
-          f'Two different seeds differ by about {seed_to_seed:.2f} (trained) points here '
-          '(the root mean square, sqrt(2) x the std over seeds).')
+  lines += perturbation_lines(runs, perturbed)
   return lines
 
 
+def perturbation_lines(runs: List[dict], perturbed: List[dict]) -> List[str]:
+  """How far top-1 at the chosen K_test moved when the same seeds ran on two devices."""
+  pairs = [(next(r for r in runs if r['seed'] == p['seed']), p) for p in perturbed
+           if any(r['seed'] == p['seed'] for r in runs)]
+  if not pairs:
+    return []
+  names = ('trained_at_selected', 'finetuned_at_selected')
+  moves = {name: [100 * (p[name] - base[name]) for base, p in pairs] for name in names}
+  seed_to_seed = 100 * math.sqrt(2) * claims.stats([r['trained_at_selected'] for r in runs])['std']
+  listed = lambda values: ', '.join('%+.2f' % v for v in values)
+  seeds = [base['seed'] for base, _ in pairs]
+  return [
+      f"- **Robust to the machine**: seed{'s' if len(seeds) > 1 else ''} "
+      f"{', '.join(map(str, seeds))} again on two XLA:CPU devices (every batch sharded, so "
+      'every reduction runs in another order): K_test chosen '
+      f"{', '.join(str(p['selected_test_res']) for _, p in pairs)} (was "
+      f"{', '.join(str(base['selected_test_res']) for base, _ in pairs)}); top-1 at the chosen "
+      f"K_test moved by {listed(moves['trained_at_selected'])} (trained) and "
+      f"{listed(moves['finetuned_at_selected'])} (fine-tuned) points (target: at most 1): "
+      f'{move_verdict(moves)}. Two different seeds differ by about {seed_to_seed:.2f} (trained) '
+      'points here (the root mean square, sqrt(2) x the std over seeds).']
+
+
 def move_verdict(moves: dict) -> str:
-  """Whether the perturbed seed's top-1 moved by at most a point, network by network."""
+  """Whether every perturbed seed's top-1 moved by at most a point, network by network
+  ({name: [move per seed]})."""
   names = {'trained_at_selected': 'trained', 'finetuned_at_selected': 'fine-tuned'}
   # At the two decimals shown: -1.00 is within.
-  within = [names[k] for k, move in moves.items() if abs(round(move, 2)) <= 1]
-  beyond = [names[k] for k, move in moves.items() if abs(round(move, 2)) > 1]
+  small = {k: all(abs(round(m, 2)) <= 1 for m in found) for k, found in moves.items()}
+  within = [names[k] for k, ok in small.items() if ok]
+  beyond = [names[k] for k, ok in small.items() if not ok]
   if not beyond:
     return 'holds'
   if not within:
@@ -687,14 +697,14 @@ def heldout_lines(runs: List[dict], trained_choices: List[dict]) -> List[str]:
 
 
 def write_report(root: epath.Path, seeds, out: epath.Path, command: str,
-                 readme: Optional[epath.Path] = None, perturbed_seed: int = -1,
+                 readme: Optional[epath.Path] = None, perturbed_seeds=(),
                  plateau_root: str = '', data_dir: str = '', other_machines=(),
                  variants=()) -> dict:
   """OUT/DEMO.md, OUT/demo.json and (if given) README's demo block from the finished runs
   (and those of `variants`); with data_dir, also each seed's paired gain, re-evaluated from
   its checkpoints."""
   runs = [r for r in (collect_seed(root, s) for s in seeds) if r]
-  perturbed = collect_seed(root, perturbed_seed, PERTURBED) if perturbed_seed >= 0 else None
+  perturbed = [r for r in (collect_seed(root, s, PERTURBED) for s in perturbed_seeds) if r]
   if len(runs) < 2:
     raise ValueError(f'{len(runs)} finished demo runs under {root}: run --phase=run first.')
   if data_dir:
@@ -756,11 +766,13 @@ def main(argv):
   del argv
   root, seeds = epath.Path(FLAGS.root), [int(s) for s in FLAGS.seeds]
   if FLAGS.phase in ('run', 'all'):
-    run_all(root, seeds, FLAGS.data_dir, FLAGS.overrides, FLAGS.perturbed_seed, FLAGS.variants)
+    run_all(root, seeds, FLAGS.data_dir, FLAGS.overrides,
+            [int(s) for s in FLAGS.perturbed_seeds], FLAGS.variants)
   if FLAGS.phase in ('report', 'all'):
     write_report(root, seeds, epath.Path(FLAGS.out),
                  common.format_command('studies.demo'), readme=common.REPO / 'README.md',
-                 perturbed_seed=FLAGS.perturbed_seed, plateau_root=FLAGS.plateau_root,
+                 perturbed_seeds=[int(s) for s in FLAGS.perturbed_seeds],
+                 plateau_root=FLAGS.plateau_root,
                  data_dir=FLAGS.data_dir, other_machines=FLAGS.other_machines,
                  variants=FLAGS.variants)
 

@@ -115,21 +115,25 @@ def test_report_says_whether_the_demo_is_a_measuring_instrument(tmp_path):
   for seed, (selected, gain, losses) in plans.items():
     write_run(root, seed, selected, {('trained', 64): 0.70, ('trained', selected): 0.76,
                                      ('finetuned', selected): 0.76 + gain}, losses=losses)
+  # Seeds 0 and 2 again on two devices; seed 1's perturbed run has not finished.
   write_run(root, 0, 96, {('trained', 64): 0.70, ('trained', 96): 0.765,
                           ('finetuned', 96): 0.77}, name=demo.PERTURBED)
-  demo.write_report(root, [0, 1, 2], tmp_path / 'docs', 'cmd', perturbed_seed=0)
+  write_run(root, 2, 96, {('trained', 64): 0.70, ('trained', 96): 0.745,
+                          ('finetuned', 96): 0.77}, name=demo.PERTURBED)
+  demo.write_report(root, [0, 1, 2], tmp_path / 'docs', 'cmd', perturbed_seeds=[0, 1, 2])
   doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
   assert ('per seed: 1.900, 2.200, 2.000 against 0.9 ln 10 = 2.072: above on seeds [1]'
           in doc)
   assert '2 of 3 seeds chose 96 ([96, 112, 96]' in doc
   assert 'adds +2.00, +3.00, +0.50 points per seed' in doc and 'does not hold' in doc
-  assert 'K_test chosen 96 (was 96)' in doc
-  assert 'moved by +0.50 (trained) and -1.00 (fine-tuned) points (target: at most 1): holds.' \
-      in doc
-  assert demo.move_verdict({'trained_at_selected': 1.85, 'finetuned_at_selected': 0.5}) == (
-      'holds for the fine-tuned network, not for the trained one')
-  assert demo.move_verdict({'trained_at_selected': -1.2, 'finetuned_at_selected': 1.5}) == (
-      'does not hold')
+  assert 'seeds 0, 2 again on two XLA:CPU devices' in doc
+  assert 'K_test chosen 96, 96 (was 96, 96)' in doc
+  assert ('moved by +0.50, -1.50 (trained) and -1.00, +0.50 (fine-tuned) points (target: at '
+          'most 1): holds for the fine-tuned network, not for the trained one.') in doc
+  assert demo.move_verdict({'trained_at_selected': [0.5, -1.0],
+                            'finetuned_at_selected': [0.2]}) == 'holds'
+  assert demo.move_verdict({'trained_at_selected': [0.5, -1.2],
+                            'finetuned_at_selected': [1.5, 0.0]}) == 'does not hold'
 
 
 def test_a_variant_reuses_the_training_it_leaves_as_it_was(tmp_path, monkeypatch):
