@@ -216,8 +216,7 @@ def fit_candidate(config, workdir, data_for: Callable, mesh, trained: dict, test
   """
   config = copy.deepcopy(config)  # test_res stays typed `object`: 'auto' becomes an int
   config.finetune.test_res, config.data.crop_pct = int(test_res), float(crop_pct)
-  return attach(trained, extract(train.create_model(config, 1), cached_finetune.fit_adapter(
-      config, str(workdir), data_for(config), mesh, trained)))
+  return cached_finetune.fit_adapter(config, str(workdir), data_for(config), mesh, trained)
 
 
 def config_at(config, stage_record: dict, test_res: int):

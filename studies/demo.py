@@ -286,7 +286,7 @@ def trained_choice_runs(runs: List[dict], variants: dict) -> List[dict]:
 
 def summarize(runs: List[dict], trained_choices: List[dict]) -> dict:
   """The demo's claims over the seeds, and the sweep as mean ± std. `trained_choices`:
-  trained_choice_runs (claim 1's held-out part; None without them)."""
+  trained_choice_runs (claim 1's held-out part: None when there are none)."""
   field = lambda name: [r[name] for r in runs]
   demo_claims = {
       'selected_above_train_res': all(r['selected_test_res'] > r['train_res']
@@ -346,13 +346,14 @@ def instrument_lines(runs: List[dict], perturbed: List[dict]) -> List[str]:
 
 def perturbation_lines(runs: List[dict], perturbed: List[dict]) -> List[str]:
   """How far top-1 at the chosen K_test moved when the same seeds ran on two devices."""
-  pairs = [(next(r for r in runs if r['seed'] == p['seed']), p) for p in perturbed
-           if any(r['seed'] == p['seed'] for r in runs)]
+  by_seed = {r['seed']: r for r in runs}
+  pairs = [(by_seed[p['seed']], p) for p in perturbed if p['seed'] in by_seed]
   if not pairs:
     return []
   names = ('trained_at_selected', 'finetuned_at_selected')
   moves = {name: [100 * (p[name] - base[name]) for base, p in pairs] for name in names}
-  seed_to_seed = 100 * math.sqrt(2) * claims.stats([r['trained_at_selected'] for r in runs])['std']
+  spread = claims.stats([r['trained_at_selected'] for r in runs])['std']
+  seed_to_seed = 100 * math.sqrt(2) * spread
   listed = lambda values: ', '.join('%+.2f' % v for v in values)
   seeds = [base['seed'] for base, _ in pairs]
   return [
