@@ -6,6 +6,7 @@ import pathlib
 import types
 
 from etils import epath
+import numpy as np
 import pytest
 
 from fixres_jax import analysis
@@ -128,8 +129,9 @@ def test_report_says_whether_the_demo_is_a_measuring_instrument(tmp_path):
   assert 'adds +2.00, +3.00, +0.50 points per seed' in doc and 'does not hold' in doc
   assert 'seeds 0, 2 again on two XLA:CPU devices' in doc
   assert 'K_test chosen 96, 96 (was 96, 96)' in doc
-  assert ('moved by +0.50, -1.50 (trained) and -1.00, +0.50 (fine-tuned) points (target: at '
-          'most 1): holds for the fine-tuned network, not for the trained one.') in doc
+  assert ('moved by +0.50, -1.50 (trained) and -1.00, +0.50 (fine-tuned) points on '
+          '`validation` (target: at most 1): holds for the fine-tuned network, not for the '
+          'trained one.') in doc
   assert demo.move_verdict({'trained_at_selected': [0.5, -1.0],
                             'finetuned_at_selected': [0.2]}) == 'holds'
   assert demo.move_verdict({'trained_at_selected': [0.5, -1.2],
@@ -256,3 +258,78 @@ def test_the_gains_spread_is_split_between_the_images_and_the_networks(gains, er
   line = demo.paired_precision_line(runs, gains)
   assert says in line, line
   assert f'standard error of {", ".join("%.2f" % e for e in errors)} points' in line
+
+
+def test_the_perturbed_seeds_moves_are_measured_image_by_image_on_more_images(
+    tmp_path, monkeypatch):
+  root = tmp_path / 'runs'
+  for seed in (0, 1):
+    write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): 0.76,
+                               ('finetuned', 96): 0.78})
+  # On validation the trained network moved 1.5 points; on PRECISE_DATASET 0.4.
+  write_run(root, 0, 96, {('trained', 64): 0.70, ('trained', 96): 0.775,
+                          ('finetuned', 96): 0.785}, name=demo.PERTURBED)
+  first_ten = np.arange(1000) < 10
+  hits = {  # per (workdir, stage) on 1,000 images
+      ('seed_0_perturbed', 'train'): np.arange(1000) < 604,
+      ('seed_0', 'train'): np.arange(1000) >= 400,
+      ('seed_0_perturbed', 'finetune'): ~first_ten,
+      ('seed_0', 'finetune'): ~first_ten}
+  asked = []
+
+  def fake_hits(workdir, seed, test_res, data_dir, dataset=''):
+    asked.append((workdir.name, seed, test_res, data_dir, dataset))
+    if dataset != demo.PRECISE_DATASET:
+      return {'train': first_ten, 'finetune': ~first_ten}
+    return {stage: hits[(workdir.name, stage)] for stage in ('train', 'finetune')}
+
+  monkeypatch.setattr(demo, 'hits_per_image', fake_hits)
+  result = demo.write_report(root, [0, 1], tmp_path / 'docs', 'cmd', perturbed_seeds=[0],
+                             data_dir='/data')
+  assert ('seed_0_perturbed', 0, 96, '/data', demo.PRECISE_DATASET) in asked
+  moved = result['perturbed'][0]['precise']
+  assert moved['trained_at_selected']['difference'] == pytest.approx(0.4)
+  # 400 of the 1,000 images right by the perturbed network only, 396 by the base one only.
+  assert moved['trained_at_selected']['only_first'] == 400
+  assert moved['trained_at_selected']['only_second'] == 396
+  assert moved['trained_at_selected']['standard_error'] == pytest.approx(
+      100 * np.std(np.r_[np.ones(400), -np.ones(396), np.zeros(204)], ddof=1) / np.sqrt(1000))
+  assert moved['finetuned_at_selected']['difference'] == 0
+  doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
+  assert 'moved by +1.50 (trained) and +0.50 (fine-tuned) points on `validation`' in doc
+  assert (f'Image by image on 1000 validation images of the same kind (`{demo.PRECISE_DATASET}`'
+          in doc)
+  assert ('+0.40 ± %.2f (trained) and +0.00 ± 0.00 (fine-tuned) points'
+          % moved['trained_at_selected']['standard_error']) in doc
+  assert '(± the paired standard error; target: at most 1): holds.' in doc
+
+
+@pytest.mark.slow
+def test_hits_per_image_are_the_sweeps_top1_image_by_image(tmp_path, synthetic_data_dir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from fixres_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from fixres_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from fixres_jax import parallel  # pylint: disable=g-import-not-at-top
+  from fixres_jax import train  # pylint: disable=g-import-not-at-top
+  from fixres_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = common.load_config_file(REPO / demo.CONFIG)
+  config.data.data_dir, config.data.name = synthetic_data_dir, 'fixres_synthetic/tiny'
+  dataset = pipeline.load_dataset(config)
+  model = train.create_model(config, dataset.num_classes)
+  variables = {}
+  for stage, seed in (('train', 0), ('finetune', 1)):  # two different (untrained) networks
+    init = model.init(jax.random.PRNGKey(seed), np.zeros((1, 32, 32, 3)), train=False)
+    init['params']['fc']['kernel'] = jax.random.normal(jax.random.PRNGKey(seed),
+                                                       init['params']['fc']['kernel'].shape)
+    variables[stage] = checkpoint.to_host(init)
+    checkpoint.save_variables(tmp_path / 'checkpoints' / stage, variables[stage])
+  hits = demo.hits_per_image(epath.Path(tmp_path), 0, 32, synthetic_data_dir,
+                             'fixres_synthetic/tiny')
+  assert hits['train'].shape == hits['finetune'].shape == (
+      dataset.num_examples(config.data.eval_split),)
+  assert (hits['train'] != hits['finetune']).any()
+  for stage, found in hits.items():
+    batches = pipeline.config_eval_batches(config, dataset, config.data.eval_split, 32)
+    expected = evaluate.evaluate_model(evaluate.jit_eval_step(model), variables[stage],
+                                       batches, parallel.create_mesh())
+    assert found.mean() == pytest.approx(expected['top1'], abs=1e-6)
