@@ -309,11 +309,12 @@ PERTURBED_NETWORKS = {'train': 'trained_at_selected', 'finetune': 'finetuned_at_
 def precise_moves(root: epath.Path, base: dict, perturbed: dict, data_dir: str) -> dict:
   """How far the perturbed run's networks moved from the base run's, each at its run's chosen
   K_test, image by image on PRECISE_DATASET's validation split: {network field:
-  paired_difference (perturbed minus base)}."""
+  paired_difference (perturbed minus base) and the base network's 'base_top1' there, in %}."""
   hits = [hits_per_image(root / f"seed_{run['seed']}{suffix}", run['seed'],
                          run['selected_test_res'], data_dir, PRECISE_DATASET)
           for run, suffix in ((perturbed, f'_{PERTURBED}'), (base, ''))]
-  return {field: paired_difference(hits[0][stage], hits[1][stage])
+  return {field: {**paired_difference(hits[0][stage], hits[1][stage]),
+                  'base_top1': 100 * float(hits[1][stage].mean())}
           for stage, field in PERTURBED_NETWORKS.items()}
 
 
@@ -397,8 +398,6 @@ def perturbation_lines(runs: List[dict], perturbed: List[dict]) -> List[str]:
     return []
   names = tuple(PERTURBED_NETWORKS.values())
   moves = {name: [100 * (p[name] - base[name]) for base, p in pairs] for name in names}
-  spread = claims.stats([r['trained_at_selected'] for r in runs])['std']
-  seed_to_seed = 100 * math.sqrt(2) * spread
   listed = lambda values: ', '.join('%+.2f' % v for v in values)
   seeds = [base['seed'] for base, _ in pairs]
   line = (
@@ -410,21 +409,35 @@ def perturbation_lines(runs: List[dict], perturbed: List[dict]) -> List[str]:
       f"K_test moved by {listed(moves['trained_at_selected'])} (trained) and "
       f"{listed(moves['finetuned_at_selected'])} (fine-tuned) points on "
       f"`{runs[0]['eval_split']}`")
-  if all('precise' in p for _, p in pairs):
-    precise = {name: [p['precise'][name] for _, p in pairs] for name in names}
-    with_errors = lambda found: ', '.join('%+.2f ± %.2f' % (f['difference'], f['standard_error'])
-                                          for f in found)
-    line += (
-        f". Image by image on {precise[names[0]][0]['num_images']} validation images of the "
-        f"same kind (`{PRECISE_DATASET}`, the demo's training images; its first 2,000 "
-        f"validation images are the demo's): {with_errors(precise['trained_at_selected'])} (trained) and "
-        f"{with_errors(precise['finetuned_at_selected'])} (fine-tuned) points (± the paired "
-        'standard error; target: at most 1): '
-        f"{move_verdict({n: [f['difference'] for f in found] for n, found in precise.items()})}")
-  else:
-    line += f' (target: at most 1): {move_verdict(moves)}'
-  return [line + f'. Two different seeds differ by about {seed_to_seed:.2f} (trained) points '
-          'here (the root mean square, sqrt(2) x the std over seeds).']
+  if not all('precise' in p for _, p in pairs):
+    spread = claims.stats([r['trained_at_selected'] for r in runs])['std']
+    seed_to_seed = 100 * math.sqrt(2) * spread
+    return [line + f' (target: at most 1): {move_verdict(moves)}. Two different seeds differ '
+            f'by about {seed_to_seed:.2f} (trained) points here (the root mean square, sqrt(2) '
+            'x the std over seeds).']
+  precise = {name: [p['precise'][name] for _, p in pairs] for name in names}
+  with_errors = lambda found: ', '.join('%+.2f ± %.2f' % (f['difference'], f['standard_error'])
+                                        for f in found)
+  rms = lambda values: math.sqrt(sum(v * v for v in values) / len(values))
+  # Two seeds' networks on the same images: sqrt(2) x the std over seeds is the root mean
+  # square of their differences, the perturbation's yardstick.
+  seeds_apart = {n: math.sqrt(2) * claims.stats([f['base_top1'] for f in found])['std']
+                 for n, found in precise.items()}
+  moved = {n: rms([f['difference'] for f in found]) for n, found in precise.items()}
+  line += (
+      f". Image by image on {precise[names[0]][0]['num_images']} validation images of the "
+      f"same kind (`{PRECISE_DATASET}`, the demo's training images; its first 2,000 "
+      f"validation images are the demo's): {with_errors(precise['trained_at_selected'])} "
+      f"(trained) and {with_errors(precise['finetuned_at_selected'])} (fine-tuned) points (± "
+      'the paired standard error; target: at most 1): '
+      f"{move_verdict({n: [f['difference'] for f in found] for n, found in precise.items()})}")
+  if len(pairs) > 1:
+    line += (f". Their root mean square is {moved['trained_at_selected']:.2f} (trained) and "
+             f"{moved['finetuned_at_selected']:.2f} (fine-tuned); two of these seeds differ "
+             f"there by {seeds_apart['trained_at_selected']:.2f} and "
+             f"{seeds_apart['finetuned_at_selected']:.2f} (the root mean square, sqrt(2) x the "
+             'std over seeds)')
+  return [line + '.']
 
 
 def move_verdict(moves: dict) -> str:

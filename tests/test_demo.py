@@ -267,14 +267,17 @@ def test_the_perturbed_seeds_moves_are_measured_image_by_image_on_more_images(
     write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): 0.76,
                                ('finetuned', 96): 0.78})
   # On validation the trained network moved 1.5 points; on PRECISE_DATASET 0.4.
-  write_run(root, 0, 96, {('trained', 64): 0.70, ('trained', 96): 0.775,
-                          ('finetuned', 96): 0.785}, name=demo.PERTURBED)
+  for seed in (0, 1):
+    write_run(root, seed, 96, {('trained', 64): 0.70, ('trained', 96): 0.775,
+                               ('finetuned', 96): 0.785}, name=demo.PERTURBED)
   first_ten = np.arange(1000) < 10
-  hits = {  # per (workdir, stage) on 1,000 images
+  hits = {  # per (workdir, stage) on 1,000 images; seed 1 did not move
       ('seed_0_perturbed', 'train'): np.arange(1000) < 604,
       ('seed_0', 'train'): np.arange(1000) >= 400,
-      ('seed_0_perturbed', 'finetune'): ~first_ten,
-      ('seed_0', 'finetune'): ~first_ten}
+      ('seed_1_perturbed', 'train'): np.arange(1000) >= 300,
+      ('seed_1', 'train'): np.arange(1000) >= 300,
+      **{(name, 'finetune'): ~first_ten
+         for name in ('seed_0', 'seed_0_perturbed', 'seed_1', 'seed_1_perturbed')}}
   asked = []
 
   def fake_hits(workdir, seed, test_res, data_dir, dataset=''):
@@ -284,7 +287,7 @@ def test_the_perturbed_seeds_moves_are_measured_image_by_image_on_more_images(
     return {stage: hits[(workdir.name, stage)] for stage in ('train', 'finetune')}
 
   monkeypatch.setattr(demo, 'hits_per_image', fake_hits)
-  result = demo.write_report(root, [0, 1], tmp_path / 'docs', 'cmd', perturbed_seeds=[0],
+  result = demo.write_report(root, [0, 1], tmp_path / 'docs', 'cmd', perturbed_seeds=[0, 1],
                              data_dir='/data')
   assert ('seed_0_perturbed', 0, 96, '/data', demo.PRECISE_DATASET) in asked
   moved = result['perturbed'][0]['precise']
@@ -294,14 +297,18 @@ def test_the_perturbed_seeds_moves_are_measured_image_by_image_on_more_images(
   assert moved['trained_at_selected']['only_second'] == 396
   assert moved['trained_at_selected']['standard_error'] == pytest.approx(
       100 * np.std(np.r_[np.ones(400), -np.ones(396), np.zeros(204)], ddof=1) / np.sqrt(1000))
+  assert moved['trained_at_selected']['base_top1'] == pytest.approx(60.0)
   assert moved['finetuned_at_selected']['difference'] == 0
   doc = (tmp_path / 'docs' / 'DEMO.md').read_text()
-  assert 'moved by +1.50 (trained) and +0.50 (fine-tuned) points on `validation`' in doc
+  assert ('moved by +1.50, +1.50 (trained) and +0.50, +0.50 (fine-tuned) points on '
+          '`validation`') in doc
   assert (f'Image by image on 1000 validation images of the same kind (`{demo.PRECISE_DATASET}`'
           in doc)
-  assert ('+0.40 ± %.2f (trained) and +0.00 ± 0.00 (fine-tuned) points'
-          % moved['trained_at_selected']['standard_error']) in doc
-  assert '(± the paired standard error; target: at most 1): holds.' in doc
+  assert ('+0.40 ± %.2f, +0.00 ± 0.00 (trained) and +0.00 ± 0.00, +0.00 ± 0.00 (fine-tuned) '
+          'points' % moved['trained_at_selected']['standard_error']) in doc
+  # The moves' root mean square against two seeds' networks (top-1 60 % and 70 %) there.
+  assert ('target: at most 1): holds. Their root mean square is 0.28 (trained) and 0.00 '
+          '(fine-tuned); two of these seeds differ there by 10.00 and 0.00') in doc
 
 
 @pytest.mark.slow
