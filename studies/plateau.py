@@ -90,30 +90,31 @@ Every row trains configs/demo.py's network on its real input pipeline and schedu
 first steps only, starting from the demo's training as this study began (base_lr 0.2, a
 random classifier) with one change; each dataset is a folder of the same scenes rendered with
 the stated ranges (the unchanged ones are version 1.0.0's: textures of 12-72 grey levels on
-objects 0.2-0.8 of the short side, 4-8 cycles). The first rows were recorded on the tfds
-dataset 1.0.0 itself, the same images in another order.
+objects 0.2-0.8 of the short side, 4-8 cycles). An epoch is 140 steps at the batch of 64.
 
 What the curves show. At initialisation the pooled features are dominated by the
 class-independent clutter, and the quickest way down from the initial loss is to silence them:
 the classifier's weight norm falls while the loss stays at chance (ln 10). On the seeds that
 stay there, the gradient reaching conv1 then decays by orders of magnitude: the network has
 collapsed to a near-constant output. The network leaves chance when conv1 has grown texture
-detectors, and conv1's gradient norm is the first to rise when it does. Changing the
-initialisation (zero-init of the last BatchNorm of each block, a zero classifier), halving the
-learning rate or dropping the warm-up does not remove the plateau; halving the batch shows that
-its length is counted in images seen (about one epoch), not in steps. What shortens it is how
-much texture signal a crop carries: doubling the texture contrast (fixres_synthetic 2.0.0)
-does, tripling it adds little, larger objects add more. fixres_synthetic 3.0.0 keeps 2.0.0's
-contrast and draws objects 0.4-0.9 of the short side with 8-16 cycles: the textures cover
-more of each crop without becoming coarser (they are a little finer; the resolution effect
-the demo exists to show depends on their fineness), and every seed leaves chance within 100
-steps (140 per epoch). The demo's training has also changed since (twice the learning rate, a
-zero classifier): on 2.0.0 that shortened the plateau a little, on 3.0.0 it makes no clear
-difference (demo_now against v3_start_training), and it was kept. Objects 0.4-0.9 with 6-12
-cycles also left chance early, but in two full demo runs made the task easy enough that FixRes
-fine-tuning had little left to fix. The demo now trains at 48 px on fixres_synthetic 4.0.0,
-the same scenes on smaller images (demo_v4): its seeds leave chance a little later than at
-64 px, still within the first epoch."""
+detectors, and conv1's gradient norm is the first to rise when it does. No change of the
+training removes the plateau: not the initialisation (zero-init of the last BatchNorm of each
+block, a zero classifier: the latter shortens it, not below an epoch), half or twice the learning
+rate, no or a longer warm-up, no weight decay, exact decoding or Inception crops; halving the
+batch on the doubled contrast about doubles its length in steps: it is counted in images seen, not
+in steps. What shortens it is how much texture signal a crop carries: doubling the texture
+contrast (fixres_synthetic 2.0.0) does, tripling it or larger objects on the doubled contrast
+shorten it further. fixres_synthetic 3.0.0 keeps 2.0.0's contrast and draws objects 0.4-0.9 of
+the short side with 8-16 cycles: the textures cover more of each crop without becoming coarser
+(they are a little finer; the resolution effect the demo exists to show depends on their
+fineness), and every seed leaves chance within 100 steps. The demo's training has also changed
+since (twice the learning rate, a zero classifier): on 2.0.0 that shortened the plateau a
+little, on 3.0.0 it makes no clear difference (demo_now against v3_start_training), and it was
+kept. Objects 0.4-0.9 with 6-12 cycles also left chance early, but in two full demo runs made
+the task easy enough that FixRes fine-tuning had little left to fix. The demo then moved to
+48 px on fixres_synthetic 4.0.0, the same scenes on smaller images (demo_v4), and ran its last
+stage at stride 1 (demo_v5, the demo as it is): its seeds leave chance a little later than at
+64 px, within the first epoch."""
 
 
 def define_flags() -> None:
