@@ -129,6 +129,8 @@ VARIANTS = {
     'uncalibrated_loss': {'finetune.auto_metric': 'loss'},
     'sgd_finetune': {'finetune.mode': 'sgd'},
     'finetune_lr_0.08': {'finetune.base_lr': 0.08},
+    # Half as long again: what a longer training does to the spread and to the gain.
+    'epochs_12': {'train.num_epochs': 12},
 }
 
 
