@@ -5,19 +5,20 @@
       [--train_res=48,64,96] [--quick]
 
 For each K_train and seed: train (configs/demo.py at K_train: the demo's dataset, network and
-epochs) on train[:90%]; pick the best K_test on the held-out train[90%:] (never on
-validation); sweep K_test on the validation split (the trained network and the parametric
-adaptation); FixRes fine-tuning (the paper's: the official 'sgd' mode and K_test from the
-trained network, whatever the demo's finetune.mode and auto_model) at the analytic K_test*,
-at the selected K_test and, as controls, at K_test = K_train and with the head's learning
-rate 0 (last-BN statistics only); 'cached' against 'sgd' fine-tuning at the selected K_test. With several --epochs, the
-training epochs are first chosen on the held-out slice (the lowest K_train's first seed is
-trained with each; the best held-out top-1 wins). With --demo_root (studies.demo's finished
-workdirs ROOT/seed_N), a training run that trains exactly as the demo's seed did (at the
-demo's K_train) is copied from it rather than repeated (train_once). Every run has its own workdir under
---results_root, and a re-run skips finished runs, so an interrupted reproduction resumes
-where it stopped. Then it writes OUT/RESULTS.md (every number generated), OUT/results.json
-(the raw numbers) and the figures OUT/accuracy_vs_test_res.png and OUT/zero_fraction.png.
+epochs) on train[:90%]; pick the best K_test on the held-out train[90%:] (never on validation);
+sweep K_test on the validation split (the trained network and the parametric adaptation);
+FixRes fine-tuning (the paper's: the official 'sgd' mode and K_test from the trained network,
+whatever the demo's finetune.mode and auto_model) at the analytic K_test*, at the selected
+K_test and, as controls, at K_test = K_train and with the head's learning rate 0 (last-BN
+statistics only); 'cached' against 'sgd' fine-tuning at the selected K_test. With several
+--epochs, the training epochs are first chosen on the held-out slice (the lowest K_train's
+first seed is trained with each; the best held-out top-1 wins). With --demo_root
+(studies.demo's finished workdirs ROOT/seed_N), a training run that trains exactly as the
+demo's seed did (at the demo's K_train) is copied from it rather than repeated (train_once).
+Every run has its own workdir under --results_root, and a re-run skips finished runs, so an
+interrupted reproduction resumes where it stopped. Then it writes OUT/RESULTS.md (every number
+generated), OUT/results.json (the raw numbers) and the figures OUT/accuracy_vs_test_res.png and
+OUT/zero_fraction.png.
 
 This module plans and runs the grid and collects each run's numbers; studies/claims.py
 judges the claims from them and studies/reproduce_report.py writes the files. The recipe,
